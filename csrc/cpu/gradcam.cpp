@@ -1,0 +1,96 @@
+// Grad-CAM on the CPU: one OpenMP task per (image, target) map. The small h x w map is built in a
+// thread-local buffer, then resized, ReLU'd and normalized straight into the output.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "unitscope/bilinear.h"
+#include "unitscope/gradcam.h"
+
+namespace unitscope {
+
+namespace {
+
+// weights[k] = mean over h*w of G[b,k] (Selvaraju et al.), float32 accumulation
+void spatial_mean(const void* g, int dtype, int64_t base, int64_t K, int64_t hw, float* weights) {
+  for (int64_t k = 0; k < K; ++k) {
+    float s = 0.0f;
+    const int64_t off = base + k * hw;
+    for (int64_t i = 0; i < hw; ++i) s += load_float(g, off + i, dtype);
+    weights[k] = s / (float)hw;
+  }
+}
+
+}  // namespace
+
+void gradcam_cpu(const GradcamArgs& a) {
+  const int64_t hw = a.h * a.w, HW = a.H * a.W, maps = a.B * a.T;
+  const bool resize = !(a.H == a.h && a.W == a.w);
+  std::vector<LinearTap> ty(a.H), tx(a.W);
+  if (resize) {
+    const float sy = bilinear_scale((int)a.h, (int)a.H, a.align_corners);
+    const float sx = bilinear_scale((int)a.w, (int)a.W, a.align_corners);
+    for (int64_t i = 0; i < a.H; ++i) ty[i] = bilinear_tap((int)i, (int)a.h, sy, a.align_corners);
+    for (int64_t i = 0; i < a.W; ++i) tx[i] = bilinear_tap((int)i, (int)a.w, sx, a.align_corners);
+  }
+  const int threads = a.num_threads > 0 ? a.num_threads : 1;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> cam(hw), weights(a.K);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t m = 0; m < maps; ++m) {
+      const int64_t b = m / a.T;
+      const int64_t act_base = b * a.K * hw;
+      const float* wk = weights.data();
+      if (a.gradients) {
+        spatial_mean(a.gradients, a.act_dtype, act_base, a.K, hw, weights.data());
+      } else {
+        wk = a.weights + m * a.K;
+      }
+      std::fill(cam.begin(), cam.end(), 0.0f);
+      for (int64_t k = 0; k < a.K; ++k) {
+        const float wgt = wk[k];
+        if (wgt == 0.0f) continue;
+        const int64_t off = act_base + k * hw;
+        if (a.act_dtype == kFloat32) {
+          const float* ak = static_cast<const float*>(a.activations) + off;
+          for (int64_t i = 0; i < hw; ++i) cam[i] += wgt * ak[i];
+        } else {
+          for (int64_t i = 0; i < hw; ++i) cam[i] += wgt * load_float(a.activations, off + i, a.act_dtype);
+        }
+      }
+      if (a.relu)
+        for (auto& v : cam) v = v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in torch.clamp
+      float* out = a.out + m * HW;
+      if (resize) {
+        for (int64_t y = 0; y < a.H; ++y) {
+          const LinearTap& t = ty[y];
+          const float* r0 = cam.data() + t.i0 * a.w;
+          const float* r1 = cam.data() + t.i1 * a.w;
+          float* o = out + y * a.W;
+          for (int64_t x = 0; x < a.W; ++x) {
+            const LinearTap& s = tx[x];
+            o[x] = bilinear_combine(t, s, r0[s.i0], r0[s.i1], r1[s.i0], r1[s.i1]);
+          }
+        }
+      } else {
+        std::copy(cam.begin(), cam.end(), out);
+      }
+      if (a.normalize) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int64_t i = 0; i < HW; ++i) {
+          lo = std::min(lo, out[i]);
+          hi = std::max(hi, out[i]);
+        }
+        const float range = hi - lo;
+        if (range > 0.0f && std::isfinite(range)) {
+          for (int64_t i = 0; i < HW; ++i) out[i] = (out[i] - lo) / range;
+        } else {
+          std::fill(out, out + HW, 0.0f);  // constant map: 0, never NaN
+        }
+      }
+    }
+  }
+}
+
+}  // namespace unitscope

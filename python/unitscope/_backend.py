@@ -1,0 +1,126 @@
+"""Which kernel backends exist here, and which one serves a call.
+
+Backends: "cuda" (compiled with CUDA and a device present), "cpp" (compiled CPU kernels), "numba",
+"torch" (the reference, always). A call picks one by its input's device unless `backend=` or the
+environment variable UNITSCOPE_BACKEND names one; a named backend that cannot serve raises with the
+reason, it never falls back to another. UNITSCOPE_NO_EXTENSION=1 hides the compiled module (CI uses
+it to test the Numba fallback on its own).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+ALL_BACKENDS = ("cuda", "cpp", "numba", "torch")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    """(module or None, reason it is missing)."""
+    if os.environ.get("UNITSCOPE_NO_EXTENSION", "") not in ("", "0"):
+        return None, "disabled by UNITSCOPE_NO_EXTENSION"
+    try:
+        return importlib.import_module("unitscope._C"), ""
+    except ImportError as e:  # a source checkout without a build, or a broken build
+        return None, f"compiled module unitscope._C not importable ({e}); reinstall with 'pip install .'"
+
+
+def compiled_module():
+    """The unitscope._C module, or raise RuntimeError saying why it is missing."""
+    mod, why = _compiled()
+    if mod is None:
+        raise RuntimeError(why)
+    return mod
+
+
+def cuda_compiled() -> bool:
+    """True when unitscope._C was built with the CUDA kernels."""
+    mod, _ = _compiled()
+    return bool(mod is not None and mod.cuda_compiled())
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_status() -> str:
+    try:
+        import numba  # noqa: F401
+    except ImportError as e:
+        return f"numba not importable ({e}); pip install numba"
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_status() -> str:
+    mod, why = _compiled()
+    if mod is None:
+        return why
+    if not mod.cuda_compiled():
+        return "unitscope._C was built without CUDA (no nvcc at build time; rebuild with UNITSCOPE_CUDA=ON)"
+    n, why = mod.cuda_device_count()
+    if n == 0:
+        return f"no usable CUDA device ({why})"
+    if not torch.cuda.is_available():
+        return "torch cannot see a CUDA device (a CPU-only torch build?)"
+    return ""
+
+
+def _status(name: str) -> str:
+    """'' when the backend is available, else why not."""
+    if name == "torch":
+        return ""
+    if name == "numba":
+        return _numba_status()
+    if name == "cpp":
+        return _compiled()[1]
+    if name == "cuda":
+        return _cuda_status()
+    raise ValueError(f"backend must be one of {ALL_BACKENDS}, got {name!r}")
+
+
+def backends(verbose: bool = False):
+    """The available backends, best first: e.g. ['cpp', 'numba', 'torch'].
+
+    With verbose=True, a dict of every backend to 'available' or 'not available (why)'.
+    """
+    if verbose:
+        return {n: ("available" if not _status(n) else f"not available ({_status(n)})") for n in ALL_BACKENDS}
+    return [n for n in ALL_BACKENDS if not _status(n)]
+
+
+def select_backend(backend: str | None, device: torch.device, op: str) -> str:
+    """The backend that serves a call of `op` on tensors on `device`.
+
+    Explicit choice (argument, then UNITSCOPE_BACKEND) must be able to serve the device; the
+    automatic choice is cuda > torch on a GPU and cpp > numba > torch on the CPU.
+    """
+    requested = backend if backend is not None else (os.environ.get("UNITSCOPE_BACKEND") or None)
+    on_cuda = device.type == "cuda"
+    if requested is not None:
+        if requested not in ALL_BACKENDS:
+            raise ValueError(f"backend must be one of {ALL_BACKENDS} or None, got {requested!r}")
+        why = _status(requested)
+        if why:
+            raise RuntimeError(f"{op}: backend {requested!r} is not available: {why}")
+        if requested == "cuda" and not on_cuda:
+            raise ValueError(f"{op}: backend 'cuda' needs CUDA tensors, got tensors on {device}")
+        if requested in ("cpp", "numba") and device.type != "cpu":
+            raise ValueError(f"{op}: backend {requested!r} runs on the CPU, got tensors on {device}")
+        return requested
+    order = ("cuda", "torch") if on_cuda else ("cpp", "numba", "torch")
+    if device.type not in ("cpu", "cuda"):
+        order = ("torch",)
+    for name in order:
+        if not _status(name):
+            return name
+    return "torch"
+
+
+def num_threads(explicit: int | None = None) -> int:
+    """Threads for a CPU kernel: an explicit count, else torch.get_num_threads()."""
+    if explicit is not None:
+        if int(explicit) < 1:
+            raise ValueError(f"num_threads must be >= 1, got {explicit}")
+        return int(explicit)
+    return max(1, torch.get_num_threads())

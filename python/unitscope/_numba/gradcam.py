@@ -1,0 +1,67 @@
+"""Grad-CAM reduction in Numba: one parallel task per (image, target) map, like csrc/cpu/gradcam.cpp."""
+import numpy as np
+from numba import njit, prange
+
+from unitscope._numba.bilinear import bilinear_combine, bilinear_taps
+
+F32 = np.float32
+
+
+@njit(parallel=True, cache=True)
+def gradcam_numba(act, grad, weights, use_grad, relu, out_h, out_w, align_corners, normalize):
+    """act/grad float32 (B, K, h, w); weights float32 (B, T, K) -> out float32 (B, T, out_h, out_w)."""
+    B, K, h, w = act.shape
+    T = weights.shape[1]
+    resize = not (out_h == h and out_w == w)
+    yi0, yi1, yl0, yl1 = bilinear_taps(h, out_h, align_corners)
+    xi0, xi1, xl0, xl1 = bilinear_taps(w, out_w, align_corners)
+    out = np.empty((B, T, out_h, out_w), np.float32)
+    for m in prange(B * T):
+        b = m // T
+        t = m % T
+        wk = np.empty(K, np.float32)
+        if use_grad:
+            for k in range(K):
+                s = F32(0.0)
+                for y in range(h):
+                    for x in range(w):
+                        s += grad[b, k, y, x]
+                wk[k] = s / F32(h * w)
+        else:
+            wk[:] = weights[b, t]
+        cam = np.zeros((h, w), np.float32)
+        for k in range(K):
+            c = wk[k]
+            if c == 0.0:
+                continue
+            for y in range(h):
+                for x in range(w):
+                    cam[y, x] += c * act[b, k, y, x]
+        if relu:
+            for y in range(h):
+                for x in range(w):
+                    if cam[y, x] < 0.0:
+                        cam[y, x] = 0.0
+        o = out[b, t]
+        if resize:
+            for y in range(out_h):
+                for x in range(out_w):
+                    o[y, x] = bilinear_combine(yl0[y], yl1[y], xl0[x], xl1[x], cam[yi0[y], xi0[x]],
+                                               cam[yi0[y], xi1[x]], cam[yi1[y], xi0[x]], cam[yi1[y], xi1[x]])
+        else:
+            o[:, :] = cam
+        if normalize:
+            lo = np.inf
+            hi = -np.inf
+            for y in range(out_h):
+                for x in range(out_w):
+                    lo = min(lo, o[y, x])
+                    hi = max(hi, o[y, x])
+            rng = F32(hi - lo)
+            if rng > 0.0 and np.isfinite(rng):
+                for y in range(out_h):
+                    for x in range(out_w):
+                        o[y, x] = (o[y, x] - F32(lo)) / rng
+            else:
+                o[:, :] = 0.0
+    return out

@@ -1,0 +1,4 @@
+"""The kernel API: validate inputs, pick a backend, call it. See shared DESIGN notes in the README."""
+from unitscope.kernels.gradcam import gradcam
+
+__all__ = ["gradcam"]
