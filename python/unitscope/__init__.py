@@ -9,3 +9,5 @@ from unitscope import kernels
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cuda_compiled", "kernels", "__version__"]
+from unitscope.kernels import IoUTally  # noqa: E402
+__all__ += ["IoUTally"]

@@ -2,3 +2,5 @@
 from unitscope.kernels.gradcam import gradcam
 
 __all__ = ["gradcam"]
+from unitscope.kernels.iou_tally import IoUTally  # noqa: E402
+__all__ += ["IoUTally"]
