@@ -23,12 +23,21 @@ US_HD int64_t load_label(const void* p, int64_t i, int dtype) {
 // magnitude `maxabs` (NaN cells ignored: they make the value NaN, which never passes). In exact
 // arithmetic a bilinear value is a convex combination, so <= m; the float32 rounding of the two
 // weights (l0 = 1 - l1 rounded) and of the six operations adds at most about 6 * 2^-24 * maxabs,
-// plus underflow. The bound allows 16 * 2^-24 * maxabs + 2^-120 and is +inf when m is inf or near
-// the float32 overflow, where rounding may reach inf.
+// plus underflow. Bounding through V (a source column interpolated to an output row, rounded, then
+// combined with its neighbour) adds about 4 * 2^-24 * maxabs more. The bound allows
+// 16 * 2^-24 * maxabs + 2^-120 and is +inf when m is inf or near the float32 overflow, where
+// rounding may reach inf.
 US_HD double value_bound(float m, float maxabs) {
   if (!(m < 3.0e38f) || !(maxabs < 3.0e38f)) return INFINITY;
   return (double)m + (double)maxabs * 9.5367431640625e-07 + 7.52316384526264e-37;
 }
+
+// One linear step of bilinear_combine (bilinear.h): l0*a + l1*b, each operation rounded to float32.
+// bilinear_combine(ty, tx, v00, v01, v10, v11) ==
+//   lerp_rn(ty.l0, ty.l1, lerp_rn(tx.l0, tx.l1, v00, v01), lerp_rn(tx.l0, tx.l1, v10, v11))
+// bit for bit (the same six operations in the same order), which lets the tally compute each
+// source row's horizontal step once per (unit, image) and reuse it for every output row.
+US_HD float lerp_rn(float l0, float l1, float a, float b) { return add_rn(mul_rn(l0, a), mul_rn(l1, b)); }
 
 // May a value bounded by `bound` pass the threshold? (thr is the float32 equivalent threshold.)
 US_HD bool may_pass(double bound, float thr, bool ge) { return ge ? bound >= (double)thr : bound > (double)thr; }

@@ -5,7 +5,7 @@ task owning its rows of the counters). The pruning bound is tally.h's value_boun
 import numpy as np
 from numba import njit, prange
 
-from unitscope._numba.bilinear import bilinear_combine, bilinear_taps
+from unitscope._numba.bilinear import bilinear_taps
 
 F32 = np.float32
 
@@ -19,88 +19,91 @@ def value_bound(m, maxabs):
 
 
 @njit(cache=True, inline="always")
+def lerp(l0, l1, a, b):
+    """One linear step of bilinear_combine: l0*a + l1*b rounded to float32 per operation (tally.h lerp_rn)."""
+    return F32(F32(l0 * a) + F32(l1 * b))
+
+
+@njit(cache=True, inline="always")
 def may_pass(bound, thr, ge):
     return bound >= np.float64(thr) if ge else bound > np.float64(thr)
 
 
 @njit(parallel=True, cache=True)
 def prepare_labels(pix, img, label_category, num_labels, num_categories):
-    """pix int32 (B, L, Sh, Sw), img int32 (B, L2) -> kept (B, P, L) int32 (distinct non-image labels
-    of a pixel first, then 0), img_kept (B, L2) int32, present (B, NC) bool, counts (B, C) int64,
-    bad (B,) int64 (0, or 1 + index of an out-of-range label's image... flagged per image)."""
+    """pix int (B, L, Sh, Sw), img int (B, L2) -> img_kept (B, L2) int64 (distinct nonzero image
+    labels first, then 0), present (B, NC) bool, counts (B, C) int64 (each label once per pixel),
+    bad (B,) int8 (0, or 1 / 2 when image_labels / pixel_labels hold an out-of-range label, which
+    bad_value (B,) int64 gives)."""
     B, L, Sh, Sw = pix.shape
     L2 = img.shape[1]
     P = Sh * Sw
-    kept = np.zeros((B, P, L), np.int32)
-    img_kept = np.zeros((B, L2), np.int32)
+    img_kept = np.zeros((B, L2), np.int64)
     present = np.zeros((B, num_categories), np.bool_)
     counts = np.zeros((B, num_labels), np.int64)
-    bad = np.zeros(B, np.bool_)
+    bad = np.zeros(B, np.int8)
+    bad_value = np.zeros(B, np.int64)
     for b in prange(B):
-        is_img = np.zeros(num_labels, np.bool_)
         n_img = 0
         for j in range(L2):
-            c = img[b, j]
+            c = np.int64(img[b, j])
             if c < 0 or c >= num_labels:
-                bad[b] = True
+                bad[b] = 1
+                bad_value[b] = c
                 break
-            if c == 0 or is_img[c]:
+            dup = c == 0
+            for i in range(n_img):
+                dup |= img_kept[b, i] == c
+            if dup:
                 continue
-            is_img[c] = True
             img_kept[b, n_img] = c
             n_img += 1
             present[b, label_category[c]] = True
             counts[b, c] += P
-        if bad[b]:
+        if bad[b] != 0:
             continue
         for y in range(Sh):
             for x in range(Sw):
-                p = y * Sw + x
-                n = 0
                 for l in range(L):
-                    c = pix[b, l, y, x]
+                    c = np.int64(pix[b, l, y, x])
+                    if c == 0:
+                        continue
                     if c < 0 or c >= num_labels:
-                        bad[b] = True
+                        bad[b] = 2
+                        bad_value[b] = c
                         break
-                    if c == 0 or is_img[c]:
+                    dup = False
+                    for i in range(n_img):
+                        dup |= img_kept[b, i] == c
+                    for q in range(l):
+                        dup |= np.int64(pix[b, q, y, x]) == c
+                    if dup:
                         continue
-                    seen = False
-                    for i in range(n):
-                        if kept[b, p, i] == c:
-                            seen = True
-                    if seen:
-                        continue
-                    kept[b, p, n] = c
-                    n += 1
                     counts[b, c] += 1
                     present[b, label_category[c]] = True
-    return kept, img_kept, present, counts, bad
+    return img_kept, present, counts, bad, bad_value
 
 
 @njit(parallel=True, cache=True)
-def count_units(act, thr, kept, img_kept, present, annotated, use_annotated, Sh, Sw, align_corners, ge,
+def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, Sw, align_corners, ge,
                 union_dataset, inter, activation, total):
-    """act float32 (B, K, h, w), thr float32 (K,) equivalents; adds into inter (K, C),
-    activation (K, NC), total (K,) int64."""
+    """act float32 (B, K, h, w), thr float32 (K,) equivalents, pix int (B, L, Sh, Sw); adds into
+    inter (K, C), activation (K, NC), total (K,) int64."""
     B, K, h, w = act.shape
-    L = kept.shape[2]
+    L = pix.shape[1]
     L2 = img_kept.shape[1]
     NC = activation.shape[1]
     yi0, yi1, yl0, yl1 = bilinear_taps(h, Sh, align_corners)
     xi0, xi1, xl0, xl1 = bilinear_taps(w, Sw, align_corners)
-    xlo = np.full(w, Sw, np.int64)
-    xhi = np.full(w, -1, np.int64)
-    for x in range(Sw):
-        for j in (xi0[x], xi1[x]):
-            xlo[j] = min(xlo[j], x)
-            xhi[j] = max(xhi[j], x)
     for k in prange(K):
         t = thr[k]
         rowmax = np.empty(h, np.float32)
+        H = np.empty((h, Sw), np.float32)
+        H_done = np.zeros(h, np.bool_)
         tot = 0
         for b in range(B):
             a = act[b, k]
-            m = -np.inf
+            m = F32(-np.inf)
             maxabs = F32(0.0)
             for i in range(h):
                 rm = F32(-np.inf)
@@ -114,31 +117,34 @@ def count_units(act, thr, kept, img_kept, present, annotated, use_annotated, Sh,
                 rowmax[i] = rm
                 if rm > m:
                     m = rm
-            if not may_pass(value_bound(F32(m), maxabs), t, ge):
+            if not may_pass(value_bound(m, maxabs), t, ge):
                 continue
+            H_done[:] = False
             n = 0
             for y in range(Sh):
                 i0 = yi0[y]
                 i1 = yi1[y]
                 if not may_pass(value_bound(max(rowmax[i0], rowmax[i1]), maxabs), t, ge):
                     continue
-                cursor = 0
-                for j in range(w):
-                    cm = max(a[i0, j], a[i1, j])
-                    if xhi[j] < cursor or not may_pass(value_bound(cm, maxabs), t, ge):
+                for i in (i0, i1):  # horizontal interpolation of source row i, once per (unit, image)
+                    if not H_done[i]:
+                        H_done[i] = True
+                        for x in range(Sw):
+                            H[i, x] = lerp(xl0[x], xl1[x], a[i, xi0[x]], a[i, xi1[x]])
+                for x in range(Sw):
+                    v = lerp(yl0[y], yl1[y], H[i0, x], H[i1, x])  # = bilinear_combine, see tally.h
+                    if not ((v >= t) if ge else (v > t)):
                         continue
-                    for x in range(max(xlo[j], cursor), xhi[j] + 1):
-                        v = bilinear_combine(yl0[y], yl1[y], xl0[x], xl1[x], a[i0, xi0[x]], a[i0, xi1[x]],
-                                             a[i1, xi0[x]], a[i1, xi1[x]])
-                        if (v >= t) if ge else (v > t):
-                            n += 1
-                            p = y * Sw + x
-                            for l in range(L):
-                                c = kept[b, p, l]
-                                if c == 0:
-                                    break
-                                inter[k, c] += 1
-                    cursor = xhi[j] + 1
+                    n += 1
+                    for l in range(L):  # each distinct label once; image labels are added below
+                        c = np.int64(pix[b, l, y, x])
+                        dup = c == 0
+                        for i in range(L2):
+                            dup |= img_kept[b, i] == c
+                        for q in range(l):
+                            dup |= np.int64(pix[b, q, y, x]) == c
+                        if not dup:
+                            inter[k, c] += 1
             if n == 0:
                 continue
             tot += n
@@ -155,15 +161,19 @@ def count_units(act, thr, kept, img_kept, present, annotated, use_annotated, Sh,
 
 def tally_numba(act, thr32, pix, img, annotated, use_annotated, label_category, Sh, Sw, align_corners, ge,
                 union_dataset, inter, activation, label, total):
-    """Add one checked batch's counts into the int64 arrays inter, activation, label, total.
+    """Add one batch's counts into the int64 arrays inter (K, C), activation (K, NC), label (C,),
+    total (K,).
 
-    act float32 (B, K, h, w); thr32 float32 (K,); pix int32 (B, L, Sh, Sw); img int32 (B, L2);
-    annotated bool (B, NC); label_category int64 (C,). Out-of-range labels raise ValueError before
-    any count changes."""
+    act float32 (B, K, h, w); thr32 float32 (K,); pix int (B, L, Sh, Sw) and img int (B, L2) of
+    any integer dtype; annotated bool (B, NC); label_category int64 (C,). An out-of-range label
+    raises ValueError before any count changes."""
     C = inter.shape[1]
-    kept, img_kept, present, counts, bad = prepare_labels(pix, img, label_category, C, activation.shape[1])
+    img_kept, present, counts, bad, bad_value = prepare_labels(pix, img, label_category, C, activation.shape[1])
     if bad.any():
-        raise ValueError(f"pixel_labels/image_labels must hold labels in [0, num_labels) = [0, {C})")
+        b = int(np.argmax(bad != 0))
+        name = "image_labels" if bad[b] == 1 else "pixel_labels"
+        raise ValueError(f"{name} must hold labels in [0, num_labels) = [0, {C}), got {int(bad_value[b])} "
+                         f"(image {b} of the batch)")
     label[1:] += counts.sum(axis=0)[1:]
-    count_units(np.ascontiguousarray(act), thr32, kept, img_kept, present, annotated, use_annotated, Sh, Sw,
+    count_units(np.ascontiguousarray(act), thr32, pix, img_kept, present, annotated, use_annotated, Sh, Sw,
                 align_corners, ge, union_dataset, inter, activation, total)

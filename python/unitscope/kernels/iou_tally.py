@@ -108,7 +108,8 @@ class IoUTally:
 
         A batch that fails a check raises ValueError/TypeError and changes no count.
         """
-        batch = check_batch(self._cfg, self.device, activations, thresholds, pixel_labels, image_labels, annotated)
+        batch = check_batch(self._cfg, self.device, activations, thresholds, pixel_labels, image_labels, annotated,
+                            check_label_range=self.backend not in ("cpp", "numba"))
         count_batch(self.backend, self._cfg, batch, self._counts(), self.num_threads)
         self.images += int(batch.activations.shape[0])
         return self

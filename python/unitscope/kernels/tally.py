@@ -52,7 +52,7 @@ def float32_thresholds(thresholds: torch.Tensor, ge: bool) -> torch.Tensor:
     return t32.contiguous()
 
 
-def _labels(x, name, layout, ndim, B, num_labels, device):
+def _labels(x, name, layout, ndim, B, num_labels, device, check_range):
     if x is None:
         return None
     t, _ = T.as_tensor(x, name)
@@ -62,7 +62,7 @@ def _labels(x, name, layout, ndim, B, num_labels, device):
         raise ValueError(f"{name} must be on the tally's device ({device}), got {t.device}")
     if t.shape[0] != B:
         raise ValueError(f"{name} must have B = {B} rows (the batch of activations), got shape {tuple(t.shape)}")
-    if t.numel() > 0:
+    if check_range and t.numel() > 0:  # cpp and numba check while they read, before counting
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= num_labels:
             bad = lo if lo < 0 else hi
@@ -71,8 +71,12 @@ def _labels(x, name, layout, ndim, B, num_labels, device):
 
 
 def check_batch(cfg: TallyConfig, device: torch.device, activations, thresholds, pixel_labels=None,
-                image_labels=None, annotated=None) -> Batch:
-    """Validate one batch fully (raise ValueError/TypeError naming the argument) before any count."""
+                image_labels=None, annotated=None, check_label_range=True) -> Batch:
+    """Validate one batch (raise ValueError/TypeError naming the argument) before any count.
+
+    check_label_range=False leaves the label range check (0 <= label < num_labels) to the kernel:
+    the cpp and numba kernels make it in their first pass and raise before changing any count (a
+    torch min/max over int16 labels costs more here than the whole tally)."""
     A, _ = T.as_tensor(activations, "activations")
     T.check_ndim(A, 4, "activations", "(B, K, h, w)")
     T.check_float(A, "activations")
@@ -91,11 +95,11 @@ def check_batch(cfg: TallyConfig, device: torch.device, activations, thresholds,
     if bool(torch.isnan(t).any()):
         raise ValueError(f"thresholds must not be NaN, got NaN for units {torch.nonzero(torch.isnan(t)).flatten().tolist()[:10]}")
     Sh, Sw = cfg.out_size
-    pix = _labels(pixel_labels, "pixel_labels", "(B, L, S_h, S_w)", 4, B, cfg.num_labels, device)
+    pix = _labels(pixel_labels, "pixel_labels", "(B, L, S_h, S_w)", 4, B, cfg.num_labels, device, check_label_range)
     if pix is not None and tuple(pix.shape[2:]) != (Sh, Sw):
         raise ValueError(f"pixel_labels must have shape (B, L, S_h, S_w) = ({B}, L, {Sh}, {Sw}) (out_size), "
                          f"got {tuple(pix.shape)}")
-    img = _labels(image_labels, "image_labels", "(B, L2)", 2, B, cfg.num_labels, device)
+    img = _labels(image_labels, "image_labels", "(B, L2)", 2, B, cfg.num_labels, device, check_label_range)
     ann = None
     if annotated is not None:
         ann, _ = T.as_tensor(annotated, "annotated")
@@ -138,8 +142,8 @@ def count_batch(backend: str, cfg: TallyConfig, batch: Batch, counts: dict, num_
 
         _set_numba_threads(num_threads)
         act = A.to(torch.float32).numpy()  # exact for float16/bfloat16; float64 rounds as the reference does
-        pix_np = (pix.to(torch.int32) if pix is not None else torch.zeros((B, 0, Sh, Sw), dtype=torch.int32)).numpy()
-        img_np = (img.to(torch.int32) if img is not None else torch.zeros((B, 0), dtype=torch.int32)).numpy()
+        pix_np = (pix if pix is not None else torch.zeros((B, 0, Sh, Sw), dtype=torch.int16)).numpy()
+        img_np = (img.to(torch.int64) if img is not None else torch.zeros((B, 0), dtype=torch.int64)).numpy()
         ann_np = (ann if ann is not None else torch.zeros((B, cfg.num_categories), dtype=torch.bool)).numpy()
         tally_numba(act, batch.thresholds32.numpy(), pix_np, img_np, ann_np, ann is not None,
                     cfg.label_category.numpy(), Sh, Sw, cfg.align_corners, cfg.threshold_op == ">=",
