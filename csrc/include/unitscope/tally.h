@@ -62,6 +62,6 @@ struct TallyArgs {
 
 void tally_cpu(const TallyArgs& a);
 void tally_cuda(const TallyArgs& a, void* stream);
-int64_t tally_cuda_workspace_ints(int64_t B, int64_t Sh, int64_t Sw, int64_t L, int64_t NC);
+int64_t tally_cuda_workspace_ints(int64_t B, int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t NC);
 
 }  // namespace unitscope

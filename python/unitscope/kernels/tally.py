@@ -161,6 +161,6 @@ def count_batch(backend: str, cfg: TallyConfig, batch: Batch, counts: dict, num_
     if backend == "cpp":
         C.tally_cpu(*common, *sizes, _backend.num_threads(num_threads))
     else:
-        n = C.tally_cuda_workspace_ints(B, Sh, Sw, L, cfg.num_categories)
+        n = C.tally_cuda_workspace_ints(B, Sh, Sw, L, L2, cfg.num_categories)
         workspace = torch.empty(max(1, n), dtype=torch.int32, device=A.device)
         C.tally_cuda(*common, T.ptr(workspace), *sizes, T.cuda_stream(A.device))
