@@ -1,8 +1,8 @@
 // The IoU tally on the CPU, never building an upsampled map.
 // Phase 1 (OpenMP over images) checks every label's range, counts labels (once per pixel), finds
 // the categories present and splits each image row into intervals of constant labels
-// (ImageLabels); an out-of-range label throws before any counter changes. Phase 2 (image by image,
-// OpenMP over units: a thread owns whole rows of the counters) skips each (image, unit) whose map
+// (ImageLabels); an out-of-range label throws before any counter changes. Phase 2 (OpenMP over
+// units: a thread owns whole rows of the counters) skips each (image, unit) whose map
 // cannot pass the threshold (tally.h: value_bound), bounds each output row and source column the
 // same way, evaluates only candidate pixels, and adds each passing row segment interval by interval.
 #include <algorithm>
@@ -21,8 +21,14 @@ namespace {
 // [start, end) over which every map's label is constant; an interval lists its labels once each,
 // without 0 and without the image's own image labels (counted for the whole mask elsewhere), so an
 // interval's pixels each add 1 to each listed label. interval[p] is pixel p's interval.
+struct Interval {
+  int32_t start, end, first, last;  // pixels [start, end) of a row; labels[first:last]
+};
+
 struct ImageLabels {
-  std::vector<int32_t> interval, start, end, first, labels;  // first: [n + 1] offsets into labels
+  std::vector<int32_t> interval;   // [P]
+  std::vector<Interval> intervals;
+  std::vector<int32_t> labels;
 };
 
 struct Prepared {
@@ -49,6 +55,8 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
     std::vector<int64_t> counts(C, 0), hist(C, 0);
     std::vector<int32_t> kept(L * P);  // [L, P]
     std::vector<uint8_t> change(P);
+    std::vector<Interval> ivl(L > 0 ? P : 0);
+    std::vector<int32_t> labs(L * P + 1), where(L > 0 ? P : 0);
     std::vector<uint8_t> is_img(C, 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
@@ -97,35 +105,40 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
         continue;
       }
       ImageLabels& R = out.pixels[b];
-      R.start.clear(); R.end.clear(); R.first.clear(); R.labels.clear();
       if (L > 0) {
-        R.interval.resize(P);
-        R.first.push_back(0);
         // change[p]: some map's label differs between pixels p - 1 and p (vectorizes)
         std::fill(change.begin(), change.end(), 0);
         for (int64_t l = 0; l < L; ++l) {
           const int32_t* k = kept.data() + l * P;
           for (int64_t p = 1; p < P; ++p) change[p] |= (uint8_t)(k[p] != k[p - 1]);
         }
+        // intervals and their labels go to thread-local arrays of the largest possible size, then
+        // into R in one copy each
+        int32_t n_ivl = 0, n_lab = 0;
         for (int64_t y = 0; y < Sh; ++y) {
           const int64_t row = y * Sw;
           int64_t x0 = 0;
           for (int64_t x = 1; x <= Sw; ++x) {
             if (x < Sw && !change[row + x]) continue;
-            const int32_t id = (int32_t)R.start.size();
-            R.start.push_back((int32_t)x0);
-            R.end.push_back((int32_t)x);
+            Interval& iv = ivl[n_ivl];
+            iv.start = (int32_t)x0;
+            iv.end = (int32_t)x;
+            iv.first = n_lab;
             for (int64_t l = 0; l < L; ++l) {
               const int32_t c = kept[l * P + row + x0];
-              if (c == 0) continue;
-              R.labels.push_back(c);
+              labs[n_lab] = c;
+              n_lab += c != 0;
               hist[c] += x - x0;
             }
-            R.first.push_back((int32_t)R.labels.size());
-            std::fill(R.interval.begin() + row + x0, R.interval.begin() + row + x, id);
+            iv.last = n_lab;
+            std::fill(where.begin() + row + x0, where.begin() + row + x, n_ivl);
+            ++n_ivl;
             x0 = x;
           }
         }
+        R.interval.assign(where.begin(), where.end());
+        R.intervals.assign(ivl.begin(), ivl.begin() + n_ivl);
+        R.labels.assign(labs.begin(), labs.begin() + n_lab);
       }
       for (int i = 0; i < n_img; ++i) hist[img[i]] = P;  // an image label covers every pixel, once
       uint8_t* present = out.present.data() + b * NC;
@@ -135,6 +148,7 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
         present[a.label_category[c]] = 1;
         hist[c] = 0;
       }
+      hist[0] = 0;
     }
 #pragma omp critical(unitscope_tally_labels)
     for (int64_t c = 0; c < C; ++c) label_total[c] += counts[c];
@@ -161,10 +175,12 @@ struct Scratch {
 // Add the passing pixels [x0, x1) of output row y (row = y * Sw) to the unit's intersections,
 // interval by interval.
 inline void add_segment(const ImageLabels& R, int64_t row, int32_t x0, int32_t x1, int64_t* inter) {
-  const int32_t last = R.interval[row + x1 - 1];
-  for (int32_t id = R.interval[row + x0]; id <= last; ++id) {
-    const int64_t n = std::min(R.end[id], x1) - std::max(R.start[id], x0);
-    for (int32_t i = R.first[id]; i < R.first[id + 1]; ++i) inter[R.labels[i]] += n;
+  const Interval* iv = R.intervals.data() + R.interval[row + x0];
+  const Interval* last = R.intervals.data() + R.interval[row + x1 - 1];
+  const int32_t* labels = R.labels.data();
+  for (; iv <= last; ++iv) {
+    const int64_t n = std::min(iv->end, x1) - std::max(iv->start, x0);
+    for (int32_t i = iv->first; i < iv->last; ++i) inter[labels[i]] += n;
   }
 }
 
@@ -305,15 +321,20 @@ void tally_typed(const TallyArgs& a, int threads) {
     s.V.resize(a.w);
     s.pass.resize(a.Sw);
     s.H_for.assign(a.h, 0);
-    // image by image, so that one image's label data stays in cache while every unit reads it;
-    // the barrier closing each loop keeps a counter row with one thread at a time
-    for (int64_t b = 0; b < a.B; ++b) {
-#pragma omp for schedule(dynamic, 8)
-      for (int64_t k = 0; k < a.K; ++k) {
-        if (a.ge)
-          tally_pair<true>(a, prep, b, k, ty, tx, s);
-        else
-          tally_pair<false>(a, prep, b, k, ty, tx, s);
+    // blocks of units: a thread owns its block's counter rows for all images (no barrier ever
+    // stalls one thread behind another); within a block, image by image, so that one image's label
+    // data and the block's counter rows both stay in cache
+    const int64_t block = 16, blocks = (a.K + block - 1) / block;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      const int64_t k1 = std::min(a.K, (kb + 1) * block);
+      for (int64_t b = 0; b < a.B; ++b) {
+        for (int64_t k = kb * block; k < k1; ++k) {
+          if (a.ge)
+            tally_pair<true>(a, prep, b, k, ty, tx, s);
+          else
+            tally_pair<false>(a, prep, b, k, ty, tx, s);
+        }
       }
     }
   }

@@ -183,6 +183,29 @@ def test_nonfinite_and_huge_activations(backend, special):
             assert_counts_equal(counts_of(run(backend, p)), reference(p))
 
 
+@pytest.mark.parametrize("op", [">", ">="])
+@pytest.mark.parametrize("align", [False, True])
+def test_thresholds_at_the_largest_resized_value(backend, op, align):
+    """Thresholds on (and one float32 step under) each unit's largest resized value: the pixels at
+    the maximum, found only by exact evaluation next to the pruning bound, must match."""
+    g = torch.Generator().manual_seed(17)
+    A = torch.relu(torch.randn(3, 6, 5, 4, generator=g))
+    A[0, 0] = 0.0  # an all-zero map
+    A[1, 1] = torch.randn(5, 4, generator=g) - 4.0  # an all-negative map
+    S = (13, 9)
+    up = bilinear_resize(A, S, align).transpose(0, 1).reshape(6, -1)
+    top = up.max(dim=1).values
+    pix = torch.randint(0, 7, (3, 2, *S), generator=g)
+    below = torch.nextafter(top, torch.full_like(top, -float("inf")))
+    for thr in (top, below):
+        p = dict(A=A, thr=thr, pix=pix, img=None, annotated=None, cat=torch.arange(7) % 3, C=7, NC=3, S=S,
+                 align=align, op=op, union="category")
+        got = counts_of(run(backend, p))
+        assert_counts_equal(got, reference(p))
+        if op == ">=" or thr is below:  # the maxima pass
+            assert bool((got["activation_total"] > 0).all())
+
+
 def test_non_contiguous_and_numpy_inputs(backend):
     g = torch.Generator().manual_seed(5)
     A = torch.relu(torch.randn(3, 4, 6, 5, generator=g)).transpose(2, 3)  # (3, 4, 5, 6), not contiguous

@@ -1,6 +1,7 @@
-"""The IoU tally in Numba, the same two phases as csrc/cpu/tally.cpp: per-image label lists without
-repeats (parallel over images), then per-unit pruned walks of the output (parallel over units, each
-task owning its rows of the counters). The pruning bound is tally.h's value_bound.
+"""The IoU tally in Numba, in two phases like csrc/cpu/tally.cpp: label counts, range checks and
+categories per image (parallel over images), then per-unit walks of only the output rows that can
+pass (parallel over units, each task owning its rows of the counters), reading each passing pixel's
+labels in place. The pruning bound is tally.h's value_bound.
 """
 import numpy as np
 from numba import njit, prange
