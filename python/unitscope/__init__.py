@@ -5,7 +5,8 @@ plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
 from unitscope import kernels
+from unitscope.kernels import ExactQuantile, QuantileSketch
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "kernels", "__version__"]
+__all__ = ["backends", "cuda_compiled", "kernels", "ExactQuantile", "QuantileSketch", "__version__"]
