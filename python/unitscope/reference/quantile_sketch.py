@@ -149,8 +149,16 @@ def quantile(state: dict, nb: int, q: float) -> torch.Tensor:
     v = lo + frac * (hi - lo)
     v = torch.where(idx == 256, torch.zeros_like(v), v)
     v = torch.where(c == 0, -math.inf, torch.where(c == COARSE - 1, math.inf, v))
+    if q == 0.0 or q == 1.0:  # the exact min / max
+        kk = state["kmin"] if q == 0.0 else state["kmax"]
+        v = key_value(kk.clamp(0, (1 << 32) - 1))
+        v = torch.where(state["zeros"] > 0, _with_zero(v, q), v)
     v = torch.where(n > 0, v, math.nan)
     return v.to(torch.float32)
+
+
+def _with_zero(v, q):
+    return torch.minimum(v, torch.zeros_like(v)) if q == 0.0 else torch.maximum(v, torch.zeros_like(v))
 
 
 def cdf(state: dict, nb: int, values: torch.Tensor) -> torch.Tensor:
