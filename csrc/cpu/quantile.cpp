@@ -58,13 +58,16 @@ void exact_scan(const float* p, int64_t n, ExactChannel& c) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const float t = c.thr;
-    int hit = 0;
-    for (int j = 0; j < 16; ++j) {  // the hot loop: vectorized compare, branch-free reduction
+    uint32_t hits = 0;
+    for (int j = 0; j < 16; ++j) {  // the hot loop: a vectorized compare into a bit mask
       const float v = kNeg ? -p[i + j] : p[i + j];
-      hit |= !(v <= t);
+      hits |= (uint32_t)!(v <= t) << j;  // NaN sets its bit too (counted in push)
     }
-    if (hit)
-      for (int j = 0; j < 16; ++j) c.push(kNeg ? -p[i + j] : p[i + j]);
+    while (hits) {  // push re-checks against the current threshold (it may rise inside the block)
+      const int j = __builtin_ctz(hits);
+      hits &= hits - 1;
+      c.push(kNeg ? -p[i + j] : p[i + j]);
+    }
   }
   for (; i < n; ++i) c.push(kNeg ? -p[i] : p[i]);
 }

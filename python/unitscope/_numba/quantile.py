@@ -41,9 +41,11 @@ def exact_update(x, buf, fill, thr, nan, m, negate):
                     v = -row[i + j] if negate else row[i + j]
                     if not (v <= t):
                         hit = True
-                if hit:
+                if hit:  # push only the values above the (possibly risen) threshold, and NaN
                     for j in range(16):
-                        _exact_push(-row[i + j] if negate else row[i + j], buf, k, fill, thr, nan, m)
+                        v = -row[i + j] if negate else row[i + j]
+                        if not (v <= thr[k]):
+                            _exact_push(v, buf, k, fill, thr, nan, m)
                 i += 16
             while i < inner:
                 _exact_push(-row[i] if negate else row[i], buf, k, fill, thr, nan, m)
