@@ -5,9 +5,9 @@ plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
 from unitscope import featviz, kernels, models
-from unitscope.kernels import ExactQuantile, QuantileSketch
+from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "models", "ExactQuantile", "QuantileSketch",
-           "__version__"]
+__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "models", "ExactQuantile", "IoUTally",
+           "QuantileSketch", "__version__"]
