@@ -4,7 +4,7 @@ penalties. `render(model, objectives.channel("layer4", 7))`."""
 from unitscope.featviz import objectives, transforms
 from unitscope.featviz.objectives import Objective, channel, class_logit, direction, layer, neuron, total_variation
 from unitscope.featviz.param import FourierImage, PixelImage
-from unitscope.featviz.render import Rendering, imagenet_preprocess, render
+from unitscope.featviz.render import Rendering, render
 
 __all__ = ["objectives", "transforms", "Objective", "channel", "class_logit", "direction", "layer", "neuron",
-           "total_variation", "FourierImage", "PixelImage", "Rendering", "imagenet_preprocess", "render"]
+           "total_variation", "FourierImage", "PixelImage", "Rendering", "render"]

@@ -11,15 +11,8 @@ from unitscope.featviz import transforms as T
 from unitscope.featviz.objectives import Forward, Objective
 from unitscope.featviz.param import make_image
 from unitscope.hooks import LayerCapture
+from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def imagenet_preprocess(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 @dataclass
@@ -30,7 +23,7 @@ class Rendering:
 
 def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, param: str = "fourier",
            decorrelate: bool = True, transforms="standard", steps: int = 256, lr: float = 0.05,
-           preprocess=imagenet_preprocess, device=None, seed: int = 0, progress: bool = False) -> Rendering:
+           preprocess="imagenet", device=None, seed: int = 0, progress: bool = False) -> Rendering:
     """Optimize an image (batch of `batch`) to maximize `objective` (negate it to minimize).
 
     Args:
@@ -40,7 +33,8 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, 
         param ("fourier" | "pixel"): parameterization; decorrelate: optimize in decorrelated colour.
         transforms ("standard", None, or a callable (image, generator) -> image): random robustness
             transforms applied at every step.
-        preprocess: maps the [0, 1] image to the model's input (default ImageNet mean/std).
+        preprocess: maps the [0, 1] image to the model's input: "imagenet" (mean/std, the default),
+            None (the model takes [0, 1] images), or a callable such as models.load(name).preprocess.
         seed: seeds the initial parameters and the transforms; same seed, same result on one machine.
     Returns:
         Rendering with images (B, 3, H, W) in [0, 1] and the objective's history.
@@ -54,6 +48,10 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, 
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or min(hw) < 8:
         raise ValueError(f"size must be an int or (H, W) of at least 8 pixels, got {size!r}")
+    if isinstance(preprocess, str):
+        if preprocess != "imagenet":
+            raise ValueError(f"preprocess must be 'imagenet', None or a callable, got {preprocess!r}")
+        preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if transforms == "standard":
         transforms = T.standard()
     device = torch.device(device) if device is not None else next(model.parameters()).device
