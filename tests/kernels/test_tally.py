@@ -350,3 +350,58 @@ def test_cuda_matches_cpp_on_a_dissection_sized_batch():
     p = dict(A=A, thr=thr, pix=pix, img=img, annotated=None, cat=cat, C=C, NC=NC, S=(112, 112), align=False,
              op=">", union="category")
     assert_counts_equal(counts_of(run("cuda", p)), reference(p))
+
+
+def _tally_data():
+    g = torch.Generator().manual_seed(23)
+    A = torch.relu(torch.randn(6, 5, 4, 4, generator=g))
+    pix = torch.randint(0, 9, (6, 2, 10, 10), generator=g)
+    img = torch.randint(0, 9, (6, 1), generator=g)
+    return A, torch.full((5,), 0.6), pix, img
+
+
+def _new_tally():
+    return unitscope.IoUTally(5, 9, label_category=torch.arange(9) % 3, num_categories=3, out_size=10)
+
+
+def _gloo_worker(rank, world, port, out_dir):
+    import os
+    import pickle
+
+    import torch.distributed as dist
+
+    from unitscope.distributed import all_merge
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        A, thr, pix, img = _tally_data()
+        t = _new_tally().update(A[rank::world], thr, pix[rank::world], img[rank::world])
+        all_merge(t)
+        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+            pickle.dump(t.state_dict(), f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_merge_across_two_gloo_processes(tmp_path):
+    import pickle
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    A, thr, pix, img = _tally_data()
+    want = counts_of(_new_tally().update(A, thr, pix, img))
+    for r in range(2):
+        with open(tmp_path / f"rank{r}.pkl", "rb") as f:
+            got = _new_tally()
+            got.load_state_dict(pickle.load(f))
+        assert_counts_equal(counts_of(got), want)
