@@ -168,6 +168,17 @@ def test_exact_bad_input():
         e.merge(unitscope.QuantileSketch(3))
 
 
+@pytest.mark.parametrize("values", [[7.5], [-0.0], [math.inf], [-math.inf, math.inf], [1e-45, -1e-45, 0.0],
+                                    [3.4e38, 3.4e38, -3.4e38], [math.nan, 2.0], [1.0] * 9])
+def test_exact_edge_table(values):
+    x = torch.tensor(values)[:, None]  # (N, K=1)
+    for be in ALL:
+        for interp in INTERPOLATIONS:
+            for q in (0.0, 0.3, 0.5, 0.995, 1.0):
+                e = unitscope.ExactQuantile(1, q, len(values), interpolation=interp, backend=be).update(x)
+                assert_same(e.result(), exact_quantile(x, q, 1, interp))
+
+
 def test_exact_all_nan_channel_is_nan():
     x = torch.randn(5, 2)
     x[:, 1] = math.nan
