@@ -100,7 +100,8 @@ def test_exact_planted_and_large_stream(backend):
     for piece in x.split(7000):
         lo.update(piece)
     assert_same(lo.result(), exact_quantile(x, 0.001, 1, "linear"))
-    assert lo.memory_bytes < K * 4 * 2000  # keeps the bottom ~200 values, not the stream
+    assert not lo.top and lo.m == math.ceil(0.001 * (N - 1)) + 2  # keeps the bottom ~200 values ...
+    assert lo.memory_bytes < K * 4 * N // 10  # ... not the stream
 
 
 def test_exact_sorted_stream_and_bfloat16(backend):
