@@ -1,11 +1,15 @@
-// CPU (OpenMP) kernels for streaming quantiles: one task per channel, so each channel's state is
-// touched by one thread. For the (B, K, h, w) layout each image's h*w values of a channel are one
-// contiguous run; runs of other dtypes are converted to float32 in 4096-value blocks first.
+// CPU (OpenMP) kernels for streaming quantiles: each channel's state is touched by one thread only.
+// For the (B, K, h, w) layout each image's h*w values of a channel are one contiguous run; runs of
+// other dtypes are converted to float32 in 4096-value blocks first.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "unitscope/quantile.h"
 
@@ -166,20 +170,43 @@ struct SketchChannel {
 
 }  // namespace
 
+// Each thread owns a contiguous range of channels and walks the input image by image: for a fixed
+// image o its channels' runs are adjacent in memory, so every thread reads one sequential stream.
 void exact_quantile_update_cpu(const ExactQuantileArgs& a) {
-  const int threads = a.num_threads > 0 ? a.num_threads : 1;
+  const int threads = (int)std::max<int64_t>(1, std::min<int64_t>(a.num_threads > 0 ? a.num_threads : 1, a.K));
 #pragma omp parallel num_threads(threads)
   {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int t = 0, nt = 1;
+#endif
+    const int64_t k0 = a.K * t / nt, k1 = a.K * (t + 1) / nt;
     std::vector<float> tmp(a.dtype == kFloat32 ? 0 : kBlock);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < a.K; ++k) {
-      ExactChannel c{a.buf + k * a.cap, a.cap, a.m, a.fill[k], a.nan[k], a.thr[k]};
-      for_each_run(a.x, a.dtype, a.outer, a.K, a.inner, k, tmp, [&](const float* p, int64_t n) {
-        if (a.negate) exact_scan<true>(p, n, c); else exact_scan<false>(p, n, c);
-      });
-      a.fill[k] = c.fill;
-      a.nan[k] = c.nan;
-      a.thr[k] = c.thr;
+    std::vector<ExactChannel> ch;
+    for (int64_t k = k0; k < k1; ++k) ch.push_back({a.buf + k * a.cap, a.cap, a.m, a.fill[k], a.nan[k], a.thr[k]});
+    for (int64_t o = 0; o < a.outer; ++o) {
+      for (int64_t k = k0; k < k1; ++k) {
+        ExactChannel& c = ch[k - k0];
+        const int64_t base = (o * a.K + k) * a.inner;
+        auto scan = [&](const float* p, int64_t n) {
+          if (a.negate) exact_scan<true>(p, n, c); else exact_scan<false>(p, n, c);
+        };
+        if (a.dtype == kFloat32) {
+          scan(static_cast<const float*>(a.x) + base, a.inner);
+          continue;
+        }
+        for (int64_t s = 0; s < a.inner; s += kBlock) {
+          const int64_t n = std::min(kBlock, a.inner - s);
+          for (int64_t i = 0; i < n; ++i) tmp[i] = load_float(a.x, base + s + i, a.dtype);
+          scan(tmp.data(), n);
+        }
+      }
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      a.fill[k] = ch[k - k0].fill;
+      a.nan[k] = ch[k - k0].nan;
+      a.thr[k] = ch[k - k0].thr;
     }
   }
 }
