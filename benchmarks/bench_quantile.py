@@ -4,7 +4,7 @@ torch.kthvalue: values per second, memory per channel, rank error at q = 0.995.
 
 Throughput mode (default): K=512 channels x 10^7 values each, fed as (16, K, 56, 56) batches of
 dissection-like activations (channel k: normal, log-normal, ReLU with 70% zeros or a two-mode mixture).
-A pool of batches is reused, scaled by a per-cycle factor so values do not repeat. The slow baselines
+Every batch is fresh (seeded) and fed to every method in turn; only update calls are timed. The slow baselines
 (torch reference, datasketches, kthvalue) see a subset of channels (--baseline-channels) for the
 whole stream; values/s is per value either way. Rank error: the true rank of each method's answer
 is counted over the whole stream afterwards.
@@ -28,26 +28,17 @@ import unitscope
 Q = 0.995
 
 
-def make_pool(pool, B, K, h, w, seed=0):
-    """Dissection-like activations: channel k % 4 is normal, log-normal, ReLU (70% zeros), mixture."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    kind = torch.arange(K) % 4
-    for _ in range(pool):
-        z = torch.randn(B, K, h, w, generator=g)
-        x = torch.where((kind == 1)[None, :, None, None], z.exp(), z)
-        x = torch.where((kind == 2)[None, :, None, None], (z - 0.5244).clamp(min=0), x)
-        mode = torch.rand(B, K, h, w, generator=g) < 0.8
-        mix = torch.where(mode, z, 6 + 0.3 * z)
-        out.append(torch.where((kind == 3)[None, :, None, None], mix, x).contiguous())
-    return out
-
-
-def stream(pool, batches):
-    """The b-th batch: pool[b % P] scaled by 1 + 1e-4 * (b // P) (no value repeats across cycles)."""
-    for b in range(batches):
-        cyc = b // len(pool)
-        yield pool[b % len(pool)] * (1.0 + 1e-4 * cyc) if cyc else pool[b % len(pool)]
+def make_batch(b, B, K, h, w):
+    """Batch b of dissection-like activations, fresh values from seed b: channel k % 4 is normal,
+    log-normal, ReLU (70% zeros) or a two-mode mixture."""
+    g = torch.Generator().manual_seed(1000 + b)
+    z = torch.randn(B, K, h, w, generator=g)
+    x = z.clone()
+    x[:, 1::4] = z[:, 1::4].exp()
+    x[:, 2::4] = (z[:, 2::4] - 0.5244).clamp(min=0)
+    mode = torch.rand(z[:, 3::4].shape, generator=g) < 0.8
+    x[:, 3::4] = torch.where(mode, z[:, 3::4], 6 + 0.3 * z[:, 3::4])
+    return x
 
 
 class Method:
@@ -88,6 +79,27 @@ def methods(K, total, sub, have):
     return out
 
 
+def true_ranks(answers, chunks):
+    """Counts of values < and <= each answer (M, K), over chunks (K, n), in two searchsorted passes."""
+    M, K = answers.shape
+    bounds, order = torch.sort(torch.nan_to_num(answers.t(), nan=float("inf")), dim=1)  # (K, M)
+    bounds = bounds.contiguous()
+    lt = torch.zeros(K, M + 1, dtype=torch.float64)
+    le = torch.zeros(K, M + 1, dtype=torch.float64)
+    rows = torch.arange(K)[:, None] * (M + 1)
+    for xr in chunks:
+        for acc, right in ((lt, False), (le, True)):
+            # values with bucket index i are < (or <=) bounds[i:], so the count below bound j is the
+            # number of values with index <= j
+            i = torch.searchsorted(bounds, xr.contiguous(), right=not right)
+            acc += torch.bincount((rows + i).reshape(-1), minlength=K * (M + 1)).view(K, M + 1).double()
+    out = []
+    for acc in (le, lt):
+        below = acc.cumsum(1)[:, :M]  # count of values whose index <= j, per sorted bound j
+        out.append(torch.empty(K, M, dtype=torch.float64).scatter_(1, order, below).t())
+    return out[0], out[1]
+
+
 def run_throughput(args):
     K, h, w, B = args.channels, 56, 56, 16
     per_batch = B * h * w
@@ -96,44 +108,44 @@ def run_throughput(args):
     sub = min(args.baseline_channels, K)
     print(f"throughput: K={K} x {total:,} values per channel ({batches} batches of {(B, K, h, w)}), "
           f"{torch.get_num_threads()} threads; slow baselines on {sub} channels", flush=True)
-    pool = make_pool(min(args.pool, batches), B, K, h, w)
-    have = unitscope.backends()
-    ms = methods(K, total, sub, have)
+    ms = methods(K, total, sub, unitscope.backends())
     for m in ms:
         m.obj = m.make()
-        for x in stream(pool, batches):
+    kth_ch = list(range(min(args.kth_channels, K)))
+    kth_cols = [[] for _ in kth_ch]
+    for b in range(batches):  # every method sees the same fresh batch; only update calls are timed
+        x = make_batch(b, B, K, h, w)
+        for m in ms:
+            torch.set_num_threads(m.threads)  # the torch reference runs on one thread (labelled so)
             t0 = time.perf_counter()
             m.feed(m.obj, x)
             m.seconds += time.perf_counter() - t0
+            torch.set_num_threads(args.threads)
             m.values += per_batch * len(m.channels)
-        t0 = time.perf_counter()
+        for cols, k in zip(kth_cols, kth_ch):
+            cols.append(x[:, k].reshape(-1).clone())
+        if b % 20 == 0:
+            print(f"  batch {b}/{batches}", flush=True)
+    for m in ms:
         m.result = m.answer(m.obj).to(torch.float32)
-        m.query_s = time.perf_counter() - t0
         m.mem = m.memory(m.obj)
-        m.obj = None  # free the state before the next method
+        m.obj = None
         print(f"  {m.name}: {m.values / m.seconds / 1e6:.1f} M values/s", flush=True)
     # torch.kthvalue: needs each channel's whole stream in memory
-    kth_ch = list(range(min(args.kth_channels, K)))
     kth_vals, kth_s = [], 0.0
-    for k in kth_ch:
-        col = torch.cat([x[:, k].reshape(-1) for x in stream(pool, batches)])
+    for cols in kth_cols:
+        col = torch.cat(cols)
+        cols.clear()
         t0 = time.perf_counter()
         kth_vals.append(torch.kthvalue(col, int(np.floor(Q * (total - 1))) + 1).values)
         kth_s += time.perf_counter() - t0
         del col
-    # true ranks of every answer, counted over the whole stream
+    # true ranks of every answer, counted over the whole stream (regenerated)
     answers = torch.full((len(ms) + 1, K), float("nan"))
     for i, m in enumerate(ms):
         answers[i, m.channels] = m.result
     answers[len(ms), kth_ch] = torch.stack(kth_vals)
-    le = torch.zeros(answers.shape, dtype=torch.float64)
-    lt = torch.zeros(answers.shape, dtype=torch.float64)
-    for x in stream(pool, batches):
-        xr = x.transpose(0, 1).reshape(K, -1)
-        for i in range(answers.shape[0]):
-            v = answers[i][:, None]
-            le[i] += (xr <= v).sum(1)
-            lt[i] += (xr < v).sum(1)
+    le, lt = true_ranks(answers, (make_batch(b, B, K, h, w).transpose(0, 1).reshape(K, -1) for b in range(batches)))
     le, lt = le / total, lt / total
     err = torch.where((lt <= Q) & (Q <= le), 0.0, torch.minimum((lt - Q).abs(), (le - Q).abs()))
     rows = []
@@ -146,11 +158,6 @@ def run_throughput(args):
                  "memory_bytes_per_channel": 4 * total, "max_rank_error": float(err[-1, kth_ch].max()),
                  "mean_rank_error": float(err[-1, kth_ch].mean())})
     return {"K": K, "values_per_channel": total, "rows": rows}
-
-
-def memory_of(ms, K, total, sub):
-    """Memory per channel for methods whose objects were dropped: rebuild an empty one."""
-    return {m.name: m.memory(m.make()) for m in ms}
 
 
 def gen_accuracy(name, n, chunk, seed=0):
@@ -229,7 +236,6 @@ def main():
     ap.add_argument("--values", type=int, default=10 ** 7, help="values per channel")
     ap.add_argument("--baseline-channels", type=int, default=8)
     ap.add_argument("--kth-channels", type=int, default=4)
-    ap.add_argument("--pool", type=int, default=6, help="distinct batches generated")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", default="benchmarks/out/bench_quantile.json")
     args = ap.parse_args()

@@ -1,11 +1,15 @@
-// CPU (OpenMP) kernels for streaming quantiles: one task per channel, so each channel's state is
-// touched by one thread. For the (B, K, h, w) layout each image's h*w values of a channel are one
-// contiguous run; runs of other dtypes are converted to float32 in 4096-value blocks first.
+// CPU (OpenMP) kernels for streaming quantiles: each channel's state is touched by one thread only.
+// For the (B, K, h, w) layout each image's h*w values of a channel are one contiguous run; runs of
+// other dtypes are converted to float32 in 4096-value blocks first.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "unitscope/quantile.h"
 
@@ -72,6 +76,48 @@ void exact_scan(const float* p, int64_t n, ExactChannel& c) {
   for (; i < n; ++i) c.push(kNeg ? -p[i] : p[i]);
 }
 
+// x86-64's baseline (SSE2) has no 32-bit min/max: the vector passes are also built for AVX2 and
+// picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define US_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define US_CLONES
+#endif
+
+// Pass 1 over a block: the top coarse bucket of finite values, min/max key of regular values.
+US_CLONES void sketch_block_keys(const uint32_t* __restrict p, int m, int32_t* cmax_out, uint32_t* lo_out,
+                                 uint32_t* hi_out) {
+  int32_t cmax = -1;
+  uint32_t lo = 0xffffffffu, hi = 0;
+  for (int j = 0; j < m; ++j) {
+    const uint32_t bits = p[j], mag = bits & 0x7fffffffu;
+    // order-preserving key (see quantile.h): flip all bits of negatives, the sign bit of positives
+    const uint32_t key = bits ^ ((uint32_t)((int32_t)bits >> 31) | 0x80000000u);
+    const bool regular = (mag - 1u) < 0x7f800000u;  // mag in [1, 0x7f800000]: not 0, not NaN
+    const int32_t c = (int32_t)(key >> 23);
+    const uint32_t keep = (uint32_t)regular & (uint32_t)(c < kSketchCoarse - 1);
+    cmax = std::max(cmax, c | -(int32_t)(keep ^ 1u));            // -1 unless a finite value
+    lo = std::min(lo, key | (uint32_t)-(int32_t)!regular);       // all ones unless regular
+    hi = std::max(hi, key & (uint32_t)-(int32_t)regular);        // 0 unless regular
+  }
+  *cmax_out = cmax; *lo_out = lo; *hi_out = hi;
+}
+
+// Pass 2: each value's counter in the channel's histogram (coarse | fine window | NaN | zero).
+US_CLONES void sketch_block_index(const uint32_t* __restrict p, int m, int32_t tp, int32_t base, int32_t zeroslot,
+                                  int32_t nanslot, int32_t* __restrict idx) {
+  for (int j = 0; j < m; ++j) {
+    const uint32_t bits = p[j], mag = bits & 0x7fffffffu;
+    const uint32_t key = bits ^ ((uint32_t)((int32_t)bits >> 31) | 0x80000000u);
+    const int32_t c = (int32_t)(key >> 23);
+    const bool in_fine = (c >= base) & (c <= tp) & (c >= 1);
+    int32_t i = in_fine ? kSketchCoarse + (c - base) * kSketchSub + (int32_t)((key >> 16) & (kSketchSub - 1)) : c;
+    i = mag == 0 ? zeroslot : i;
+    i = mag > 0x7f800000u ? nanslot : i;
+    idx[j] = i;
+  }
+}
+
 // One channel's sketch in a thread-local histogram h: [0, 512) coarse buckets, then nb*128 fine
 // buckets, then the NaN and zero counters, so that every value costs one branch-free increment.
 struct SketchChannel {
@@ -95,52 +141,72 @@ struct SketchChannel {
     top = c;
   }
 
+  // Blocks of 256 values in three passes: (1) keys, the block's top coarse bucket, min/max key
+  // (vectorized); the window moves up once per block if needed, which gives the same final state
+  // (the state depends on the multiset of values only); (2) each value's counter index (vectorized);
+  // (3) the increments.
   void scan(const uint32_t* __restrict u, int64_t n) {
+    constexpr int kB = 256;
+    int32_t idx[kB];
     int64_t* __restrict hist = h.data();
-    int64_t lo = kmin, hi = kmax, tp = top, base = top - nb + 1;
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t bits = u[i];
-      const uint32_t mag = bits & 0x7fffffffu;
-      // order-preserving key (see quantile.h): flip all bits of negatives, the sign bit of positives
-      const uint32_t key = bits ^ ((uint32_t)((int32_t)bits >> 31) | 0x80000000u);
-      const int64_t c = key >> 23;
-      const bool regular = mag != 0 && mag <= 0x7f800000u;
-      if (__builtin_expect(regular && c > tp && c < kSketchCoarse - 1, 0)) {
-        top = tp; shift(c); tp = top; base = tp - nb + 1;
+    const int32_t nanslot = (int32_t)nan_slot, zeroslot = (int32_t)zero_slot;
+    for (int64_t s = 0; s < n; s += kB) {
+      const int m = (int)std::min<int64_t>(kB, n - s);
+      const uint32_t* __restrict p = u + s;
+      int32_t cmax = -1;
+      uint32_t lo = 0xffffffffu, hi = 0;
+      sketch_block_keys(p, m, &cmax, &lo, &hi);
+      if (lo <= hi) {  // some regular value in the block
+        kmin = std::min<int64_t>(kmin, lo);
+        kmax = std::max<int64_t>(kmax, hi);
       }
-      // select the counter without branches (normal data lands in the fine window half the time)
-      const bool in_fine = ((uint64_t)(c - base) <= (uint64_t)(tp - base)) & (c >= 1);
-      const int64_t fidx = kSketchCoarse + (c - base) * kSketchSub + ((key >> 16) & (kSketchSub - 1));
-      int64_t idx = c ^ ((c ^ fidx) & -(int64_t)in_fine);
-      idx ^= (idx ^ zero_slot) & -(int64_t)(mag == 0);
-      idx ^= (idx ^ nan_slot) & -(int64_t)(mag > 0x7f800000u);
-      ++hist[idx];
-      const int64_t rm = -(int64_t)regular;  // all ones for a regular value
-      const int64_t klo = ((int64_t)key & rm) | (~rm & (int64_t(1) << 40));  // else 2^40: no effect
-      const int64_t khi = ((int64_t)key & rm) | ~rm;                          // else -1: no effect
-      lo = klo < lo ? klo : lo;
-      hi = khi > hi ? khi : hi;
+      if (cmax > top) shift(cmax);
+      const int32_t tp = (int32_t)top, base = (int32_t)(top - nb + 1);
+      sketch_block_index(p, m, tp, base, zeroslot, nanslot, idx);
+      for (int j = 0; j < m; ++j) ++hist[idx[j]];
     }
-    kmin = lo; kmax = hi; top = tp;
   }
 };
 
 }  // namespace
 
+// Each thread owns a contiguous range of channels and walks the input image by image: for a fixed
+// image o its channels' runs are adjacent in memory, so every thread reads one sequential stream.
 void exact_quantile_update_cpu(const ExactQuantileArgs& a) {
-  const int threads = a.num_threads > 0 ? a.num_threads : 1;
+  const int threads = (int)std::max<int64_t>(1, std::min<int64_t>(a.num_threads > 0 ? a.num_threads : 1, a.K));
 #pragma omp parallel num_threads(threads)
   {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int t = 0, nt = 1;
+#endif
+    const int64_t k0 = a.K * t / nt, k1 = a.K * (t + 1) / nt;
     std::vector<float> tmp(a.dtype == kFloat32 ? 0 : kBlock);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < a.K; ++k) {
-      ExactChannel c{a.buf + k * a.cap, a.cap, a.m, a.fill[k], a.nan[k], a.thr[k]};
-      for_each_run(a.x, a.dtype, a.outer, a.K, a.inner, k, tmp, [&](const float* p, int64_t n) {
-        if (a.negate) exact_scan<true>(p, n, c); else exact_scan<false>(p, n, c);
-      });
-      a.fill[k] = c.fill;
-      a.nan[k] = c.nan;
-      a.thr[k] = c.thr;
+    std::vector<ExactChannel> ch;
+    for (int64_t k = k0; k < k1; ++k) ch.push_back({a.buf + k * a.cap, a.cap, a.m, a.fill[k], a.nan[k], a.thr[k]});
+    for (int64_t o = 0; o < a.outer; ++o) {
+      for (int64_t k = k0; k < k1; ++k) {
+        ExactChannel& c = ch[k - k0];
+        const int64_t base = (o * a.K + k) * a.inner;
+        auto scan = [&](const float* p, int64_t n) {
+          if (a.negate) exact_scan<true>(p, n, c); else exact_scan<false>(p, n, c);
+        };
+        if (a.dtype == kFloat32) {
+          scan(static_cast<const float*>(a.x) + base, a.inner);
+          continue;
+        }
+        for (int64_t s = 0; s < a.inner; s += kBlock) {
+          const int64_t n = std::min(kBlock, a.inner - s);
+          for (int64_t i = 0; i < n; ++i) tmp[i] = load_float(a.x, base + s + i, a.dtype);
+          scan(tmp.data(), n);
+        }
+      }
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      a.fill[k] = ch[k - k0].fill;
+      a.nan[k] = ch[k - k0].nan;
+      a.thr[k] = ch[k - k0].thr;
     }
   }
 }

@@ -100,7 +100,8 @@ def test_exact_planted_and_large_stream(backend):
     for piece in x.split(7000):
         lo.update(piece)
     assert_same(lo.result(), exact_quantile(x, 0.001, 1, "linear"))
-    assert lo.memory_bytes < K * 4 * 2000  # keeps the bottom ~200 values, not the stream
+    assert not lo.top and lo.m == math.ceil(0.001 * (N - 1)) + 2  # keeps the bottom ~200 values ...
+    assert lo.memory_bytes < K * 4 * N // 10  # ... not the stream
 
 
 def test_exact_sorted_stream_and_bfloat16(backend):
@@ -166,6 +167,17 @@ def test_exact_bad_input():
         e.merge(unitscope.ExactQuantile(3, 0.5, 10))
     with pytest.raises(TypeError, match="ExactQuantile"):
         e.merge(unitscope.QuantileSketch(3))
+
+
+@pytest.mark.parametrize("values", [[7.5], [-0.0], [math.inf], [-math.inf, math.inf], [1e-45, -1e-45, 0.0],
+                                    [3.4e38, 3.4e38, -3.4e38], [math.nan, 2.0], [1.0] * 9])
+def test_exact_edge_table(values):
+    x = torch.tensor(values)[:, None]  # (N, K=1)
+    for be in ALL:
+        for interp in INTERPOLATIONS:
+            for q in (0.0, 0.3, 0.5, 0.995, 1.0):
+                e = unitscope.ExactQuantile(1, q, len(values), interpolation=interp, backend=be).update(x)
+                assert_same(e.result(), exact_quantile(x, q, 1, interp))
 
 
 def test_exact_all_nan_channel_is_nan():

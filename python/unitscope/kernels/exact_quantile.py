@@ -62,7 +62,7 @@ class ExactQuantile:
 
     Memory: for q >= ~0.5 the m = total - floor(q (total-1)) + 1 largest values are candidates (the
     bottom m' = ceil(q (total-1)) + 2 for small q); each channel holds a float32 buffer of
-    cap = m + max(m/2, 1024) values (``memory_bytes``). A value at or below the m-th largest value
+    cap = m + max(m, 4096) values (``memory_bytes``). A value at or below the m-th largest value
     kept so far can never be read and is rejected with one comparison (the hot loop); a full buffer is
     cut back to its m best values (nth_element), so the work per value is O(1) amortized.
 

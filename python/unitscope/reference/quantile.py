@@ -27,8 +27,9 @@ def candidate_sizes(q: float, total: int) -> tuple[bool, int, int]:
     floor(q (n-1)) .. ceil(q (n-1)) (q (n-1) rounded in float64 exactly as torch does). n - floor(q (n-1))
     never decreases as n grows, so the top m = total - floor(q (total-1)) + 1 values always hold every
     rank read, whatever number of NaNs the stream turns out to have; likewise the bottom
-    m = ceil(q (total-1)) + 2. The smaller side is kept. cap = m + slack is the buffer length: a full
-    buffer is cut back to its m best values (amortized O(1) per accepted value).
+    m = ceil(q (total-1)) + 2. The smaller side is kept. cap = 2m (at least m + 4096) is the buffer length: a full
+    buffer is cut back to its m best values (amortized O(1) per accepted value: about two element
+    moves of nth_element each).
     """
     r = q * float(total - 1)
     m_top = total - int(math.floor(r)) + 1
@@ -36,7 +37,7 @@ def candidate_sizes(q: float, total: int) -> tuple[bool, int, int]:
     top = m_top <= m_bottom
     m = min(m_top if top else m_bottom, total)
     m = max(m, 1)
-    cap = m + max(m // 2, 1024)
+    cap = m + max(m, 4096)
     return top, m, cap
 
 
