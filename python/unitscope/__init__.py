@@ -9,3 +9,7 @@ from unitscope import kernels
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cuda_compiled", "kernels", "__version__"]
+
+from unitscope import models  # noqa: E402  (pretrained model registry)
+
+__all__ += ["models"]
