@@ -19,7 +19,7 @@ def _load(module: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name == module:  # a command whose module this installation does not have
+        if e.name == module or module.startswith(f"{e.name}."):  # a command (or its package) not here yet
             return None
         raise
 
