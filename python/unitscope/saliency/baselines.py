@@ -22,12 +22,23 @@ def gaussian_blur(x, sigma):
     pad_h, pad_w = min(r, x.shape[2] - 1), min(r, x.shape[3] - 1)
     y = x
     if pad_w > 0:
-        kw = k[r - pad_w:r + pad_w + 1].view(1, 1, 1, -1).expand(C, 1, 1, -1)
+        kw = k[r - pad_w:r + pad_w + 1]  # truncated for images narrower than the kernel: renormalized
+        kw = (kw / kw.sum()).view(1, 1, 1, -1).expand(C, 1, 1, -1)
         y = F.conv2d(F.pad(y, (pad_w, pad_w, 0, 0), mode="reflect"), kw, groups=C)
     if pad_h > 0:
-        kh = k[r - pad_h:r + pad_h + 1].view(1, 1, -1, 1).expand(C, 1, -1, 1)
+        kh = k[r - pad_h:r + pad_h + 1]
+        kh = (kh / kh.sum()).view(1, 1, -1, 1).expand(C, 1, -1, 1)
         y = F.conv2d(F.pad(y, (0, 0, pad_h, pad_h), mode="reflect"), kh, groups=C)
     return y
+
+
+def check_baseline(baseline):
+    """Raise early for a baseline make_baseline would refuse (tensors are checked against x later)."""
+    if isinstance(baseline, torch.Tensor) or (isinstance(baseline, (int, float)) and not isinstance(baseline, bool)):
+        return baseline
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, a number or a Tensor; got {baseline!r}")
+    return baseline
 
 
 def make_baseline(x, baseline, *, input_range=(0.0, 1.0), blur_sigma=None, generator=None):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from unitscope.saliency.base import (CHANNEL_REDUCTIONS, Attribution, batched, check_choice, check_positive_int)
-from unitscope.saliency.baselines import make_baseline
+from unitscope.saliency.baselines import check_baseline, make_baseline
 
 RULES = ("riemann_trapezoid", "gauss_legendre")
 
@@ -58,7 +58,7 @@ class IntegratedGradients(Attribution):
         self.channel = check_choice(channel, ("sum", None), "channel")
         self.input_range = input_range
         self.seed = seed
-        make_baseline(torch.zeros(1, 1, 2, 2), baseline, input_range=input_range)  # validate early
+        check_baseline(baseline)
 
     def __call__(self, x, target=None, return_gap=False):
         from unitscope.saliency.base import check_input

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from unitscope.saliency.base import Attribution, batched, check_positive_int
-from unitscope.saliency.baselines import make_baseline
+from unitscope.saliency.baselines import check_baseline, make_baseline
 
 
 def _pair(v, name):
@@ -49,7 +49,7 @@ class Occlusion(Attribution):
         self.baseline = baseline
         self.input_range = input_range
         self.batch_size = check_positive_int(batch_size, "batch_size")
-        make_baseline(torch.zeros(1, 1, 2, 2), baseline, input_range=input_range)  # validate early
+        check_baseline(baseline)
 
     @torch.no_grad()
     def _attribute(self, x, targets):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from unitscope.saliency.base import Attribution, batched, check_positive_int
-from unitscope.saliency.baselines import make_baseline
+from unitscope.saliency.baselines import check_baseline, make_baseline
 
 
 def grid_segments(H, W, n_segments):
@@ -103,7 +103,7 @@ class SuperpixelMethod(Attribution):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
         self.input_range = input_range
-        make_baseline(torch.zeros(1, 1, 2, 2), baseline, input_range=input_range)  # validate early
+        check_baseline(baseline)
 
     def segment(self, x):
         """Labels (B, H, W) int64 (ids 0..M_b-1 per image) and the list of M_b."""
