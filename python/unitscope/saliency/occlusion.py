@@ -34,7 +34,7 @@ class Occlusion(Attribution):
     Args:
         window (int or (h, w)): the occluding patch, clipped to the image size.
         stride (int or (h, w)): step between windows; the last window in each direction is moved
-            to touch the border, so every pixel is covered.
+            to touch the border. With stride > window some pixels are never covered: they get 0.
         baseline: what the window shows instead ("gray" default; see baselines.make_baseline).
         batch_size (int): occluded images per forward pass.
 
@@ -62,9 +62,10 @@ class Occlusion(Attribution):
         base = make_baseline(x, self.baseline, input_range=self.input_range)
         s0 = self.scores(x)
         self._check_target_range(s0, targets)
-        s0 = s0.gather(1, targets).float()  # (B, T)
-        total = torch.zeros((B, T, H, W), dtype=torch.float32, device=x.device)
-        count = torch.zeros((H, W), dtype=torch.float32, device=x.device)
+        acc = torch.promote_types(x.dtype, torch.float32)  # float32 at least, float64 for double input
+        s0 = s0.gather(1, targets).to(acc)  # (B, T)
+        total = torch.zeros((B, T, H, W), dtype=acc, device=x.device)
+        count = torch.zeros((H, W), dtype=acc, device=x.device)
         for t, l in wins:
             count[t:t + wh, l:l + ww] += 1
         # occluded image (b, window p) at flat index b * P + p
@@ -75,8 +76,8 @@ class Occlusion(Attribution):
                 b, (t, l) = i // P, wins[i % P]
                 xb[j, :, t:t + wh, l:l + ww] = base[b, :, t:t + wh, l:l + ww]
             bi = torch.tensor([i // P for i in idx], device=x.device)
-            drop = s0[bi] - self.scores(xb).float().gather(1, targets[bi])  # (n, T)
+            drop = s0[bi] - self.scores(xb).to(acc).gather(1, targets[bi])  # (n, T)
             for j, i in enumerate(idx):
                 b, (t, l) = i // P, wins[i % P]
                 total[b, :, t:t + wh, l:l + ww] += drop[j][:, None, None]
-        return (total / count).to(x.dtype)
+        return (total / count.clamp(min=1)).to(x.dtype)  # pixels no window covers (stride > window) get 0
