@@ -84,7 +84,8 @@ class SuperpixelMethod(Attribution):
         n_samples (int): perturbed images per image.
         baseline: what switched-off superpixels show ("gray" default; see baselines.make_baseline).
         batch_size (int): perturbed images per forward pass.
-        seed (int): seeds the sampler (a private CPU generator: same samples on every device).
+        seed (int): seeds the sampler (a private CPU generator, restarted for each image: the same
+            samples on every device and whatever the batch).
 
     Returns float32 Tensor (B, H, W): each pixel gets its superpixel's coefficient.
     `explain(x, target)` returns the per-image SuperpixelFit objects instead.
@@ -154,11 +155,11 @@ class SuperpixelMethod(Attribution):
     def _explain(self, x, targets):
         labels, Ms = self.segment(x)
         base = make_baseline(x.detach(), self.baseline, input_range=self.input_range)
-        gen = torch.Generator()
-        gen.manual_seed(int(self.seed))
         fits = []
         for b in range(x.shape[0]):
             M = Ms[b]
+            gen = torch.Generator()  # the same seed for every image: a batch gives the single-image maps
+            gen.manual_seed(int(self.seed))
             Z, w = self.sample(M, gen)
             y = self.score_coalitions(x[b].detach(), base[b], labels[b], Z, targets[b])
             ends = self.score_coalitions(x[b].detach(), base[b], labels[b],
