@@ -154,3 +154,29 @@ def test_layer_capture_not_called(net):
     with pytest.raises(ValueError, match="was not called"):
         cap.check()
     assert not net.fc._forward_hooks
+
+
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM])
+def test_every_kernel_backend_gives_the_reference_map(cls, net, x, backend):
+    from conftest import device_of
+
+    dev = device_of(backend)
+    n, xx = GapNet().eval().to(dev), x.to(dev)
+    got = cls(n, "act", backend=backend)(xx, torch.tensor([[1, 2], [0, 4]], device=dev))
+    ref = cls(n, "act", backend="torch")(xx, torch.tensor([[1, 2], [0, 4]], device=dev))
+    assert got.device == xx.device
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_methods_on_cuda_keep_device():
+    from unitscope.saliency import IntegratedGradients, Occlusion, VanillaGradient
+
+    net = TinyResNet().cuda()
+    x = torch.rand(2, 3, 32, 32, device="cuda")
+    for method in (GradCAM(net, "layer4"), GuidedBackprop(net), VanillaGradient(net),
+                   IntegratedGradients(net, steps=4), Occlusion(net, 8, 8)):
+        m = method(x, [1, 2])
+        assert m.device.type == "cuda" and torch.isfinite(m).all()
+    cpu = GradCAM(net.cpu(), "layer4")(x.cpu(), [1, 2])
+    torch.testing.assert_close(GradCAM(net.cuda(), "layer4")(x, [1, 2]).cpu(), cpu, rtol=1e-3, atol=1e-4)

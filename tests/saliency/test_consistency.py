@@ -93,3 +93,10 @@ def test_target_and_input_errors(cnn):
         S.VanillaGradient(cnn, reduce="square")
     with pytest.raises(ValueError, match=r"explained output must be a Tensor of shape \(B, N\)"):
         S.VanillaGradient(cnn, output=lambda o: o.sum(1))(x, 0)
+
+
+def test_training_mode_warns():
+    net = SmallCNN().train()
+    with pytest.warns(UserWarning, match="training mode"):
+        S.VanillaGradient(net)(torch.rand(2, 3, 8, 8), 0)
+    net.eval()

@@ -2,6 +2,8 @@
 per-sample gradients and the channel reductions of gradient maps."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -60,6 +62,7 @@ class Attribution:
 
     def __call__(self, x, target=None):
         x = check_input(x)
+        warn_if_training(self.model)
         targets, squeeze = self.resolve_targets(x, target)
         out = self._attribute(x, targets)
         return out[:, 0] if squeeze else out
@@ -114,6 +117,12 @@ class Attribution:
             picked = s.gather(1, target[:, None]).sum()
             (g,) = torch.autograd.grad(picked, xi, create_graph=keep)
         return g
+
+
+def warn_if_training(model):
+    if model.training:
+        warnings.warn("the model is in training mode: BatchNorm/Dropout make each image's attribution depend on "
+                      "the batch and on chance; call model.eval() first", stacklevel=3)
 
 
 def check_input(x):

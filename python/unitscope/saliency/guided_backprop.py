@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from unitscope.saliency.base import (CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, check_input,
-                                     reduce_map)
+                                     reduce_map, warn_if_training)
 
 # monotone activation modules hooked by default
 MONOTONE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Hardtanh, nn.Softplus,
@@ -139,6 +139,7 @@ class GuidedBackprop(Attribution):
 
     def __call__(self, x, target=None):
         x = check_input(x)
+        warn_if_training(self.model)
         targets, squeeze = self.resolve_targets(x, target)
         out = torch.stack([reduce_map(self.raw(x, targets[:, t]), self.reduce, self.channel)
                            for t in range(targets.shape[1])], dim=1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unitscope.saliency.base import (CHANNEL_REDUCTIONS, Attribution, batched, check_choice, check_positive_int)
+from unitscope.saliency.base import (Attribution, batched, check_choice, check_input, check_positive_int,
+                                     warn_if_training)
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
 RULES = ("riemann_trapezoid", "gauss_legendre")
@@ -61,9 +62,8 @@ class IntegratedGradients(Attribution):
         check_baseline(baseline)
 
     def __call__(self, x, target=None, return_gap=False):
-        from unitscope.saliency.base import check_input
-
         x = check_input(x)
+        warn_if_training(self.model)
         targets, squeeze = self.resolve_targets(x, target)
         attr, gap = self._integrate(x, targets)
         if self.channel == "sum":

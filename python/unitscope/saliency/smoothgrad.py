@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unitscope.saliency.base import Attribution, batched, check_input, check_positive_int
+from unitscope.saliency.base import Attribution, batched, check_input, check_positive_int, warn_if_training
 
 
 class SmoothGrad(Attribution):
@@ -37,6 +37,7 @@ class SmoothGrad(Attribution):
 
     def __call__(self, x, target=None):
         x = check_input(x)
+        warn_if_training(self.model)
         targets, squeeze = self.resolve_targets(x, target)
         B, n = x.shape[0], self.n_samples
         gen = torch.Generator(device=x.device)

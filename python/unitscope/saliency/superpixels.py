@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unitscope.saliency.base import Attribution, batched, check_positive_int
+from unitscope.saliency.base import Attribution, batched, check_input, check_positive_int, warn_if_training
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
 
@@ -146,9 +146,8 @@ class SuperpixelMethod(Attribution):
 
     def explain(self, x, target=None):
         """One SuperpixelFit per image (targets as in __call__, always with a T axis)."""
-        from unitscope.saliency.base import check_input
-
         x = check_input(x)
+        warn_if_training(self.model)
         targets, _ = self.resolve_targets(x, target)
         return self._explain(x, targets)
 
