@@ -188,11 +188,15 @@ def main(argv=None):
             row["ours_peak_bytes"] = peak_memory(lambda: method(x, tgt), device)
             cap = captum_call(name, lm, cfg, x, tgt) if have_captum else None
             if cap is not None:
-                t, theirs = timed(cap, device, cfg["reps"], keep=True)
-                row["captum_s_per_image"] = t / bs
-                row["captum_peak_bytes"] = peak_memory(cap, device)
-                row["ratio_captum_over_ours"] = row["captum_s_per_image"] / row["ours_s_per_image"]
-                row["max_abs_diff"] = agreement(name, mine, theirs)
+                try:
+                    t, theirs = timed(cap, device, cfg["reps"], keep=True)
+                    row["captum_s_per_image"] = t / bs
+                    row["captum_peak_bytes"] = peak_memory(cap, device)
+                    row["ratio_captum_over_ours"] = row["captum_s_per_image"] / row["ours_s_per_image"]
+                    row["max_abs_diff"] = agreement(name, mine, theirs)
+                except (ImportError, ValueError) as e:  # e.g. Captum's Lime/KernelShap need scikit-learn
+                    row["captum_error"] = f"{type(e).__name__}: {e}"
+                    print(f"  captum {name}: {row['captum_error']}")
             rows.append(row)
             print(f"{name:22s} {bs:3d} {1e3 * row['ours_s_per_image']:12.1f} "
                   f"{_f(row.get('captum_s_per_image'), 1e3, 14, 1)} {_f(row.get('ratio_captum_over_ours'), 1, 6, 2)} "

@@ -13,3 +13,7 @@ __all__ = ["backends", "cuda_compiled", "kernels", "__version__"]
 from unitscope import models  # noqa: E402  (pretrained model registry)
 
 __all__ += ["models"]
+
+from unitscope import saliency, viz  # noqa: E402  (attribution methods, overlays)
+
+__all__ += ["saliency", "viz"]

@@ -48,7 +48,7 @@ class SmoothGrad(Attribution):
         span = (x.detach().amax(dim=(1, 2, 3)) - x.detach().amin(dim=(1, 2, 3))).view(B, 1, 1, 1)
         sigma = self.noise * span
         # sample i of image b sits at flat index b * n + i; chunks of batch_size over that index
-        total, count = None, 0
+        total = None
         for start, stop in batched(B * n, self.batch_size):
             idx = torch.arange(start, stop, device=x.device) // n
             xb = x[idx]
@@ -59,6 +59,5 @@ class SmoothGrad(Attribution):
             sums = torch.zeros((B,) + maps.shape[1:], dtype=maps.dtype, device=maps.device)
             sums.index_add_(0, idx, maps)
             total = sums if total is None else total + sums
-            count += 1
         out = total / n
         return out[:, 0] if squeeze else out
