@@ -4,10 +4,10 @@ Network dissection, saliency maps and feature visualization on fast C++/CUDA ker
 plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
-from unitscope import featviz, kernels, models
+from unitscope import featviz, kernels, models, saliency, viz
 from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "models", "ExactQuantile", "IoUTally",
-           "QuantileSketch", "__version__"]
+__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "models", "saliency", "viz", "ExactQuantile",
+           "IoUTally", "QuantileSketch", "__version__"]

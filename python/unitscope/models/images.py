@@ -26,7 +26,7 @@ def load_image(image, size=None) -> torch.Tensor:
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"image must be (H, W, 3) or (H, W), got shape {arr.shape}")
     arr = arr[:, :, :3]
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None]
     x = x.float() / 255.0 if arr.dtype == np.uint8 else x.float()
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
