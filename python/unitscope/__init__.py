@@ -5,7 +5,12 @@ plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
 from unitscope import kernels
+from unitscope import data
+# the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the
+# entry point; `from unitscope.dissect import ...` still reaches the subpackage
+from unitscope.dissect import Dissection, LayerDissection, compare, dissect
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "kernels", "__version__"]
+__all__ = ["backends", "cuda_compiled", "kernels", "__version__", "data", "dissect", "Dissection",
+           "LayerDissection", "compare"]
