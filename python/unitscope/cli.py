@@ -19,7 +19,7 @@ def _load(module: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name == module:  # a command whose module this installation does not have
+        if e.name and (module == e.name or module.startswith(e.name + ".")):  # command not in this build
             return None
         raise
 
