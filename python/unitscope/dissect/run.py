@@ -34,7 +34,17 @@ def imagenet_preprocess(x: torch.Tensor) -> torch.Tensor:
 
 
 def _describe(fn) -> str:
-    return "imagenet" if fn is None else f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    """A stable description of a preprocess callable for the checkpoint key (modules: their type
+    and a digest of their tensors)."""
+    if fn is None:
+        return "imagenet"
+    if isinstance(fn, torch.nn.Module):
+        import hashlib
+        h = hashlib.sha256()
+        for t in list(fn.parameters()) + list(fn.buffers()):
+            h.update(t.detach().cpu().double().numpy().tobytes())
+        return f"{type(fn).__module__}.{type(fn).__qualname__}:{h.hexdigest()[:16]}"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 def _dist() -> tuple[int, int]:
