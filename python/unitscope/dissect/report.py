@@ -28,7 +28,7 @@ def _outlined(image: Image.Image, amap: np.ndarray, threshold: float, op: str, a
     inner[:, 1:] &= mask[:, :-1]
     inner[:, :-1] &= mask[:, 1:]
     edge = mask & ~inner
-    out = np.where(mask[..., None], img, img * 0.45)
+    out = np.where(mask[..., None], img, img * 0.6)
     out[edge] = (255, 230, 0)
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
