@@ -4,13 +4,14 @@ Network dissection, saliency maps and feature visualization on fast C++/CUDA ker
 plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
-from unitscope import kernels
-from unitscope import data
-# the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the
-# entry point; `from unitscope.dissect import ...` still reaches the subpackage
-from unitscope.dissect import Dissection, LayerDissection, compare, dissect
+from unitscope import featviz, kernels
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "kernels", "__version__", "data", "dissect", "Dissection",
-           "LayerDissection", "compare"]
+__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "__version__"]
+
+from unitscope import data  # noqa: E402
+# the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the
+# entry point; `from unitscope.dissect import ...` still reaches the subpackage
+from unitscope.dissect import Dissection, LayerDissection, compare, dissect  # noqa: E402
+__all__ += ["data", "dissect", "Dissection", "LayerDissection", "compare"]

@@ -11,6 +11,7 @@ COMMANDS = {
     "demo": ("unitscope.demo", "dissect and explain the bundled EfficientNet-Lite0 on generated data and photos"),
     "dissect": ("unitscope.dissect.command", "network dissection of a model's layers on a Broden-format dataset"),
     "saliency": ("unitscope.saliency.command", "saliency maps of a model's prediction for an image"),
+    "featviz": ("unitscope.featviz.command", "render what channels of a layer respond to"),
     "info": ("unitscope.info", "backends and build facts of this installation"),
 }
 
