@@ -106,7 +106,7 @@ def test_module_called_twice_is_an_error_naming_the_fix(ds):
 
 
 def test_bad_layer_and_arguments(ds):
-    with pytest.raises(ValueError, match="no module named 'nope'"):
+    with pytest.raises(ValueError, match="'nope' is not a module of the model"):
         unitscope.dissect(tiny_cnn(), ["nope"], ds, progress=False)
     with pytest.raises(ValueError, match=r"needs \(B, K, h, w\)"):
         unitscope.dissect(tiny_cnn(), ["6"], ds, progress=False)

@@ -1,14 +1,17 @@
-"""Activation capture: forward hooks on named modules, several layers per forward.
+"""Activation capture for dissection: forward hooks on named modules, several layers per forward.
 
-A layer is a name from `model.named_modules()`, optionally `name@k` to take the k-th call (from 0)
-of a module that runs several times per forward. Once every requested output is captured the
-forward is cut short (the rest of the network is not needed for dissection).
+Like unitscope.hooks.LayerCapture (whose name resolution it shares), plus what a dataset-long pass
+needs: `name@k` takes the k-th call (from 0) of a module that runs several times per forward; token
+outputs (B, T, C) can become maps; once every requested output is captured the forward is cut
+short (the rest of the network is not needed for dissection).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from unitscope.hooks import resolve_layer
 
 
 class _Done(Exception):
@@ -51,17 +54,13 @@ class LayerCapture:
             raise ValueError("layers must name at least one module, got an empty list")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers lists a layer twice: {self.layers}")
-        modules = dict(model.named_modules())
         self.model = model
         self.tokens = tokens
         self._specs = {}
         for spec in self.layers:
             name, call = parse_layer(spec)
-            if name not in modules:
-                near = [n for n in modules if n and (name in n or n in name)][:8]
-                raise ValueError(f"layers: model has no module named {name!r}"
-                                 + (f"; close names: {near}" if near else "; see model.named_modules()"))
-            self._specs[spec] = (modules[name], name, call)
+            name, module = resolve_layer(model, name)
+            self._specs[spec] = (module, name, call)
         self._handles = []
         self._calls = {}
         self._out = {}

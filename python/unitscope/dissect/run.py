@@ -94,6 +94,14 @@ def _as_dataset(dataset, categories) -> BrodenDataset:
 
 
 def _free_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (free + reclaimable cache), else free pages, else 0."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
