@@ -4,11 +4,11 @@ Network dissection, saliency maps and feature visualization on fast C++/CUDA ker
 plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
-from unitscope import featviz, kernels
+from unitscope import featviz, kernels, models
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "__version__"]
+__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "models", "__version__"]
 
 from unitscope import data  # noqa: E402
 # the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the
