@@ -256,3 +256,17 @@ def test_exports_and_report(ds, tmp_path):
     cmp = unitscope.compare(d, d, names=["a", "b"])
     assert len(cmp.rows) == 4 and "unique color" in cmp.table()
     assert cmp.save(tmp_path / "cmp").is_file()
+
+
+def test_categories_path_and_autocast(concept_root):
+    model = tiny_cnn()
+    d = unitscope.dissect(model, ["3"], str(concept_root), categories=["object", "part"], batch_size=8,
+                          progress=False)["3"]
+    assert d.categories == ["object", "part"] and d.activation.shape == (12, 2)
+    assert set(d.label_category[d.label_category >= 0]) == {0, 1}
+    full = unitscope.dissect(model, ["3"], BrodenDataset(concept_root), batch_size=8, progress=False)["3"]
+    obj = full.label_category == 1  # object labels: same counts whichever other categories are dissected
+    assert np.array_equal(d.intersection[:, obj], full.intersection[:, obj])
+    low = unitscope.dissect(model, ["3"], BrodenDataset(concept_root), batch_size=8, autocast=torch.bfloat16,
+                            progress=False)["3"]
+    np.testing.assert_allclose(low.thresholds, full.thresholds, rtol=0.05, atol=0.05)
