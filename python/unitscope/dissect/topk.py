@@ -26,31 +26,36 @@ class TopKImages:
 
     def _select(self, values, index, maps_of):
         """Keep the k best of candidates values/index (K, n); maps_of(pos) gives (K, k, h, w) maps."""
-        order = torch.argsort(index, dim=1, stable=True)         # lower index first on ties ...
-        v = values.gather(1, order)
-        order = order.gather(1, torch.argsort(-v, dim=1, stable=True))  # ... then largest value first
-        pos = order[:, : self.k]
+        pos = self._order(values, index)[:, : self.k]
         self.values, self.index, self.maps = values.gather(1, pos), index.gather(1, pos), maps_of(pos)
+
+    @staticmethod
+    def _order(values, index):
+        """(K, n) positions sorted by value descending, ties by lower image index."""
+        order = torch.argsort(index, dim=1, stable=True)
+        return order.gather(1, torch.argsort(-values.gather(1, order), dim=1, stable=True))
 
     def update(self, acts: torch.Tensor, image_index: torch.Tensor) -> None:
         """acts (B, K, h, w) float; image_index (B,) int64 dataset indices of the batch."""
         B, K, h, w = acts.shape
-        peak = torch.nan_to_num(acts.detach().float().amax(dim=(2, 3)), nan=float("-inf")).T  # (K, B)
-        low = torch.nan_to_num(acts.detach().float().amin(dim=(2, 3)), nan=float("inf")).T
+        flat = acts.detach().reshape(B, K, h * w)
+        low, peak = torch.aminmax(flat, dim=2)                                 # (B, K) each
+        peak = torch.nan_to_num(peak.float(), nan=float("-inf")).T.contiguous()  # (K, B)
+        low = torch.nan_to_num(low.float(), nan=float("inf")).T
         self.maximum = torch.maximum(self.maximum, peak.max(dim=1).values)
         self.minimum = torch.minimum(self.minimum, low.min(dim=1).values)
         if self.k == 0:
             return
         idx = image_index.to(self.index.device).expand(K, B)
-        old_v, old_m = self.values, self.maps
-        units = acts.detach().float().transpose(0, 1)  # (K, B, h, w)
-
-        def maps_of(pos):
-            from_old = old_m.gather(1, pos.clamp(max=self.k - 1)[..., None, None].expand(-1, -1, h, w))
-            from_new = units.gather(1, (pos - self.k).clamp(min=0)[..., None, None].expand(-1, -1, h, w))
-            return torch.where((pos < self.k)[..., None, None], from_old, from_new)
-
-        self._select(torch.cat([old_v, peak], 1), torch.cat([self.index, idx], 1), maps_of)
+        # the batch's own k best first (only they can enter the top k), then merge with the kept ones
+        kk = min(self.k, B)
+        pos = self._order(peak, idx)[:, :kk]                                   # (K, kk) batch positions
+        units = acts.detach().float().transpose(0, 1)                          # (K, B, h, w)
+        new_maps = units.gather(1, pos[..., None, None].expand(-1, -1, h, w))
+        maps = torch.cat([self.maps, new_maps], 1)
+        values = torch.cat([self.values, peak.gather(1, pos)], 1)
+        index = torch.cat([self.index, idx.gather(1, pos)], 1)
+        self._select(values, index, lambda p: maps.gather(1, p[..., None, None].expand(-1, -1, h, w)))
 
     def merge(self, other: "TopKImages") -> "TopKImages":
         self.maximum = torch.maximum(self.maximum, other.maximum.to(self.maximum.device))
