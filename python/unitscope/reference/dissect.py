@@ -15,10 +15,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def quantile_linear(values: torch.Tensor, q: float) -> torch.Tensor:
-    """values (K, n) -> (K,) float64: torch.quantile(values.double(), q, dim=1) ('linear'), NaN
-    ignored, without torch.quantile's 2^24-element limit."""
+    """values (K, n) -> (K,) float64: torch.nanquantile(values.double(), q, dim=1) ('linear', NaN
+    ignored); past torch's 2^24-element limit, the same formula on a sorted copy."""
+    values = values.double()
+    if values.shape[1] <= 2 ** 24:
+        return torch.nanquantile(values, q, dim=1)
     out = []
-    for row in values.double():
+    for row in values:
         row = row[~torch.isnan(row)].sort().values
         pos = q * (row.numel() - 1)
         lo = int(np.floor(pos))
@@ -53,7 +56,7 @@ def collect_activations(model, layers, dataset, preprocess=None, batch_size=16) 
     return {layer: torch.cat(v) for layer, v in store.items()}
 
 
-def tally_counts(acts, thresholds, dataset, *, threshold_op=">", union="category", align_corners=False) -> dict:
+def layer_counts(acts, thresholds, dataset, *, threshold_op=">", union="category", align_corners=False) -> dict:
     """Counts of one layer: acts float32[N, K, h, w], thresholds float32[K], over `dataset` (a
     BrodenDataset, index order). Returns intersection (K, C), activation (K, ncat), label (C,),
     activation_total (K,), images, iou (K, C) float64."""
@@ -93,7 +96,7 @@ def tally_counts(acts, thresholds, dataset, *, threshold_op=">", union="category
 
 def dissect(model, layers, dataset, *, quantile=0.995, threshold_op=">", union="category", align_corners=False,
             preprocess=None, thresholds=None) -> dict:
-    """{layer: {"thresholds": float32[K], **tally_counts}}. `thresholds` ({layer: (K,)}) overrides
+    """{layer: {"thresholds": float32[K], **layer_counts}}. `thresholds` ({layer: (K,)}) overrides
     the quantile (to compare counts alone)."""
     all_acts = collect_activations(model, layers, dataset, preprocess)
     out = {}
@@ -103,6 +106,6 @@ def dissect(model, layers, dataset, *, quantile=0.995, threshold_op=">", union="
             thr = thresholds[layer].float()
         else:
             thr = quantile_linear(a.transpose(0, 1).reshape(K, -1), quantile).float()
-        out[layer] = {"thresholds": thr, **tally_counts(a, thr, dataset, threshold_op=threshold_op, union=union,
+        out[layer] = {"thresholds": thr, **layer_counts(a, thr, dataset, threshold_op=threshold_op, union=union,
                                                         align_corners=align_corners)}
     return out
