@@ -270,3 +270,13 @@ def test_categories_path_and_autocast(concept_root):
     low = unitscope.dissect(model, ["3"], BrodenDataset(concept_root), batch_size=8, autocast=torch.bfloat16,
                             progress=False)["3"]
     np.testing.assert_allclose(low.thresholds, full.thresholds, rtol=0.05, atol=0.05)
+
+
+def test_corrupt_checkpoint_and_topk_zero(concept_root, tmp_path):
+    (tmp_path / "dissect.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"checkpoint .*dissect.pt is unreadable .*delete it"):
+        unitscope.dissect(tiny_cnn(), ["1"], BrodenDataset(concept_root), checkpoint_dir=tmp_path, progress=False)
+    d = unitscope.dissect(tiny_cnn(), ["1"], BrodenDataset(concept_root), topk=0, batch_size=8, progress=False)
+    assert d["1"].topk_index.shape == (8, 0)
+    d.save_report(tmp_path / "r")
+    assert (tmp_path / "r" / "1.html").is_file()

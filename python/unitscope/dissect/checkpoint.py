@@ -51,7 +51,8 @@ def load_checkpoint(path: Path, key: dict) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"checkpoint {path} is unreadable ({first}); delete it to start over") from e
     saved = state.get("key", {}) if isinstance(state, dict) else {}
     diff = [k for k in sorted(set(saved) | set(key)) if saved.get(k) != key.get(k)]
     if diff:
