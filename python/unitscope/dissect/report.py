@@ -16,10 +16,10 @@ from unitscope.reference.bilinear import bilinear_resize
 THUMB = 112
 
 
-def _outlined(image: Image.Image, amap: np.ndarray, threshold: float, op: str, align_corners: bool) -> Image.Image:
-    """The image at THUMBxTHUMB with the region where the upsampled map passes the threshold
-    outlined in yellow and the rest dimmed."""
-    img = np.asarray(image.convert("RGB").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.float32)
+def _outlined(img: np.ndarray, amap: np.ndarray, threshold: float, op: str, align_corners: bool) -> Image.Image:
+    """The thumbnail (uint8[THUMB, THUMB, 3]) with the region where the upsampled map passes the
+    threshold outlined in yellow and the rest dimmed."""
+    img = img.astype(np.float32)
     up = bilinear_resize(torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32)), (THUMB, THUMB), align_corners).numpy()
     mask = up > threshold if op == ">" else up >= threshold
     inner = mask.copy()
@@ -33,7 +33,16 @@ def _outlined(image: Image.Image, amap: np.ndarray, threshold: float, op: str, a
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
-def _strip(ld: LayerDissection, unit: int, root: Path) -> Image.Image | None:
+def _thumb(path: Path, cache: dict) -> np.ndarray:
+    if path not in cache:
+        if len(cache) > 2048:  # thumbnails of 37 KiB each
+            cache.clear()
+        with Image.open(path) as im:
+            cache[path] = np.asarray(im.convert("RGB").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.uint8)
+    return cache[path]
+
+
+def _strip(ld: LayerDissection, unit: int, root: Path, cache: dict) -> Image.Image | None:
     idx = [int(i) for i in ld.topk_index[unit] if i >= 0]
     if not idx:
         return None
@@ -41,9 +50,8 @@ def _strip(ld: LayerDissection, unit: int, root: Path) -> Image.Image | None:
     ac = ld.settings.get("upsample") == "bilinear-align-corners"
     tiles = []
     for slot, i in enumerate(idx):
-        path = root / "images" / ld.image_paths[i]
-        with Image.open(path) as im:
-            tiles.append(_outlined(im, ld.topk_maps[unit, slot], float(ld.thresholds[unit]), op, ac))
+        img = _thumb(root / "images" / ld.image_paths[i], cache)
+        tiles.append(_outlined(img, ld.topk_maps[unit, slot], float(ld.thresholds[unit]), op, ac))
     strip = Image.new("RGB", (len(tiles) * (THUMB + 2), THUMB), (255, 255, 255))
     for t, tile in enumerate(tiles):
         strip.paste(tile, (t * (THUMB + 2), 0))
@@ -86,7 +94,7 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
     ran on (or `dataset_root`). Returns the index.html path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    index_rows = []
+    index_rows, cache = [], {}
     for ld in dissection:
         name = _safe(ld.layer)
         root = Path(dataset_root or ld.settings.get("dataset_root", "."))
@@ -101,7 +109,7 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
         rows = []
         for u in units:
             k = u["unit"]
-            strip = _strip(ld, k, root)
+            strip = _strip(ld, k, root, cache)
             img = ""
             if strip is not None:
                 strip.save(out / name / f"unit_{k:04d}.jpg", quality=88)
