@@ -5,10 +5,12 @@ plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
 from unitscope import featviz, kernels, models
+from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "models", "__version__"]
+__all__ = ["backends", "cuda_compiled", "featviz", "kernels", "models", "ExactQuantile", "IoUTally",
+           "QuantileSketch", "__version__"]
 
 from unitscope import data  # noqa: E402
 # the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the

@@ -165,3 +165,21 @@ def test_real_efficientnet_channel_rises():
     r = featviz.render(model, obj.channel("_blocks.6", 5), size=64, steps=12, lr=0.05)
     assert r.images.shape == (1, 3, 64, 64)
     assert r.history[-1] > r.history[0] + 0.1 * abs(r.history[0])
+
+
+def test_cli_writes_pngs_and_page(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
+    from PIL import Image
+
+    from unitscope.cli import main
+
+    out = tmp_path / "fv"
+    assert main(["featviz", "--model", "efficientnet_lite0", "--layer", "_blocks.6", "--channels", "1,2",
+                 "--steps", "2", "--size", "32", "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["_blocks_6_channel1.png", "_blocks_6_channel2.png"]
+    assert Image.open(out / pngs[0]).size == (32, 32)
+    assert "_blocks_6_channel2.png" in (out / "index.html").read_text()
+    with pytest.raises(SystemExit, match="--channels must be comma-separated integers"):
+        main(["featviz", "--model", "efficientnet_lite0", "--layer", "_blocks.6", "--channels", "a",
+              "--out", str(out)])

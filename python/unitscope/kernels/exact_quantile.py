@@ -1,0 +1,232 @@
+"""unitscope.ExactQuantile: the exact per-channel q-quantile of a stream whose length is known, in
+O(min(q, 1-q) x total) memory per channel, through every backend (cpp, cuda, numba, torch).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from unitscope import _backend
+from unitscope import _tensors as T
+from unitscope.reference import quantile as ref
+
+_VERSION = 1
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def channel_view(x, dim: int, K: int, name: str = "x"):
+    """(tensor, outer, inner, was_numpy): x with its channel axis at `dim` checked, made contiguous.
+
+    Element (o, k, i) of the (outer, K, inner) view is channel k's value number o * inner + i.
+    """
+    t, was_numpy = T.as_tensor(x, name)
+    T.check_float(t, name)
+    if t.dim() < 1:
+        raise ValueError(f"{name} must have at least 1 dimension (the channel axis), got a 0-d tensor")
+    d = dim + t.dim() if dim < 0 else dim
+    if not 0 <= d < t.dim():
+        raise ValueError(f"dim={dim} is out of range for {name} of shape {tuple(t.shape)}")
+    if t.shape[d] != K:
+        raise ValueError(f"{name} must have num_channels = {K} entries along dim {dim}, got shape {tuple(t.shape)}")
+    outer = math.prod(t.shape[:d])
+    inner = math.prod(t.shape[d + 1:])
+    if inner < 16 and outer > 1:  # e.g. (N, K): make each channel one contiguous run
+        t = t.movedim(d, 0).reshape(K, -1).contiguous()
+        outer, inner = 1, t.shape[1]
+        return t.reshape(1, K, inner), 1, inner, was_numpy
+    return t.contiguous().reshape(outer, K, inner), outer, inner, was_numpy
+
+
+class ExactQuantile:
+    """Exact streaming q-quantile per channel when the number of values per channel is known.
+
+    ``update(x)`` with x (Tensor[..., K, ...] or ndarray, float16/bfloat16/float32/float64, channel
+    axis at ``dim``) any number of times, then ``result()`` -> Tensor[K] float32.
+
+    Semantics: every value is first rounded to float32 (exact for float16/bfloat16); NaN values are
+    ignored and counted (``nan_count``). ``total`` counts *every* value a channel receives, NaN
+    included; the quantile is over the non-NaN ones, n = total - nan_count. The result equals
+    ``torch.nanquantile(values.double(), q, interpolation=...)`` cast to float32: bitwise for
+    "lower"/"higher"/"nearest" and also for "linear"/"midpoint" (the two order statistics are
+    combined with torch.lerp in float64, as torch does). ``result()`` raises ValueError when a channel
+    saw fewer or more than ``total`` values.
+
+    Memory: for q >= ~0.5 the m = total - floor(q (total-1)) + 1 largest values are candidates (the
+    bottom m' = ceil(q (total-1)) + 2 for small q); each channel holds a float32 buffer of
+    cap = m + max(m/2, 1024) values (``memory_bytes``). A value at or below the m-th largest value
+    kept so far can never be read and is rejected with one comparison (the hot loop); a full buffer is
+    cut back to its m best values (nth_element), so the work per value is O(1) amortized.
+
+    ``merge(other)`` adds another ExactQuantile with the same (num_channels, q, total, interpolation)
+    fed with other data: the result is that of one stream with both parts (counts add).
+    """
+
+    def __init__(self, num_channels, q, total, *, dim=1, interpolation="linear", device=None, backend=None):
+        self.num_channels = _check_int(num_channels, "num_channels", 1)
+        if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
+            raise ValueError(f"q must be a number in [0, 1], got {q!r}")
+        self.q = float(q)
+        self.total = _check_int(total, "total", 1)
+        self.dim = _check_int(dim, "dim", -(2 ** 31))
+        if interpolation not in ref.INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {ref.INTERPOLATIONS}, got {interpolation!r}")
+        self.interpolation = interpolation
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.backend = _backend.select_backend(backend, self.device, "ExactQuantile")
+        self._num_threads = None
+        self.top, self.m, self.cap = ref.candidate_sizes(self.q, self.total)
+        K, dev = self.num_channels, self.device
+        self._buf = torch.empty((K, self.cap), dtype=torch.float32, device=dev)
+        self._fill = torch.zeros(K, dtype=torch.int64, device=dev)
+        self._thr = torch.full((K,), math.nan, dtype=torch.float32, device=dev)
+        self._nan = torch.zeros(K, dtype=torch.int64, device=dev)
+        self._count = torch.zeros(K, dtype=torch.int64, device=dev)
+
+    # ---- streaming ---------------------------------------------------------------------------
+    def update(self, x) -> "ExactQuantile":
+        """Add values. x: (…, K, …) with the channel axis at ``dim``, any float dtype, on ``device``."""
+        t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
+        if t.device != self.device:
+            raise ValueError(f"x must be on {self.device} (this ExactQuantile's device), got {t.device}")
+        self._count += outer * inner
+        if outer * inner:
+            self._feed(t, outer, inner)
+        return self
+
+    def _feed(self, t, outer, inner):
+        if self.backend == "torch":
+            vals = t.movedim(1, 0).reshape(self.num_channels, -1).to(torch.float32)
+            ref.torch_update(self._buf, self._fill, self._nan, vals if self.top else -vals, self.m)
+            self._thr.fill_(math.nan)
+        elif self.backend == "numba":
+            from unitscope._numba.quantile import exact_update
+
+            _set_numba_threads(self._num_threads)
+            exact_update(t.to(torch.float32).numpy(), self._buf.numpy(), self._fill.numpy(),
+                         self._thr.numpy(), self._nan.numpy(), self.m, not self.top)
+        elif self.backend == "cpp":
+            _backend.compiled_module().exact_quantile_update_cpu(
+                T.ptr(t), T.DTYPE_CODE[t.dtype], outer, self.num_channels, inner, T.ptr(self._buf), self.cap,
+                self.m, T.ptr(self._fill), T.ptr(self._thr), T.ptr(self._nan), not self.top,
+                _backend.num_threads(self._num_threads))
+        else:
+            self._feed_cuda(t, outer, inner)
+
+    def _feed_cuda(self, t, outer, inner):
+        # The CUDA kernel only appends accepted values; a chunk may add at most cap - m values per
+        # channel, so the buffers are cut back (torch.topk on the device) before a chunk that could overflow.
+        C = _backend.compiled_module()
+        n = outer * inner
+        step = self.cap - self.m
+        for start in range(0, n, step):
+            length = min(step, n - start)
+            if int(self._fill.max()) + length > self.cap:
+                self._compact()
+            C.exact_quantile_update_cuda(
+                T.ptr(t), T.DTYPE_CODE[t.dtype], outer, self.num_channels, inner, start, length,
+                T.ptr(self._buf), self.cap, T.ptr(self._fill), T.ptr(self._thr), T.ptr(self._nan),
+                not self.top, T.cuda_stream(self.device))
+
+    def _compact(self):
+        cand, fill = ref.canonical(self._buf, self._fill, self.m)
+        self._buf[:, : cand.shape[1]] = cand
+        full = fill >= self.m
+        self._thr.copy_(torch.where(full, cand[:, self.m - 1], torch.full_like(self._thr, math.nan)))
+        self._fill.copy_(fill)
+
+    # ---- results -----------------------------------------------------------------------------
+    @property
+    def count(self) -> torch.Tensor:
+        """(K,) int64: values seen per channel, NaN included."""
+        return self._count.clone()
+
+    @property
+    def nan_count(self) -> torch.Tensor:
+        """(K,) int64: NaN values seen per channel (ignored by the quantile)."""
+        return self._nan.clone()
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of state: the (K, cap) float32 candidate buffers plus per-channel counters."""
+        return self.num_channels * (4 * self.cap + 4 + 3 * 8)
+
+    def result(self) -> torch.Tensor:
+        """(K,) float32 on ``device``: the q-quantile of each channel's non-NaN values."""
+        bad = (self._count != self.total).nonzero().flatten()
+        if len(bad):
+            k = int(bad[0])
+            got = int(self._count[k])
+            raise ValueError(
+                f"ExactQuantile was built for total={self.total} values per channel, but channel {k} "
+                f"received {got} ({'fewer' if got < self.total else 'more'}; {len(bad)} channel(s) differ). "
+                "Pass the exact count (NaN values included) as total.")
+        cand, fill = ref.canonical(self._buf, self._fill, self.m)
+        return ref.finish(cand, fill, self._count - self._nan, self.q, self.top, self.interpolation)
+
+    # ---- state -------------------------------------------------------------------------------
+    def _config(self):
+        return {"num_channels": self.num_channels, "q": self.q, "total": self.total,
+                "interpolation": self.interpolation}
+
+    def state_dict(self) -> dict:
+        """Backend-independent state: config, candidates (K, m) float32 on the CPU (the kept extreme
+        values in their original sign, most extreme first; entries at or past fill[k] are padding),
+        fill, count, nan_count (K,) int64."""
+        cand, fill = ref.canonical(self._buf, self._fill, self.m)
+        return {"kind": "ExactQuantile", "version": _VERSION, **self._config(), "dim": self.dim,
+                "candidates": (cand if self.top else -cand).cpu(), "fill": fill.cpu(),
+                "count": self._count.cpu(), "nan_count": self._nan.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("kind") != "ExactQuantile":
+            raise ValueError(f"state must be a dict from ExactQuantile.state_dict(), got {type(state).__name__}"
+                             f" with kind={state.get('kind') if isinstance(state, dict) else None!r}")
+        mine = self._config()
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise ValueError(f"state was saved with {theirs}, this ExactQuantile has {mine}")
+        cand = state["candidates"].to(self.device, torch.float32)
+        K = self.num_channels
+        if tuple(cand.shape) != (K, self.m):
+            raise ValueError(f"state['candidates'] must have shape (K, m) = ({K}, {self.m}), got {tuple(cand.shape)}")
+        self._buf[:, : self.m] = cand if self.top else -cand
+        self._fill.copy_(state["fill"].to(self.device, torch.int64))
+        self._count.copy_(state["count"].to(self.device, torch.int64))
+        self._nan.copy_(state["nan_count"].to(self.device, torch.int64))
+        self._thr.fill_(math.nan)
+
+    def merge(self, other: "ExactQuantile") -> "ExactQuantile":
+        """Add another ExactQuantile's values (same num_channels, q, total, interpolation)."""
+        if not isinstance(other, ExactQuantile):
+            raise TypeError(f"other must be an ExactQuantile, got {type(other).__name__}")
+        if other._config() != self._config():
+            raise ValueError(f"cannot merge ExactQuantile with {other._config()} into one with {self._config()}")
+        cand, fill = ref.canonical(other._buf, other._fill, other.m)
+        cand = (cand if self.top else -cand).to(self.device)
+        pos = torch.arange(cand.shape[1], device=self.device)
+        cand = torch.where(pos[None, :] < fill.to(self.device)[:, None], cand,
+                           torch.tensor(math.nan, device=self.device))  # padding enters as NaN ...
+        nan_before = self._nan.clone()
+        self._feed(cand.reshape(1, self.num_channels, -1).contiguous(), 1, cand.shape[1])
+        self._nan.copy_(nan_before + other._nan.to(self.device))  # ... and is not counted
+        self._count += other._count.to(self.device)
+        return self
+
+    def __repr__(self):
+        return (f"ExactQuantile(num_channels={self.num_channels}, q={self.q}, total={self.total}, "
+                f"interpolation={self.interpolation!r}, backend={self.backend!r}, device={self.device})")
+
+
+def _set_numba_threads(explicit):
+    import numba
+
+    numba.set_num_threads(min(_backend.num_threads(explicit), numba.config.NUMBA_NUM_THREADS))

@@ -1,0 +1,104 @@
+"""Exact per-channel quantiles in plain PyTorch: the definition of unitscope.ExactQuantile's result,
+the candidate-buffer bookkeeping every backend shares (sizes, canonical form, the final
+interpolation) and the torch backend's streaming update.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+INTERPOLATIONS = ("linear", "lower", "higher", "nearest", "midpoint")
+
+
+def exact_quantile(x: torch.Tensor, q: float, dim: int = 1, interpolation: str = "linear") -> torch.Tensor:
+    """The definition: values rounded to float32, NaN ignored, torch.nanquantile in float64.
+
+    x (Tensor[..., K, ...], any float dtype, channel axis at `dim`) -> Tensor[K] float32.
+    """
+    v = x.movedim(dim, 0).reshape(x.shape[dim], -1).to(torch.float32).to(torch.float64)
+    return torch.nanquantile(v, q, dim=1, interpolation=interpolation).to(torch.float32)
+
+
+def candidate_sizes(q: float, total: int) -> tuple[bool, int, int]:
+    """(top, m, cap): keep the m largest values (top=True) or the m smallest (top=False).
+
+    With n <= total non-NaN values the ascending ranks torch.quantile reads are
+    floor(q (n-1)) .. ceil(q (n-1)) (q (n-1) rounded in float64 exactly as torch does). n - floor(q (n-1))
+    never decreases as n grows, so the top m = total - floor(q (total-1)) + 1 values always hold every
+    rank read, whatever number of NaNs the stream turns out to have; likewise the bottom
+    m = ceil(q (total-1)) + 2. The smaller side is kept. cap = m + slack is the buffer length: a full
+    buffer is cut back to its m best values (amortized O(1) per accepted value).
+    """
+    r = q * float(total - 1)
+    m_top = total - int(math.floor(r)) + 1
+    m_bottom = int(math.ceil(r)) + 2
+    top = m_top <= m_bottom
+    m = min(m_top if top else m_bottom, total)
+    m = max(m, 1)
+    cap = m + max(m // 2, 1024)
+    return top, m, cap
+
+
+def canonical(buf: torch.Tensor, fill: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cand (K, m) sorted descending, fill (K,) <= m) from any backend's buffer (K, cap).
+
+    Entries at or beyond fill[k] are padding (-inf). Values are in stored sign (negated in bottom mode).
+    """
+    cap = buf.shape[1]
+    pos = torch.arange(cap, device=buf.device)
+    masked = torch.where(pos[None, :] < fill[:, None], buf, torch.tensor(-math.inf, device=buf.device))
+    top = torch.topk(masked, min(m, cap), dim=1, largest=True, sorted=True).values
+    return top, torch.clamp(fill, max=m)
+
+
+def torch_update(buf, fill, nan_count, vals: torch.Tensor, m: int) -> None:
+    """The torch backend's streaming step, in place: buf (K, cap) keeps its top m canonical.
+
+    vals (Tensor[K, n] float32, stored sign, NaN allowed).
+    """
+    isnan = torch.isnan(vals)
+    nan_count += isnan.sum(dim=1)
+    valid = vals.shape[1] - isnan.sum(dim=1)
+    vals = torch.where(isnan, torch.tensor(-math.inf, device=vals.device), vals)
+    cand, f = canonical(buf, fill, m)
+    merged = torch.cat([cand, vals], dim=1)
+    keep = min(m, merged.shape[1])
+    top = torch.topk(merged, keep, dim=1, largest=True, sorted=True).values
+    buf[:, :keep] = top
+    fill.copy_(torch.clamp(f + valid, max=m))
+
+
+def finish(cand: torch.Tensor, fill: torch.Tensor, n: torch.Tensor, q: float, top: bool,
+           interpolation: str) -> torch.Tensor:
+    """The quantile from canonical candidates, exactly as torch.quantile computes it in float64.
+
+    cand (K, m) stored-sign values sorted descending; n (K,) int64 non-NaN counts. -> (K,) float32.
+    """
+    K = cand.shape[0]
+    dev = cand.device
+    qt = torch.tensor(q, dtype=torch.float64, device=dev)
+    ranks = qt * (n.to(dev) - 1)  # int64 * float64 -> float64, as in ATen's quantile
+    ranks = torch.where(ranks < 0, torch.zeros_like(ranks), ranks)
+    if interpolation == "lower":
+        ranks = ranks.floor()
+    elif interpolation == "higher":
+        ranks = ranks.ceil()
+    elif interpolation == "nearest":
+        ranks = ranks.round()  # half to even, like torch
+    below = ranks.to(torch.int64)
+
+    def value_at(r):
+        # ascending rank r -> index into the descending stored candidates
+        idx = (n.to(dev) - 1 - r) if top else r
+        idx = torch.clamp(idx, 0, cand.shape[1] - 1)
+        v = cand.gather(1, idx[:, None])[:, 0].to(torch.float64)
+        return v if top else -v
+
+    out = value_at(below)
+    if interpolation in ("linear", "midpoint"):
+        above = ranks.ceil().to(torch.int64)
+        w = torch.full_like(ranks, 0.5) if interpolation == "midpoint" else ranks - below
+        out = torch.lerp(out, value_at(above), w)
+    out = torch.where(n.to(dev) > 0, out, torch.full((K,), math.nan, dtype=torch.float64, device=dev))
+    return out.to(torch.float32)
