@@ -1,17 +1,11 @@
-"""Dissection tests: stand-ins for kernels not merged yet (see standins.py), a generated dataset."""
+"""Dissection tests: a small generated concept dataset shared by the tests; the tests' own helper
+modules (cli_models) importable from spawned processes and the CLI."""
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import standins  # noqa: E402
-
-STANDINS = standins.install()
-
-
-def pytest_report_header(config):
-    return f"dissect tests: plain-PyTorch stand-ins in use for {STANDINS or 'nothing (real kernels)'}"
 
 
 @pytest.fixture(scope="session")
