@@ -66,14 +66,16 @@ def run(args) -> int:
     if photo is not None:
         x = models.images.load_image(photo, size=loaded.input_size).to(device)
         target = int(loaded.predict(x).argmax(1))
-        methods = {"Grad-CAM": saliency.GradCAM(loaded.model, loaded.cam_layer),
-                   "Integrated Gradients": saliency.IntegratedGradients(loaded.model, steps=16 if args.quick else 32),
-                   "Guided Grad-CAM": saliency.GuidedGradCAM(loaded.model, loaded.cam_layer)}
+        pre = dict(preprocess=loaded.preprocess)  # methods see [0, 1] pixels; normalization is in the graph
+        methods = {"Grad-CAM": saliency.GradCAM(loaded.model, loaded.cam_layer, **pre),
+                   "Integrated Gradients": saliency.IntegratedGradients(loaded.model, steps=16 if args.quick else 32,
+                                                                        **pre),
+                   "Guided Grad-CAM": saliency.GuidedGradCAM(loaded.model, loaded.cam_layer, **pre)}
         image = x[0].cpu()
         tiles.append(viz.to_image_array(image))
         titles.append(f"{loaded.class_names[target]}")
         for name, method in methods.items():
-            attr = method(loaded.preprocess(x), target=target).detach().cpu()
+            attr = method(x, target=target).detach().cpu()
             tiles.append(viz.overlay(image, attr[0]))
             titles.append(name)
         viz.save_grid(tiles, out / "saliency.png", titles=titles)
