@@ -154,11 +154,17 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small settings, batch 1 and 4, one repetition")
     p.add_argument("--device", default="cpu")
     p.add_argument("--methods", default="all")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes, overriding the settings")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per timing, overriding the settings")
     p.add_argument("--no-captum", action="store_true")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                  "bench_saliency.json"))
     args = p.parse_args(argv)
     cfg = settings(args.quick)
+    if args.batches:
+        cfg["batches"] = tuple(int(b) for b in args.batches.split(","))
+    if args.reps:
+        cfg["reps"] = args.reps
     device = torch.device(args.device)
     lm = models.load("efficientnet_lite0", device=device)
     names = ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop", "gradcam",
