@@ -17,7 +17,7 @@ def resolve_layer(model: nn.Module, layer) -> tuple[str, nn.Module]:
         for name, mod in model.named_modules():
             if mod is layer:
                 return name, mod
-        raise ValueError(f"layer: module {type(layer).__name__} is not part of the model")
+        raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a module name (str) or an nn.Module, got {type(layer).__name__}")
     modules = dict(model.named_modules())

@@ -20,17 +20,12 @@ from unitscope.dissect.capture import LayerCapture
 from unitscope.dissect.checkpoint import checkpoint_path, load_checkpoint, model_fingerprint, save_checkpoint
 from unitscope.dissect.result import Dissection, LayerDissection
 from unitscope.dissect.topk import TopKImages
+from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 UPSAMPLE = {"bilinear": False, "bilinear-align-corners": True}
 
-
-def imagenet_preprocess(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float in [0, 1] -> ImageNet mean/std normalized."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+# the default preprocess: (B, 3, H, W) float in [0, 1] -> ImageNet mean/std normalized
+imagenet_preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _describe(fn) -> str:

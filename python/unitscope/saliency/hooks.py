@@ -5,23 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def resolve_layer(model: nn.Module, layer):
-    """layer (str name as in model.named_modules(), or an nn.Module inside model) -> (name, module)."""
-    if isinstance(layer, str):
-        try:
-            module = model.get_submodule(layer)
-        except AttributeError:
-            names = [n for n, _ in model.named_modules() if n]
-            hint = ", ".join(names[-8:])
-            raise ValueError(f"layer {layer!r} is not a module of the model; some of its modules: {hint}") from None
-        return layer, module
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name, module
-        raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
-    raise TypeError(f"layer must be a module name (str) or an nn.Module, got {type(layer).__name__}")
+from unitscope.hooks import resolve_layer  # noqa: F401  (re-exported: one definition)
 
 
 def _alternatives(model: nn.Module, name: str):
