@@ -15,8 +15,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
-@pytest.fixture(params=CPU_BACKENDS + (["cuda"] if HAVE_CUDA else []))
-def backend(request):
+@pytest.fixture(scope="session", params=CPU_BACKENDS + (["cuda"] if HAVE_CUDA else []))
+def backend(request):  # session scope: safe to use inside @given tests
     """Every compiled/JIT backend available here (the torch reference is what they are compared to)."""
     return request.param
 

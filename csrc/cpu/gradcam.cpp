@@ -36,7 +36,7 @@ void gradcam_cpu(const GradcamArgs& a) {
   const int threads = a.num_threads > 0 ? a.num_threads : 1;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> cam(hw), weights(a.K);
+    std::vector<float> cam(hw), weights(a.K), rows(resize ? a.h * a.W : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t m = 0; m < maps; ++m) {
       const int64_t b = m / a.T;
@@ -63,15 +63,23 @@ void gradcam_cpu(const GradcamArgs& a) {
         for (auto& v : cam) v = v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in torch.clamp
       float* out = a.out + m * HW;
       if (resize) {
-        for (int64_t y = 0; y < a.H; ++y) {
-          const LinearTap& t = ty[y];
-          const float* r0 = cam.data() + t.i0 * a.w;
-          const float* r1 = cam.data() + t.i1 * a.w;
-          float* o = out + y * a.W;
+        // separable: interpolate every source row to width W once, then each output row mixes two
+        // of them; the same products and sums, in the same order, as bilinear_combine
+        for (int64_t r = 0; r < a.h; ++r) {
+          const float* src = cam.data() + r * a.w;
+          float* dst = rows.data() + r * a.W;
           for (int64_t x = 0; x < a.W; ++x) {
             const LinearTap& s = tx[x];
-            o[x] = bilinear_combine(t, s, r0[s.i0], r0[s.i1], r1[s.i0], r1[s.i1]);
+            dst[x] = add_rn(mul_rn(s.l0, src[s.i0]), mul_rn(s.l1, src[s.i1]));
           }
+        }
+        for (int64_t y = 0; y < a.H; ++y) {
+          const LinearTap& t = ty[y];
+          const float* r0 = rows.data() + t.i0 * a.W;
+          const float* r1 = rows.data() + t.i1 * a.W;
+          float* o = out + y * a.W;
+          const float l0 = t.l0, l1 = t.l1;
+          for (int64_t x = 0; x < a.W; ++x) o[x] = l0 * r0[x] + l1 * r1[x];
         }
       } else {
         std::copy(cam.begin(), cam.end(), out);
@@ -79,8 +87,8 @@ void gradcam_cpu(const GradcamArgs& a) {
       if (a.normalize) {
         float lo = INFINITY, hi = -INFINITY;
         for (int64_t i = 0; i < HW; ++i) {
-          lo = std::min(lo, out[i]);
-          hi = std::max(hi, out[i]);
+          lo = out[i] < lo ? out[i] : lo;
+          hi = out[i] > hi ? out[i] : hi;
         }
         const float range = hi - lo;
         if (range > 0.0f && std::isfinite(range)) {

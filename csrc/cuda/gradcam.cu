@@ -109,9 +109,11 @@ __global__ void normalize_kernel(float* out, int64_t maps, int64_t HW, const flo
 void gradcam_cuda(const GradcamArgs& a, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t hw = a.h * a.w, HW = a.H * a.W, maps = a.B * a.T;
+  const bool resize = !(a.H == a.h && a.W == a.w);
   float* weights = a.workspace;
-  float* cam = weights + maps * a.K;
-  float* minmax = cam + maps * hw;
+  float* minmax = weights + maps * a.K + maps * hw;
+  // without a resize the map is built straight into the output (as the CPU kernel copies it)
+  float* cam = resize ? weights + maps * a.K : a.out;
   const int threads = 256;
   const float* wk = a.weights;
   if (a.gradients) {
@@ -124,9 +126,11 @@ void gradcam_cuda(const GradcamArgs& a, void* stream_ptr) {
   cam_kernel<<<grid_size(maps * hw, threads), threads, 0, stream>>>(a.activations, a.act_dtype, wk, a.B,
                                                                      a.T, a.K, hw, a.relu, cam);
   check_launch("gradcam cam");
-  resize_kernel<<<grid_size(maps * HW, threads), threads, 0, stream>>>(
-      cam, maps, (int)a.h, (int)a.w, (int)a.H, (int)a.W, a.align_corners, a.out);
-  check_launch("gradcam resize");
+  if (resize) {
+    resize_kernel<<<grid_size(maps * HW, threads), threads, 0, stream>>>(
+        cam, maps, (int)a.h, (int)a.w, (int)a.H, (int)a.W, a.align_corners, a.out);
+    check_launch("gradcam resize");
+  }
   if (a.normalize && maps > 0) {
     minmax_kernel<<<(unsigned)maps, threads, 0, stream>>>(a.out, HW, minmax);
     check_launch("gradcam minmax");

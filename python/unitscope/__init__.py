@@ -4,9 +4,15 @@ Network dissection, saliency maps and feature visualization on fast C++/CUDA ker
 plain PyTorch fallbacks.
 """
 from unitscope._backend import backends, cuda_compiled
-from unitscope import kernels
-from unitscope.kernels import ExactQuantile, QuantileSketch
+from unitscope import data, featviz, kernels, models, saliency, viz
+from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
+
+# the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the
+# entry point; `from unitscope.dissect import ...` still reaches the subpackage
+from unitscope.dissect import Dissection, LayerDissection, compare, dissect
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cuda_compiled", "kernels", "ExactQuantile", "QuantileSketch", "__version__"]
+__all__ = ["backends", "cuda_compiled", "data", "featviz", "kernels", "models", "saliency", "viz",
+           "ExactQuantile", "IoUTally", "QuantileSketch", "Dissection", "LayerDissection", "compare", "dissect",
+           "__version__"]

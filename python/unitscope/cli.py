@@ -11,6 +11,7 @@ COMMANDS = {
     "demo": ("unitscope.demo", "dissect and explain the bundled EfficientNet-Lite0 on generated data and photos"),
     "dissect": ("unitscope.dissect.command", "network dissection of a model's layers on a Broden-format dataset"),
     "saliency": ("unitscope.saliency.command", "saliency maps of a model's prediction for an image"),
+    "featviz": ("unitscope.featviz.command", "render what channels of a layer respond to"),
     "info": ("unitscope.info", "backends and build facts of this installation"),
 }
 
@@ -19,7 +20,7 @@ def _load(module: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name == module:  # a command whose module this installation does not have
+        if e.name and (module == e.name or module.startswith(e.name + ".")):  # command not in this build
             return None
         raise
 

@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit, prange
 
-from unitscope._numba.bilinear import bilinear_combine, bilinear_taps
+from unitscope._numba.bilinear import bilinear_taps
 
 F32 = np.float32
 
@@ -44,10 +44,14 @@ def gradcam_numba(act, grad, weights, use_grad, relu, out_h, out_w, align_corner
                         cam[y, x] = 0.0
         o = out[b, t]
         if resize:
+            # separable, same arithmetic order as bilinear_combine (see csrc/cpu/gradcam.cpp)
+            rows = np.empty((h, out_w), np.float32)
+            for r in range(h):
+                for x in range(out_w):
+                    rows[r, x] = F32(F32(xl0[x] * cam[r, xi0[x]]) + F32(xl1[x] * cam[r, xi1[x]]))
             for y in range(out_h):
                 for x in range(out_w):
-                    o[y, x] = bilinear_combine(yl0[y], yl1[y], xl0[x], xl1[x], cam[yi0[y], xi0[x]],
-                                               cam[yi0[y], xi1[x]], cam[yi1[y], xi0[x]], cam[yi1[y], xi1[x]])
+                    o[y, x] = F32(F32(yl0[y] * rows[yi0[y], x]) + F32(yl1[y] * rows[yi1[y], x]))
         else:
             o[:, :] = cam
         if normalize:

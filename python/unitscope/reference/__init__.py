@@ -2,5 +2,6 @@
 from unitscope.reference.bilinear import bilinear_resize, bilinear_taps
 from unitscope.reference.gradcam import gradcam
 from unitscope.reference.quantile import exact_quantile
+from unitscope.reference.tally import tally_counts
 
-__all__ = ["bilinear_resize", "bilinear_taps", "exact_quantile", "gradcam"]
+__all__ = ["bilinear_resize", "bilinear_taps", "exact_quantile", "gradcam", "tally_counts"]

@@ -1,0 +1,82 @@
+// Binding for the IoU tally: the Python layer (kernels/tally.py) has validated shapes, dtypes and
+// label ranges and passes raw pointers (as integers), sizes and flags.
+#include <pybind11/pybind11.h>
+
+#include "unitscope/common.h"
+#include "unitscope/tally.h"
+
+namespace py = pybind11;
+
+namespace unitscope {
+
+namespace {
+
+TallyArgs make_args(uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, uintptr_t annotated,
+                    uintptr_t label_category, uintptr_t inter, uintptr_t activation, uintptr_t label,
+                    uintptr_t total, int act_dtype, int label_dtype, int image_label_dtype, int64_t B,
+                    int64_t K, int64_t h, int64_t w, int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t C,
+                    int64_t NC, bool align_corners, bool ge, bool union_dataset) {
+  check_dtype_code(act_dtype, "activations");
+  check_arg(B >= 0 && K >= 1 && h >= 1 && w >= 1 && Sh >= 1 && Sw >= 1 && L >= 0 && L2 >= 0 && C >= 1 &&
+                NC >= 1,
+            "tally: sizes out of range");
+  check_arg(h < (1 << 30) && w < (1 << 30) && Sh < (1 << 30) && Sw < (1 << 30) && C < (1LL << 31),
+            "tally: sizes too large");
+  check_arg((pix != 0) == (L > 0), "tally: pixel_labels pointer and L disagree");
+  check_arg((img != 0) == (L2 > 0), "tally: image_labels pointer and L2 disagree");
+  check_arg(label_dtype >= kUInt8 && label_dtype <= kInt64, "pixel_labels: unsupported dtype code");
+  check_arg(image_label_dtype >= kUInt8 && image_label_dtype <= kInt64, "image_labels: unsupported dtype code");
+  TallyArgs a;
+  a.activations = reinterpret_cast<const void*>(act);
+  a.thresholds = reinterpret_cast<const float*>(thr);
+  a.pixel_labels = reinterpret_cast<const void*>(pix);
+  a.image_labels = reinterpret_cast<const void*>(img);
+  a.annotated = reinterpret_cast<const uint8_t*>(annotated);
+  a.label_category = reinterpret_cast<const int64_t*>(label_category);
+  a.intersection = reinterpret_cast<int64_t*>(inter);
+  a.activation = reinterpret_cast<int64_t*>(activation);
+  a.label = reinterpret_cast<int64_t*>(label);
+  a.activation_total = reinterpret_cast<int64_t*>(total);
+  a.workspace = nullptr;
+  a.act_dtype = act_dtype; a.label_dtype = label_dtype; a.image_label_dtype = image_label_dtype;
+  a.B = B; a.K = K; a.h = h; a.w = w; a.Sh = Sh; a.Sw = Sw; a.L = L; a.L2 = L2; a.C = C; a.NC = NC;
+  a.align_corners = align_corners; a.ge = ge; a.union_dataset = union_dataset;
+  a.num_threads = 0;
+  return a;
+}
+
+}  // namespace
+
+void register_tally(py::module_& m) {
+  m.def("tally_cpu",
+        [](uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, uintptr_t annotated, uintptr_t label_category,
+           uintptr_t inter, uintptr_t activation, uintptr_t label, uintptr_t total, int act_dtype, int label_dtype,
+           int image_label_dtype, int64_t B, int64_t K, int64_t h, int64_t w, int64_t Sh, int64_t Sw, int64_t L,
+           int64_t L2, int64_t C, int64_t NC, bool align_corners, bool ge, bool union_dataset, int num_threads) {
+          TallyArgs a = make_args(act, thr, pix, img, annotated, label_category, inter, activation, label, total,
+                                  act_dtype, label_dtype, image_label_dtype, B, K, h, w, Sh, Sw, L, L2, C, NC,
+                                  align_corners, ge, union_dataset);
+          a.num_threads = num_threads;
+          py::gil_scoped_release release;
+          tally_cpu(a);
+        });
+#ifdef UNITSCOPE_WITH_CUDA
+  m.def("tally_cuda_workspace_ints", &tally_cuda_workspace_ints);
+  m.def("tally_cuda",
+        [](uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, uintptr_t annotated, uintptr_t label_category,
+           uintptr_t inter, uintptr_t activation, uintptr_t label, uintptr_t total, uintptr_t workspace,
+           int act_dtype, int label_dtype, int image_label_dtype, int64_t B, int64_t K, int64_t h, int64_t w,
+           int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t C, int64_t NC, bool align_corners, bool ge,
+           bool union_dataset, uintptr_t stream) {
+          check_arg(workspace != 0, "tally_cuda: workspace must be given");
+          TallyArgs a = make_args(act, thr, pix, img, annotated, label_category, inter, activation, label, total,
+                                  act_dtype, label_dtype, image_label_dtype, B, K, h, w, Sh, Sw, L, L2, C, NC,
+                                  align_corners, ge, union_dataset);
+          a.workspace = reinterpret_cast<int32_t*>(workspace);
+          py::gil_scoped_release release;
+          tally_cuda(a, reinterpret_cast<void*>(stream));
+        });
+#endif
+}
+
+}  // namespace unitscope

@@ -1,0 +1,225 @@
+"""Dissection results: per layer, each unit's threshold, best concept and IoU, detectors, unique
+detectors per category, and exports (NetDissect-Lite's tally.csv columns, JSON)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class LayerDissection:
+    """One layer's dissection. K units, C labels (label numbers of the dataset), ncat categories.
+
+    thresholds (float32[K]); iou (float64[K, C]); intersection (int64[K, C]); activation
+    (int64[K, ncat]): mask pixels counted toward each category's union; label_count (int64[C]);
+    activation_total (int64[K]); label_category (int64[C], -1 = not a concept of the dissected
+    categories); topk_index (int64[K, k], -1 = empty), topk_values (float32[K, k]) and topk_maps
+    (float32[K, k, h, w]): each unit's most activating images and their maps; minimum, maximum
+    (float32[K]): each unit's extreme activations. A dead unit (minimum == maximum: constant, e.g.
+    all zeros) is never a detector, whatever its IoU (with '>=' its mask would be every pixel).
+    """
+    layer: str
+    thresholds: np.ndarray
+    iou: np.ndarray
+    intersection: np.ndarray
+    activation: np.ndarray
+    label_count: np.ndarray
+    activation_total: np.ndarray
+    images: int
+    label_names: list
+    categories: list
+    label_category: np.ndarray
+    topk_index: np.ndarray
+    topk_values: np.ndarray
+    topk_maps: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    image_paths: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_counts(cls, layer, thresholds, tally, topk, *, label_names, categories, label_category,
+                    image_paths, settings):
+        n = lambda t: t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)  # noqa: E731
+        return cls(layer=layer, thresholds=n(thresholds).astype(np.float32), iou=n(tally["iou"]).astype(np.float64),
+                   intersection=n(tally["intersection"]), activation=n(tally["activation"]),
+                   label_count=n(tally["label"]), activation_total=n(tally["activation_total"]),
+                   images=int(tally["images"]), label_names=list(label_names), categories=list(categories),
+                   label_category=np.asarray(label_category, dtype=np.int64), topk_index=n(topk["index"]),
+                   topk_values=n(topk["values"]), topk_maps=n(topk["maps"]),
+                   minimum=n(topk["minimum"]), maximum=n(topk["maximum"]), image_paths=list(image_paths),
+                   settings=dict(settings))
+
+    @property
+    def num_units(self) -> int:
+        return int(self.thresholds.shape[0])
+
+    def _masked(self, category: int | None = None) -> np.ndarray:
+        """IoU with non-concepts (and other categories' labels) at -1 so they are never picked."""
+        ok = self.label_category >= 0 if category is None else self.label_category == category
+        return np.where(ok[None, :], self.iou, -1.0)
+
+    @property
+    def dead(self) -> np.ndarray:
+        """bool[K]: units whose activation is the same everywhere (or never finite)."""
+        return ~(self.maximum > self.minimum)
+
+    @property
+    def best_label(self) -> np.ndarray:
+        """int64[K]: each unit's label number of highest IoU over all dissected categories."""
+        return self._masked().argmax(axis=1)
+
+    @property
+    def best_iou(self) -> np.ndarray:
+        """float64[K]: the best label's IoU (0 for dead units)."""
+        return np.where(self.dead, 0.0, np.maximum(self._masked().max(axis=1), 0.0))
+
+    @property
+    def best_category(self) -> np.ndarray:
+        return self.label_category[self.best_label]
+
+    def best_in_category(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int64[ncat, K], ious float64[ncat, K]): each unit's best label in each category."""
+        labels, ious = [], []
+        for c in range(len(self.categories)):
+            m = self._masked(c)
+            labels.append(m.argmax(axis=1))
+            ious.append(np.where(self.dead, 0.0, np.maximum(m.max(axis=1), 0.0)))
+        return np.stack(labels), np.stack(ious)
+
+    def _threshold(self, iou_threshold):
+        return self.settings.get("iou_threshold", 0.04) if iou_threshold is None else iou_threshold
+
+    def detectors(self, iou_threshold: float | None = None) -> list[dict]:
+        """Units whose best IoU is above the threshold, best first: dicts unit/label/category/iou."""
+        thr = self._threshold(iou_threshold)
+        best, iou, cat = self.best_label, self.best_iou, self.best_category
+        units = [k for k in np.argsort(-iou, kind="stable") if iou[k] > thr]
+        return [{"unit": int(k), "label": self.label_names[best[k]], "category": self.categories[cat[k]],
+                 "iou": float(iou[k])} for k in units]
+
+    def unique_detectors(self, iou_threshold: float | None = None, rule: str = "category") -> dict:
+        """{category: number of distinct concepts}. rule='category' (default): a concept counts if it
+        is some unit's best label within its category with IoU above the threshold; rule='best': only
+        each unit's overall best label counts (one concept per detector unit)."""
+        thr = self._threshold(iou_threshold)
+        found = {c: set() for c in self.categories}
+        if rule == "category":
+            labels, ious = self.best_in_category()
+            for c, cat in enumerate(self.categories):
+                found[cat].update(int(l) for l, v in zip(labels[c], ious[c]) if v > thr)
+        elif rule == "best":
+            for d in self.detectors(thr):
+                found[d["category"]].add(d["label"])
+        else:
+            raise ValueError(f"rule must be 'category' or 'best', got {rule!r}")
+        return {c: len(s) for c, s in found.items()}
+
+    def units(self) -> list[dict]:
+        """Per unit (sorted by best IoU, best first): threshold, best label/category/IoU and the best
+        label and IoU in every category."""
+        labels, ious = self.best_in_category()
+        best, iou, cat = self.best_label, self.best_iou, self.best_category
+        rows = []
+        for k in np.argsort(-iou, kind="stable"):
+            rows.append({"unit": int(k), "threshold": float(self.thresholds[k]), "label": self.label_names[best[k]],
+                         "category": self.categories[cat[k]], "iou": float(iou[k]),
+                         "per_category": {c: {"label": self.label_names[labels[ci, k]], "iou": float(ious[ci, k])}
+                                          for ci, c in enumerate(self.categories)}})
+        return rows
+
+    def to_csv(self, path=None) -> str:
+        """NetDissect-Lite's tally.csv: unit (from 1), category, label, score, then per category
+        <cat>-label, <cat>-truth (label pixels), <cat>-activation (the unit's mask pixels in that
+        category's union), <cat>-intersect, <cat>-iou; rows sorted by score. Returns the text."""
+        labels, ious = self.best_in_category()
+        best, iou, cat = self.best_label, self.best_iou, self.best_category
+        header = ["unit", "category", "label", "score"]
+        for c in self.categories:
+            header += [f"{c}-label", f"{c}-truth", f"{c}-activation", f"{c}-intersect", f"{c}-iou"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        for k in np.argsort(-iou, kind="stable"):
+            row = [k + 1, self.categories[cat[k]], self.label_names[best[k]], f"{iou[k]:.6f}"]
+            for ci in range(len(self.categories)):
+                lab = labels[ci, k]
+                row += [self.label_names[lab], int(self.label_count[lab]), int(self.activation[k, ci]),
+                        int(self.intersection[k, lab]), f"{ious[ci, k]:.6f}"]
+            w.writerow(row)
+        text = buf.getvalue()
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_dict(self, full: bool = False) -> dict:
+        d = {"layer": self.layer, "units": self.units(), "unique_detectors": self.unique_detectors(),
+             "detectors": len(self.detectors()), "settings": self.settings}
+        if full:
+            d["iou"] = self.iou.tolist()
+            d["label_names"] = self.label_names
+        return d
+
+
+class Dissection:
+    """Results of unitscope.dissect(): `dissection[layer]` is a LayerDissection; `timings` holds
+    seconds spent in data loading, forward, threshold pass and tally pass."""
+
+    def __init__(self, layers: dict, timings: dict | None = None, settings: dict | None = None, name: str = ""):
+        self.layers = dict(layers)
+        self.timings = dict(timings or {})
+        self.settings = dict(settings or {})
+        self.name = name
+
+    def __getitem__(self, layer: str) -> LayerDissection:
+        if layer not in self.layers:
+            raise KeyError(f"no layer {layer!r} in this dissection; layers: {list(self.layers)}")
+        return self.layers[layer]
+
+    def __iter__(self):
+        return iter(self.layers.values())
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        parts = [f"{l.layer}: {l.num_units} units, {len(l.detectors())} detectors" for l in self]
+        return f"Dissection({'; '.join(parts)})"
+
+    def detectors(self, iou_threshold=None) -> dict:
+        return {l.layer: l.detectors(iou_threshold) for l in self}
+
+    def unique_detectors(self, iou_threshold=None, rule="category") -> dict:
+        return {l.layer: l.unique_detectors(iou_threshold, rule) for l in self}
+
+    def to_csv(self, directory) -> list[Path]:
+        """One tally_<layer>.csv per layer in `directory`; returns the paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for l in self:
+            p = directory / f"tally_{_safe(l.layer)}.csv"
+            l.to_csv(p)
+            paths.append(p)
+        return paths
+
+    def to_json(self, path=None, full: bool = False) -> str:
+        text = json.dumps({"name": self.name, "timings": self.timings,
+                           "layers": [l.to_dict(full) for l in self]}, indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def save_report(self, directory, **kw):
+        from unitscope.dissect.report import save_report
+        return save_report(self, directory, **kw)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -1,0 +1,10 @@
+"""Feature visualization: the input that maximizes (or minimizes) a neuron, channel, layer or class,
+kept interpretable by transforms, frequency-scaled Fourier parameterization, decorrelated colour and
+penalties. `render(model, objectives.channel("layer4", 7))`."""
+from unitscope.featviz import objectives, transforms
+from unitscope.featviz.objectives import Objective, channel, class_logit, direction, layer, neuron, total_variation
+from unitscope.featviz.param import FourierImage, PixelImage
+from unitscope.featviz.render import Rendering, render
+
+__all__ = ["objectives", "transforms", "Objective", "channel", "class_logit", "direction", "layer", "neuron",
+           "total_variation", "FourierImage", "PixelImage", "Rendering", "render"]

@@ -1,0 +1,183 @@
+"""unitscope.IoUTally: dataset-wide intersection/union counts between thresholded, upsampled unit
+maps and concept labels, the statistic of network dissection (Bau et al., CVPR 2017). Counts are
+int64 and exact; batches, backends and processes combine by addition (merge, state_dict).
+"""
+from __future__ import annotations
+
+import torch
+
+from unitscope import _backend
+from unitscope import _tensors as T
+from unitscope.kernels.tally import TallyConfig, check_batch, count_batch
+
+_COUNTS = ("intersection", "activation", "label", "activation_total")
+
+
+class IoUTally:
+    """Accumulates, over a dataset, for unit k and label c:
+
+    - intersection (Tensor[K, C] int64): pixels where unit k's mask and label c coincide;
+    - activation (Tensor[K, num_categories] int64): pixels of unit k's mask in images annotated for
+      the category (union="category", the original Network Dissection), or in every image
+      (union="dataset");
+    - label (Tensor[C] int64): pixels of label c; activation_total (Tensor[K] int64); images (int).
+
+    Unit k's mask in an image is bilinear_resize(A_k, out_size) > thresholds[k] (or >=), resized as
+    unitscope.reference.bilinear_resize (F.interpolate's index and weight rules, float32). Labels are
+    1..C-1, 0 = none; one label counts once at a pixel however many maps carry it; an image label
+    covers every pixel. Without `annotated`, a category counts as annotated in an image where any of
+    its labels occurs.
+
+    Args:
+        num_units (int): K. num_labels (int): C, including the empty label 0.
+        label_category (Tensor[C] int): category of each label (entry 0 unused).
+        num_categories (int): number of categories.
+        out_size (int or (S_h, S_w)): the label resolution.
+        align_corners (bool), threshold_op (">" or ">="), union ("category" or "dataset").
+        device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda").
+        backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
+        num_threads (int, optional): CPU threads; default torch.get_num_threads().
+    """
+
+    def __init__(self, num_units, num_labels, *, label_category, num_categories, out_size, align_corners=False,
+                 threshold_op=">", union="category", device=None, backend=None, num_threads=None):
+        for name, v in (("num_units", num_units), ("num_labels", num_labels), ("num_categories", num_categories)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if threshold_op not in (">", ">="):
+            raise ValueError(f"threshold_op must be '>' or '>=', got {threshold_op!r}")
+        if union not in ("category", "dataset"):
+            raise ValueError(f"union must be 'category' or 'dataset', got {union!r}")
+        if device is None:
+            device = "cuda" if backend == "cuda" else "cpu"
+        self.device = torch.device(device)
+        self.backend = _backend.select_backend(backend, self.device, "IoUTally")
+        self.num_threads = num_threads
+        cat, _ = T.as_tensor(label_category, "label_category")
+        T.check_int(cat, "label_category")
+        T.check_shape(cat, (num_labels,), "label_category", "(num_labels,)")
+        cat = cat.to(device=self.device, dtype=torch.int64).contiguous()
+        if num_labels > 1:
+            lo, hi = int(cat[1:].min()), int(cat[1:].max())
+            if lo < 0 or hi >= num_categories:
+                raise ValueError(f"label_category must hold categories in [0, num_categories) = "
+                                 f"[0, {num_categories}) for labels 1..{num_labels - 1}, got {lo if lo < 0 else hi}")
+        self._cfg = TallyConfig(num_units, num_labels, num_categories, T.size_2d(out_size, "out_size"),
+                                bool(align_corners), threshold_op, union, cat)
+        z = lambda *shape: torch.zeros(shape, dtype=torch.int64, device=self.device)  # noqa: E731
+        self.intersection = z(num_units, num_labels)
+        self.activation = z(num_units, num_categories)
+        self.label = z(num_labels)
+        self.activation_total = z(num_units)
+        self.images = 0
+
+    # -- configuration ---------------------------------------------------------------------------
+    @property
+    def num_units(self) -> int:
+        return self._cfg.num_units
+
+    @property
+    def num_labels(self) -> int:
+        return self._cfg.num_labels
+
+    @property
+    def num_categories(self) -> int:
+        return self._cfg.num_categories
+
+    @property
+    def label_category(self) -> torch.Tensor:
+        return self._cfg.label_category
+
+    def config(self) -> dict:
+        """The arguments that define what the counts mean (plain Python values)."""
+        c = self._cfg
+        return {"num_units": c.num_units, "num_labels": c.num_labels, "num_categories": c.num_categories,
+                "out_size": list(c.out_size), "align_corners": c.align_corners, "threshold_op": c.threshold_op,
+                "union": c.union, "label_category": c.label_category.cpu().tolist()}
+
+    # -- counting --------------------------------------------------------------------------------
+    def update(self, activations, thresholds, pixel_labels=None, image_labels=None, annotated=None):
+        """Count one batch.
+
+        Args:
+            activations (Tensor[B, K, h, w], any float dtype): the layer's output.
+            thresholds (Tensor[K], float): per-unit thresholds (no NaN), compared exactly.
+            pixel_labels (Tensor[B, L, S_h, S_w], uint8/int16/int32/int64, optional): label maps.
+            image_labels (Tensor[B, L2], same dtypes, optional): labels covering the whole image.
+            annotated (Tensor[B, num_categories] bool, optional): categories annotated per image.
+
+        A batch that fails a check raises ValueError/TypeError and changes no count.
+        """
+        batch = check_batch(self._cfg, self.device, activations, thresholds, pixel_labels, image_labels, annotated,
+                            check_label_range=self.backend not in ("cpp", "numba"))
+        count_batch(self.backend, self._cfg, batch, self._counts(), self.num_threads)
+        self.images += int(batch.activations.shape[0])
+        return self
+
+    def _counts(self) -> dict:
+        return {k: getattr(self, k) for k in _COUNTS}
+
+    def iou(self) -> torch.Tensor:
+        """Tensor[K, C] float64: intersection / (activation[k, cat(c)] + label[c] - intersection),
+        0 where the denominator is 0 (label 0's column is 0)."""
+        cat = self._cfg.label_category.clone()
+        cat[0] = 0
+        inter = self.intersection.to(torch.float64)
+        denom = self.activation[:, cat].to(torch.float64) + self.label.to(torch.float64)[None, :] - inter
+        out = torch.where(denom > 0, inter / torch.where(denom > 0, denom, torch.ones_like(denom)),
+                          torch.zeros_like(denom))
+        out[:, 0] = 0.0
+        return out
+
+    # -- combining -------------------------------------------------------------------------------
+    def _check_compatible(self, config: dict, what: str) -> None:
+        mine = self.config()
+        diff = [k for k in mine if mine[k] != config.get(k)]
+        if diff:
+            k = diff[0]
+            theirs = config.get(k)
+            if k == "label_category":
+                raise ValueError(f"{what}: label_category differs from this tally's")
+            raise ValueError(f"{what}: {k} is {theirs!r}, this tally has {mine[k]!r}")
+
+    def merge(self, other: "IoUTally") -> "IoUTally":
+        """Add another tally's counts (same configuration; e.g. another process or data shard)."""
+        if not isinstance(other, IoUTally):
+            raise TypeError(f"merge expects an IoUTally, got {type(other).__name__}")
+        self._check_compatible(other.config(), "merge")
+        for k in _COUNTS:
+            getattr(self, k).add_(getattr(other, k).to(self.device))
+        self.images += other.images
+        return self
+
+    def state_dict(self) -> dict:
+        """{'config': plain values, 'intersection', 'activation', 'label', 'activation_total': int64
+        tensors (cloned, on the tally's device), 'images': int64 0-d tensor}."""
+        out = {"config": self.config()}
+        for k in _COUNTS:
+            out[k] = getattr(self, k).clone()
+        out["images"] = torch.tensor(self.images, dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the counts with those of a state_dict() from a tally with the same configuration."""
+        if not isinstance(state, dict) or "config" not in state:
+            raise TypeError("load_state_dict expects a dict from IoUTally.state_dict()")
+        self._check_compatible(state["config"], "load_state_dict")
+        new = {}
+        for k in _COUNTS:
+            t = state.get(k)
+            ref = getattr(self, k)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(ref.shape) or t.dtype != torch.int64:
+                raise ValueError(f"load_state_dict: {k} must be an int64 tensor of shape {tuple(ref.shape)}, "
+                                 f"got {getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))}")
+            new[k] = t.to(self.device).clone()
+        for k, t in new.items():
+            setattr(self, k, t)
+        self.images = int(state["images"])
+
+    def __repr__(self) -> str:
+        c = self._cfg
+        return (f"IoUTally(num_units={c.num_units}, num_labels={c.num_labels}, num_categories={c.num_categories}, "
+                f"out_size={c.out_size}, threshold_op={c.threshold_op!r}, union={c.union!r}, "
+                f"backend={self.backend!r}, images={self.images})")

@@ -1,0 +1,96 @@
+"""unitscope.models: a small registry of real pretrained CNNs that load offline.
+
+`load(name)` gives a LoadedModel (the eval-mode model, its input preprocessing, input size,
+ImageNet class names and a default layer for class activation maps); `names()` lists what is known.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Callable
+
+import torch
+from torch import nn
+
+from unitscope.models.images import load_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel: maps a float batch in [0, 1] (B, 3, H, W) to model input."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"x must have shape (B, {self.mean.shape[1]}, H, W), got {tuple(x.shape)}")
+        return (x - self.mean.to(x.device, x.dtype)) / self.std.to(x.device, x.dtype)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pretrained model ready for inference.
+
+    model: the nn.Module in eval mode, taking preprocessed input.
+    preprocess: nn.Module mapping a float batch in [0, 1] (B, 3, H, W) to model input.
+    input_size: (H, W) the model was trained at.
+    class_names: list of class names, index = class id.
+    cam_layer: name of a sensible layer for Grad-CAM-style methods (called once per forward).
+    """
+    name: str
+    model: nn.Module
+    preprocess: nn.Module
+    input_size: tuple
+    class_names: list = field(repr=False)
+    cam_layer: str = ""
+
+    def predict(self, x):
+        """Logits (B, num_classes) for a float batch in [0, 1] (B, 3, H, W), without gradients."""
+        with torch.no_grad():
+            return self.model(self.preprocess(x))
+
+
+@lru_cache(maxsize=None)
+def imagenet_class_names() -> tuple:
+    """The 1000 ImageNet-1k class names (index = class id), as shipped in imagenet_classes.txt."""
+    text = resources.files("unitscope.models").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    names = tuple(line for line in text.splitlines() if line)
+    if len(names) != 1000:
+        raise RuntimeError(f"imagenet_classes.txt must list 1000 names, has {len(names)}")
+    return names
+
+
+def _efficientnet_lite0(device):
+    from unitscope.models.efficientnet_lite import build_efficientnet_lite0
+
+    return LoadedModel(name="efficientnet_lite0", model=build_efficientnet_lite0().to(device).eval(),
+                       preprocess=Normalize(IMAGENET_MEAN, IMAGENET_STD).to(device), input_size=(224, 224),
+                       class_names=list(imagenet_class_names()), cam_layer="_bn1")
+
+
+_REGISTRY: dict[str, Callable] = {"efficientnet_lite0": _efficientnet_lite0}
+
+
+def names() -> list:
+    """Names `load` accepts."""
+    return sorted(_REGISTRY)
+
+
+def load(name: str, device=None) -> LoadedModel:
+    """Load a registered pretrained model (offline) onto `device` (default CPU), in eval mode."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    key = name.lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    return _REGISTRY[key](torch.device(device) if device is not None else torch.device("cpu"))
+
+
+__all__ = ["LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image",
+           "IMAGENET_MEAN", "IMAGENET_STD"]

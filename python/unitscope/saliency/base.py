@@ -1,0 +1,179 @@
+"""The base class every attribution method shares: input and target checks, the scored forward pass,
+per-sample gradients and the channel reductions of gradient maps."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+REDUCTIONS = ("abs", "signed", "positive", "negative")
+CHANNEL_REDUCTIONS = ("max", "sum", None)
+
+
+class Attribution:
+    """Base of all methods: `method = Method(model, ...)`, then `method(x, target=...)`.
+
+    Args:
+        model (nn.Module): the classifier; put it in eval mode yourself (BatchNorm in train mode
+            mixes the images of a batch and breaks per-image attributions).
+        output ("logits" | "softmax" | "log_softmax" | callable): which score is explained. A
+            callable maps the model output to scores (B, N). Default: pre-softmax logits.
+        preprocess (callable, optional): applied to x before the model, inside the graph, e.g. the
+            ImageNet normalization of `unitscope.models.load(...).preprocess`; x then stays in pixel
+            space, where baselines such as "black" mean what they say.
+
+    Call:
+        x (Tensor[B, C, H, W], floating): the images.
+        target: None (the top class of each image), an int (the same class for all), a list or
+            Tensor of B ints, or a Tensor/list of shape (B, T) for T classes per image.
+
+    Returns a Tensor on x's device: (B, ...) for one target per image, (B, T, ...) for (B, T) targets.
+    """
+
+    default_output = "logits"
+
+    def __init__(self, model, *, output=None, preprocess=None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"preprocess must be callable or None, got {type(preprocess).__name__}")
+        output = self.default_output if output is None else output
+        if not callable(output) and output not in ("logits", "softmax", "log_softmax"):
+            raise ValueError(f"output must be 'logits', 'softmax', 'log_softmax' or a callable, got {output!r}")
+        self.model = model
+        self.output = output
+        self.preprocess = preprocess
+
+    # ---- the scored forward pass -------------------------------------------------------------
+    def scores(self, x):
+        """Scores (B, N) of the explained output for input x (B, C, H, W)."""
+        out = self.model(self.preprocess(x) if self.preprocess is not None else x)
+        if self.output == "softmax":
+            out = torch.softmax(out, dim=1)
+        elif self.output == "log_softmax":
+            out = torch.log_softmax(out, dim=1)
+        elif callable(self.output):
+            out = self.output(out)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the explained output must be a Tensor of shape (B, N) = ({x.shape[0]}, N), got {got}")
+        return out
+
+    def __call__(self, x, target=None):
+        x = check_input(x)
+        warn_if_training(self.model)
+        targets, squeeze = self.resolve_targets(x, target)
+        out = self._attribute(x, targets)
+        return out[:, 0] if squeeze else out
+
+    def _attribute(self, x, targets):
+        """x (B, C, H, W); targets int64 (B, T) -> attributions (B, T, ...). Subclasses implement."""
+        raise NotImplementedError
+
+    def resolve_targets(self, x, target):
+        """target as given -> (int64 Tensor (B, T) on x's device, whether to drop the T axis)."""
+        B = x.shape[0]
+        if target is None:
+            with torch.no_grad():
+                t = self.scores(x).argmax(dim=1)
+            return t[:, None], True
+        if isinstance(target, bool):
+            raise TypeError("target must be None, an int, B ints or a (B, T) array of ints, got bool")
+        if isinstance(target, int):
+            return torch.full((B, 1), target, dtype=torch.long, device=x.device), True
+        t = torch.as_tensor(target, device=x.device)
+        if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"target must hold integers, got dtype {t.dtype}")
+        t = t.long()
+        if t.dim() == 0:
+            return t.expand(B)[:, None].clone(), True
+        if t.dim() == 1:
+            if t.shape[0] != B:
+                raise ValueError(f"target must have B = {B} entries (one per image), got {t.shape[0]}")
+            return t[:, None], True
+        if t.dim() == 2 and t.shape[0] == B and t.shape[1] >= 1:
+            return t, False
+        raise ValueError(f"target must be None, an int, B = {B} ints or shape (B, T) = ({B}, T), got shape {tuple(t.shape)}")
+
+    def _check_target_range(self, scores, targets):
+        n = scores.shape[1]
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n):
+            raise ValueError(f"target classes must lie in [0, {n}), got values in "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
+
+    # ---- gradients ---------------------------------------------------------------------------
+    def gradient(self, x, target):
+        """d score[b, target[b]] / d x for every image b: x (B, C, H, W), target int64 (B,) -> (B, C, H, W).
+
+        Images are independent (eval mode), so the gradient of the summed scores is per image. When
+        x.requires_grad the graph is kept (create_graph) so the result can be differentiated.
+        """
+        keep = x.requires_grad
+        xi = x if keep else x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            s = self.scores(xi)
+            self._check_target_range(s, target[:, None])
+            picked = s.gather(1, target[:, None]).sum()
+            (g,) = torch.autograd.grad(picked, xi, create_graph=keep)
+        return g
+
+
+def warn_if_training(model):
+    if model.training:
+        warnings.warn("the model is in training mode: BatchNorm/Dropout make each image's attribution depend on "
+                      "the batch and on chance; call model.eval() first", stacklevel=3)
+
+
+def check_input(x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be floating point, got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one image, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_choice(value, choices, name):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    return value
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def reduce_map(g, reduce="abs", channel="max"):
+    """Gradient-like map g (..., C, H, W) -> reduced map.
+
+    reduce: "abs" |g|, "signed" g, "positive" max(g, 0), "negative" max(-g, 0) (the size of the
+    negative part). channel: "max" or "sum" over C -> (..., H, W), None keeps (..., C, H, W).
+    """
+    if reduce == "abs":
+        g = g.abs()
+    elif reduce == "positive":
+        g = g.clamp(min=0)
+    elif reduce == "negative":
+        g = (-g).clamp(min=0)
+    if channel == "max":
+        return g.amax(dim=-3)
+    if channel == "sum":
+        return g.sum(dim=-3)
+    return g
+
+
+def per_target(fn, x, targets):
+    """Run fn(x, target (B,)) -> (B, ...) for each column of targets (B, T); stack to (B, T, ...)."""
+    return torch.stack([fn(x, targets[:, t]) for t in range(targets.shape[1])], dim=1)
+
+
+def batched(n, batch_size):
+    """Start/stop pairs covering range(n) in chunks of batch_size."""
+    for start in range(0, n, batch_size):
+        yield start, min(n, start + batch_size)

@@ -1,0 +1,162 @@
+"""`unitscope saliency`: explain a registered model's prediction for one photo with several methods;
+writes one PNG overlay per method and class, a grid, and an index.html naming the classes."""
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+
+import torch
+
+METHODS = ("gradient", "gxi", "smoothgrad", "ig", "guided", "gradcam", "gradcam++", "hirescam", "scorecam",
+           "guided_gradcam", "occlusion", "lime", "kernelshap")
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="a registered model name (see unitscope.models.names())")
+    parser.add_argument("--image", required=True, help="the photo (any format Pillow reads)")
+    parser.add_argument("--method", default="gradcam,ig,gradient",
+                        help=f"comma-separated methods among: {', '.join(METHODS)}; or 'all' (default: %(default)s)")
+    parser.add_argument("--target", default="top1",
+                        help="a class id N, several 'N,M', or topK for the K most likely classes (default: top1)")
+    parser.add_argument("--layer", default=None, help="layer for the CAM methods (default: the model's CAM layer)")
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="samples for SmoothGrad (default 25), LIME and KernelSHAP (default 500)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.6, help="heat map opacity (default: %(default)s)")
+
+
+def _methods(arg):
+    names = list(METHODS) if arg.strip() == "all" else [m.strip().lower() for m in arg.split(",") if m.strip()]
+    aliases = {"ig": "ig", "integrated_gradients": "ig", "gradcampp": "gradcam++", "gradcam_plus_plus": "gradcam++",
+               "guided_backprop": "guided", "gradient_x_input": "gxi", "vanilla": "gradient", "shap": "kernelshap",
+               "guidedgradcam": "guided_gradcam"}
+    names = [aliases.get(n, n) for n in names]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        raise ValueError(f"--method: unknown {', '.join(bad) or '(none given)'}; choose among {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def _targets(arg, probs):
+    """'top5' / '285' / '285,281' -> list of class ids."""
+    arg = arg.strip().lower()
+    n = probs.shape[1]
+    if arg.startswith("top"):
+        k = int(arg[3:] or 1)
+        if not 1 <= k <= n:
+            raise ValueError(f"--target {arg}: K must lie in [1, {n}]")
+        return probs[0].topk(k).indices.tolist()
+    try:
+        ids = [int(v) for v in arg.split(",")]
+    except ValueError:
+        raise ValueError(f"--target must be N, N,M,... or topK, got {arg!r}") from None
+    bad = [i for i in ids if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"--target classes must lie in [0, {n}), got {bad}")
+    return ids
+
+
+def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_size=16):
+    """A configured unitscope.saliency method for a CLI/benchmark method name."""
+    from unitscope import saliency as S
+
+    kw = dict(preprocess=preprocess)
+    if name == "gradient":
+        return S.VanillaGradient(model, **kw)
+    if name == "gxi":
+        return S.GradientTimesInput(model, **kw)
+    if name == "smoothgrad":
+        return S.SmoothGrad(S.VanillaGradient(model, **kw), n_samples=samples or 25, noise=0.15, batch_size=batch_size)
+    if name == "ig":
+        return S.IntegratedGradients(model, steps=steps, batch_size=batch_size, channel="sum", **kw)
+    if name == "guided":
+        return S.GuidedBackprop(model, **kw)
+    if name == "gradcam":
+        return S.GradCAM(model, layer, **kw)
+    if name == "gradcam++":
+        return S.GradCAMPlusPlus(model, layer, **kw)
+    if name == "hirescam":
+        return S.HiResCAM(model, layer, **kw)
+    if name == "scorecam":
+        return S.ScoreCAM(model, layer, batch_size=batch_size, **kw)
+    if name == "guided_gradcam":
+        return S.GuidedGradCAM(model, layer, **kw)
+    if name == "occlusion":
+        return S.Occlusion(model, window=32, stride=16, batch_size=batch_size, **kw)
+    if name == "lime":
+        return S.LIME(model, n_samples=samples or 500, batch_size=batch_size, **kw)
+    if name == "kernelshap":
+        return S.KernelSHAP(model, n_samples=samples or 500, batch_size=batch_size, **kw)
+    raise ValueError(f"unknown method {name!r}")
+
+
+def run(args) -> int:
+    import sys
+
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"unitscope saliency: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from unitscope import models, viz
+
+    methods = _methods(args.method)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lm = models.load(args.model, device=device)
+    layer = args.layer or lm.cam_layer
+    x = models.load_image(args.image, lm.input_size).to(device)
+    probs = torch.softmax(lm.predict(x), dim=1).cpu()
+    targets = _targets(args.target, probs)
+    os.makedirs(args.out, exist_ok=True)
+    viz.save_image(viz.to_image_array(x[0]), os.path.join(args.out, "image.png"))
+    rows, tiles, titles, timing = [], [], [], {}
+    for t in targets:
+        rows.append({"class": t, "name": lm.class_names[t], "probability": float(probs[0, t]), "files": {}})
+    for name in methods:
+        method = build_method(name, lm.model, layer, lm.preprocess, steps=args.steps, samples=args.samples,
+                              batch_size=args.batch_size)
+        start = time.perf_counter()
+        maps = method(x, torch.tensor([targets], device=device))[0]  # (T, ...) for the T targets at once
+        timing[name] = time.perf_counter() - start
+        for row, m in zip(rows, maps):
+            fname = f"{name.replace('+', 'p')}_{row['class']}.png"
+            img = viz.overlay(x[0], m, alpha=args.alpha)
+            viz.save_image(img, os.path.join(args.out, fname))
+            row["files"][name] = fname
+            tiles.append(img)
+            titles.append(f"{name} {row['name']}")
+        print(f"{name:15s} {timing[name]:7.2f} s")
+    viz.save_grid(tiles, os.path.join(args.out, "grid.png"), titles=titles, ncols=len(methods))
+    _write_html(args, rows, methods, layer, timing)
+    with open(os.path.join(args.out, "targets.json"), "w") as f:
+        json.dump({"model": lm.name, "image": os.path.abspath(args.image), "layer": layer, "targets": rows,
+                   "seconds": timing}, f, indent=2)
+    print(f"wrote {len(tiles)} overlays, grid.png and index.html to {args.out}")
+    return 0
+
+
+def _write_html(args, rows, methods, layer, timing):
+    esc = html.escape
+    head = "".join(f"<th>{esc(m)}<br><small>{timing[m]:.2f} s</small></th>" for m in methods)
+    body = []
+    for r in rows:
+        cells = "".join(f'<td><img src="{esc(r["files"][m])}" width="224"></td>' for m in methods)
+        body.append(f"<tr><th>{esc(r['name'])}<br><small>class {r['class']}, p = {r['probability']:.3f}</small></th>"
+                    f"{cells}</tr>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unitscope saliency</title>"
+            f"<style>body{{font-family:sans-serif}} td,th{{padding:4px;text-align:center}}</style></head><body>"
+            f"<h1>{esc(os.path.basename(args.image))} &mdash; {esc(args.model)}</h1>"
+            f"<p><img src='image.png' width='224'></p><p>CAM layer: <code>{esc(layer)}</code></p>"
+            f"<table><tr><th>class</th>{head}</tr>{''.join(body)}</table></body></html>")
+    tmp = os.path.join(args.out, "index.html.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(tmp, os.path.join(args.out, "index.html"))

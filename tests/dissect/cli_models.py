@@ -1,0 +1,12 @@
+"""Model factories for the CLI tests (--model cli_models:tiny)."""
+import torch
+
+
+def tiny():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4, padding=2), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 6, 3, stride=2, padding=1))
+
+
+def not_a_model():
+    return 42

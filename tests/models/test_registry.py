@@ -1,0 +1,65 @@
+"""The model registry: the real EfficientNet-Lite0 loads offline and classifies a photo; class names."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from unitscope import models
+
+
+def test_class_names_known_ids():
+    names = models.imagenet_class_names()
+    assert len(names) == 1000
+    assert names[0] == "tench" and names[1] == "goldfish"
+    assert names[281] == "tabby" and names[285] == "Egyptian cat"
+    assert names[409] == "analog clock" and names[999] == "toilet tissue"
+
+
+def test_names_and_unknown():
+    assert "efficientnet_lite0" in models.names()
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*efficientnet_lite0"):
+        models.load("resnet9000")
+    with pytest.raises(TypeError, match="name must be a str"):
+        models.load(3)
+
+
+def test_missing_packages_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
+    with pytest.raises(ImportError, match=r'pip install "unitscope\[models\]"'):
+        models.load("efficientnet_lite0")
+
+
+def test_efficientnet_lite0_classifies_chelsea():
+    skdata = pytest.importorskip("skimage.data")
+    lm = models.load("efficientnet_lite0")
+    assert not lm.model.training
+    assert lm.input_size == (224, 224) and len(lm.class_names) == 1000
+    lm.model.get_submodule(lm.cam_layer)
+    x = models.load_image(skimage_chelsea := skdata.chelsea(), lm.input_size)
+    assert x.shape == (1, 3, 224, 224) and 0 <= x.min() and x.max() <= 1
+    logits = lm.predict(x)
+    assert logits.shape == (1, 1000)
+    assert int(logits.argmax()) == 285  # Egyptian cat
+    # preprocess is the ImageNet mean/std normalization
+    xn = lm.preprocess(x)
+    mean = torch.tensor(models.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(models.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(xn, (x - mean) / std)
+    assert skimage_chelsea.dtype == np.uint8
+
+
+def test_load_image_forms(tmp_path):
+    from PIL import Image
+
+    arr = (np.arange(12 * 10 * 3) % 256).astype(np.uint8).reshape(12, 10, 3)
+    p = tmp_path / "a.png"
+    Image.fromarray(arr).save(p)
+    a = models.load_image(p)
+    b = models.load_image(arr)
+    assert a.shape == (1, 3, 12, 10)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[0, :, 3, 4] * 255, torch.tensor(arr[3, 4], dtype=torch.float32))
+    assert models.load_image(arr[:, :, 0], (6, 5)).shape == (1, 3, 6, 5)
+    with pytest.raises(ValueError, match="image must be"):
+        models.load_image(np.zeros((2, 3, 4, 5)))
