@@ -95,7 +95,8 @@ US_CLONES void sketch_block_keys(const uint32_t* __restrict p, int m, int32_t* c
     const uint32_t key = bits ^ ((uint32_t)((int32_t)bits >> 31) | 0x80000000u);
     const bool regular = (mag - 1u) < 0x7f800000u;  // mag in [1, 0x7f800000]: not 0, not NaN
     const int32_t c = (int32_t)(key >> 23);
-    const uint32_t keep = (uint32_t)regular & (uint32_t)(c < kSketchCoarse - 1);
+    // finite: not +-inf (coarse buckets 0 and 511 hold only -inf / +inf)
+    const uint32_t keep = (uint32_t)regular & (uint32_t)(c >= 1) & (uint32_t)(c < kSketchCoarse - 1);
     cmax = std::max(cmax, c | -(int32_t)(keep ^ 1u));            // -1 unless a finite value
     lo = std::min(lo, key | (uint32_t)-(int32_t)!regular);       // all ones unless regular
     hi = std::max(hi, key & (uint32_t)-(int32_t)regular);        // 0 unless regular

@@ -329,3 +329,13 @@ def test_sketch_accuracy_table(name):
     xs = x.sort().values
     for q in (0.99, 0.995, 0.999):
         assert rank_error(xs, s.quantile(q)[0], q) <= 1e-4, (name, q)
+
+
+@pytest.mark.parametrize("values", [[-math.inf], [math.inf], [math.nan], [0.0], [-math.inf, 1.0], [math.inf, -2.0]])
+def test_sketch_infinities_never_anchor_the_window(values):
+    x = torch.tensor(values)[:, None]
+    want = sketch_state(unitscope.QuantileSketch(1, backend="torch").update(x))
+    for be in CPU_BACKENDS:
+        got = sketch_state(unitscope.QuantileSketch(1, backend=be).update(x))
+        for k, v in want.items():
+            assert torch.equal(got[k], v), (be, k)
