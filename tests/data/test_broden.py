@@ -240,3 +240,18 @@ def test_mixed_cell_rejected(tmp_path, gen):
     (root / "index.csv").write_text("\n".join(text) + "\n")
     with pytest.raises(BrodenFormatError, match="mixes label numbers and PNG paths"):
         BrodenDataset(root)
+
+
+def test_primary_category_is_largest_coverage_among_selected(tmp_path, gen):
+    root = _copy(gen, tmp_path)
+    win = NUMBER["window"]
+    text = (root / "label.csv").read_text().splitlines()
+    text = [l.replace(f"{win},window,part(", f"{win},window,object(3);part(") for l in text]
+    (root / "label.csv").write_text("\n".join(text) + "\n")
+    with open(root / "c_object.csv", "a") as f:
+        f.write(f"99,{win},window,3,50.0\n")   # larger coverage as an object than as a part
+    assert BrodenDataset(root).label_category[win] == 1                           # object
+    assert BrodenDataset(root, categories=["part", "scene"]).label_category[win] == 0   # part
+    assert BrodenDataset(root, categories=["color"]).label_category[win] == -1     # dropped
+    it = BrodenDataset(root, categories=["color"])[0]
+    assert (it["pixel_labels"] <= NUMBER["yellow-c"]).all()
