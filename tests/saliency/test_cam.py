@@ -141,7 +141,7 @@ def test_layer_errors(net, x):
 
 @pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM, GuidedGradCAM])
 def test_hooks_removed_when_forward_raises(cls):
-    m = Explodes()
+    m = Explodes().eval()
     with pytest.raises(RuntimeError, match="boom"):
         cls(m, "conv")(torch.rand(1, 3, 4, 4), 0)
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())

@@ -75,7 +75,7 @@ def test_deletion_insertion_planted(tmp_path):
             s = x[:, :, 2:6, 2:6].mean(dim=(1, 2, 3)) * 8 - 4
             return torch.stack([s, -s], 1)
 
-    model = Patch()
+    model = Patch().eval()
     x = torch.ones(1, 3, 12, 12)
     truth = torch.zeros(1, 12, 12)
     truth[:, 2:6, 2:6] = 1
@@ -104,7 +104,7 @@ def test_deletion_insertion_planted(tmp_path):
 
 
 def test_deletion_insertion_real_method_shapes():
-    lin = Linear(shape=(3, 6, 5), classes=3)
+    lin = Linear(shape=(3, 6, 5), classes=3).eval()
     x = torch.rand(2, 3, 6, 5)
     res = S.deletion_insertion(S.GradientTimesInput(lin), lin, x, steps=5, batch_size=4)
     assert res.deletion.shape == (2, 6) and res.insertion_auc.shape == (2,)
