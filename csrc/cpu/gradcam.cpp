@@ -62,6 +62,7 @@ void gradcam_cpu(const GradcamArgs& a) {
       if (a.relu)
         for (auto& v : cam) v = v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in torch.clamp
       float* out = a.out + m * HW;
+      float lo = INFINITY, hi = -INFINITY;
       if (resize) {
         // separable: interpolate every source row to width W once, then each output row mixes two
         // of them; the same products and sums, in the same order, as bilinear_combine
@@ -73,26 +74,33 @@ void gradcam_cpu(const GradcamArgs& a) {
             dst[x] = add_rn(mul_rn(s.l0, src[s.i0]), mul_rn(s.l1, src[s.i1]));
           }
         }
+        // the min/max for normalize is taken while the rows are written (the map is then still in cache)
         for (int64_t y = 0; y < a.H; ++y) {
           const LinearTap& t = ty[y];
           const float* r0 = rows.data() + t.i0 * a.W;
           const float* r1 = rows.data() + t.i1 * a.W;
           float* o = out + y * a.W;
           const float l0 = t.l0, l1 = t.l1;
-          for (int64_t x = 0; x < a.W; ++x) o[x] = l0 * r0[x] + l1 * r1[x];
+          for (int64_t x = 0; x < a.W; ++x) {
+            const float v = l0 * r0[x] + l1 * r1[x];
+            o[x] = v;
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+          }
         }
       } else {
         std::copy(cam.begin(), cam.end(), out);
-      }
-      if (a.normalize) {
-        float lo = INFINITY, hi = -INFINITY;
         for (int64_t i = 0; i < HW; ++i) {
           lo = out[i] < lo ? out[i] : lo;
           hi = out[i] > hi ? out[i] : hi;
         }
+      }
+      if (a.normalize) {
         const float range = hi - lo;
         if (range > 0.0f && std::isfinite(range)) {
-          for (int64_t i = 0; i < HW; ++i) out[i] = (out[i] - lo) / range;
+          // multiply by the reciprocal: within one float32 rounding of the reference's division
+          const float inv = 1.0f / range;
+          for (int64_t i = 0; i < HW; ++i) out[i] = (out[i] - lo) * inv;
         } else {
           std::fill(out, out + HW, 0.0f);  // constant map: 0, never NaN
         }
