@@ -124,3 +124,10 @@ def num_threads(explicit: int | None = None) -> int:
             raise ValueError(f"num_threads must be >= 1, got {explicit}")
         return int(explicit)
     return max(1, torch.get_num_threads())
+
+
+def set_numba_threads(explicit: int | None = None) -> None:
+    """Give Numba's parallel loops the same thread count as the other CPU backends."""
+    import numba
+
+    numba.set_num_threads(min(num_threads(explicit), numba.config.NUMBA_NUM_THREADS))

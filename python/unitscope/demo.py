@@ -33,7 +33,6 @@ def run(args) -> int:
     from unitscope import featviz, models, saliency, viz
     from unitscope.data import make_concept_dataset
     from unitscope.dissect import dissect
-    from unitscope.featviz.command import save_png
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
@@ -90,7 +89,7 @@ def run(args) -> int:
         r = featviz.render(loaded.model, featviz.channel(layer, u["unit"]), size=96, steps=steps,
                            preprocess=loaded.preprocess, device=device)
         name = f"{layer.replace('.', '_')}_unit{u['unit']}.png"
-        save_png(r.images[0], str(out / "featviz" / name))
+        viz.save_image(viz.to_image_array(r.images[0]), out / "featviz" / name)
         renders.append((u, name))
     print(f"feature visualizations of {len(renders)} units of {layer} -> {out / 'featviz'}")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 import html
 import os
 
-import torch
-from PIL import Image
-
 from unitscope.featviz import objectives
 from unitscope.featviz.render import render
+from unitscope.viz import save_image, to_image_array
 
 
 def add_arguments(p):
@@ -24,14 +22,6 @@ def add_arguments(p):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
-
-
-def save_png(image: torch.Tensor, path: str) -> None:
-    """image (3, H, W) float in [0, 1] -> PNG, written atomically."""
-    arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    tmp = path + ".tmp.png"
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
 
 
 def run(args) -> int:
@@ -52,7 +42,7 @@ def run(args) -> int:
         r = render(loaded.model, objective, size=args.size, steps=args.steps, lr=args.lr, param=args.param,
                    preprocess=loaded.preprocess, device=args.device, seed=args.seed, progress=True)
         name = f"{args.layer.replace('.', '_')}_{args.objective}{c}{'_min' if args.minimize else ''}.png"
-        save_png(r.images[0], os.path.join(args.out, name))
+        save_image(to_image_array(r.images[0]), os.path.join(args.out, name))
         rows.append((c, name, r.history[-1]))
         print(f"{objective.name}: final objective {r.history[-1]:.3f} -> {name}")
     cells = "\n".join(f'<figure><img src="{html.escape(n)}" width="{args.size}"><figcaption>{args.objective} {c}'

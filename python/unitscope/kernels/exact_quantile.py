@@ -110,7 +110,7 @@ class ExactQuantile:
         elif self.backend == "numba":
             from unitscope._numba.quantile import exact_update
 
-            _set_numba_threads(self._num_threads)
+            _backend.set_numba_threads(self._num_threads)
             exact_update(t.to(torch.float32).numpy(), self._buf.numpy(), self._fill.numpy(),
                          self._thr.numpy(), self._nan.numpy(), self.m, not self.top)
         elif self.backend == "cpp":
@@ -226,7 +226,3 @@ class ExactQuantile:
                 f"interpolation={self.interpolation!r}, backend={self.backend!r}, device={self.device})")
 
 
-def _set_numba_threads(explicit):
-    import numba
-
-    numba.set_num_threads(min(_backend.num_threads(explicit), numba.config.NUMBA_NUM_THREADS))

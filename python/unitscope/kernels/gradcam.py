@@ -74,7 +74,7 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
         grad = G.float().contiguous().numpy() if G is not None else act[:, :, :1, :1] * 0
         wts = (W.float().reshape(B, targets, K).contiguous().numpy() if W is not None
                else act[:, None, :, 0, 0] * 0)
-        _set_numba_threads(num_threads)
+        _backend.set_numba_threads(num_threads)
         out = torch.from_numpy(gradcam_numba(act, grad, wts, G is not None, bool(relu), H, Wd,
                                              bool(align_corners), bool(normalize)))
         out = out[:, 0] if squeeze else out
@@ -102,9 +102,3 @@ def _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, no
         C.gradcam_cuda(T.ptr(A), T.ptr(G), T.ptr(Wc), T.ptr(out), T.ptr(workspace), code, B, targets, K, h, w,
                        H, Wd, bool(relu), bool(align_corners), bool(normalize), T.cuda_stream(A.device))
     return out
-
-
-def _set_numba_threads(explicit):
-    import numba
-
-    numba.set_num_threads(min(_backend.num_threads(explicit), numba.config.NUMBA_NUM_THREADS))

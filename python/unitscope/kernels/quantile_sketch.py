@@ -9,7 +9,7 @@ import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
-from unitscope.kernels.exact_quantile import _check_int, _set_numba_threads, channel_view
+from unitscope.kernels.exact_quantile import _check_int, channel_view
 from unitscope.reference import quantile_sketch as ref
 
 _VERSION = 1
@@ -91,7 +91,7 @@ class QuantileSketch:
 
             from unitscope._numba.quantile import sketch_update
 
-            _set_numba_threads(self._num_threads)
+            _backend.set_numba_threads(self._num_threads)
             bits = t.to(torch.float32).view(torch.int32).numpy().view(np.uint32)
             sketch_update(bits, *(s[n].numpy() for n in ("coarse", "fine", "top", "zeros", "nan", "kmin", "kmax")),
                           self.nb)

@@ -138,9 +138,7 @@ def count_batch(backend: str, cfg: TallyConfig, batch: Batch, counts: dict, num_
     L2 = 0 if img is None else img.shape[1]
     if backend == "numba":
         from unitscope._numba.tally import tally_numba
-        from unitscope.kernels.gradcam import _set_numba_threads
-
-        _set_numba_threads(num_threads)
+        _backend.set_numba_threads(num_threads)
         act = A.to(torch.float32).numpy()  # exact for float16/bfloat16; float64 rounds as the reference does
         pix_np = (pix if pix is not None else torch.zeros((B, 0, Sh, Sw), dtype=torch.int16)).numpy()
         img_np = (img.to(torch.int64) if img is not None else torch.zeros((B, 0), dtype=torch.int64)).numpy()
