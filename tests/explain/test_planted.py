@@ -113,11 +113,15 @@ def test_from_json_same_as_object_and_html(planted, tmp_path):
     text = page.read_text()
     for name in ["image.png", "unit0_map.png", "unit0_top.png"]:
         assert f'src="red_files/{name}"' in text and (tmp_path / "page" / "red_files" / name).is_file()
-    # with a featviz mapping, and with the report's strips beside the JSON
-    result.save_report(tmp_path)
+    # with a featviz mapping, and with the report's strips in report/ (as `unitscope dissect` writes them)
+    result.save_report(tmp_path / "report")
     (c,) = unitscope.explain(model, red_image(), path, "units", featviz={0: np.zeros((8, 8, 3))})
     assert c.units[0].top_images is not None and c.units[0].featviz.shape == (8, 8, 3)
     assert c.units[1].featviz is None
+    assert c.units[0].top_images.shape == a.units[0].top_images.shape  # the report's JPEG of the same strip
+    result.to_json(tmp_path / "report" / "d.json")  # the strips beside the JSON
+    (d,) = unitscope.explain(model, red_image(), tmp_path / "report" / "d.json", "units")
+    assert d.units[0].top_images is not None
 
 
 def _json(tmp_path, units, settings=None, layer="units"):

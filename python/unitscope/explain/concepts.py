@@ -85,7 +85,8 @@ def from_layer_dissection(ld) -> UnitConcepts:
 
 def from_json(path, layer: str) -> UnitConcepts:
     """UnitConcepts of `layer` from a dissection.json written by Dissection.to_json. The report's
-    strips of top images (<dir>/<layer>/unit_NNNN.jpg, written by save_report) are used when present."""
+    strips of top images (<dir>/<layer>/unit_NNNN.jpg or <dir>/report/<layer>/unit_NNNN.jpg, written
+    by save_report) are used when present."""
     from PIL import Image
 
     from unitscope.dissect.result import _safe
@@ -125,11 +126,12 @@ def from_json(path, layer: str) -> UnitConcepts:
         if not isinstance(lab, str) or not isinstance(cat, str):
             raise ValueError(f"{where}: unit {k}'s label and category must be strings, got {lab!r}, {cat!r}")
         thresholds[k], iou[k], labels[k], cats[k] = t, v, lab, cat
-    strips = path.parent / _safe(layer)
+    # the report sits beside the JSON (save_report(dir)) or in report/ (`unitscope dissect --out dir`)
+    strips = [path.parent / _safe(layer), path.parent / "report" / _safe(layer)]
 
     def top_images(k):
-        p = strips / f"unit_{k:04d}.jpg"
-        if not p.is_file():
+        p = next((d / f"unit_{k:04d}.jpg" for d in strips if (d / f"unit_{k:04d}.jpg").is_file()), None)
+        if p is None:
             return None
         try:
             with Image.open(p) as im:

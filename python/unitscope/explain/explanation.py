@@ -113,7 +113,7 @@ class Explanation:
             concept = esc(u.label) + (f" <small>({esc(u.category)}, IoU {u.iou:.3f})</small>" if u.category else "")
             fv = img(u.featviz, f"unit{u.unit}_featviz.png", f"feature visualization of unit {u.unit}", 112) \
                 if u.featviz is not None else ""
-            top = img(u.top_images, f"unit{u.unit}_top.png", f"top dataset images of unit {u.unit}", None) \
+            top = img(u.top_images, f"unit{u.unit}_top.png", f"top dataset images of unit {u.unit}", 456) \
                 if u.top_images is not None else ""
             rows.append(f"<tr><td>{u.unit}</td><td>{concept}</td><td>{u.contribution:.4g}<br><small>"
                         f"{100 * u.share:.1f}%</small></td><td>"
@@ -121,10 +121,12 @@ class Explanation:
                               f"where unit {u.unit} fires", 160)
                         + f"<br><small>fires on {100 * u.coverage:.0f}%</small></td><td>{fv}</td><td>{top}</td></tr>")
 
-        def table(groups, title):
-            body = "".join(f"<tr><td>{esc(c.name)}</td><td>{esc(c.category)}</td><td>{len(c.units)}</td>"
+        def table(groups, title, with_category):
+            cat = lambda c: f"<td>{esc(c.category)}</td>" if with_category else ""  # noqa: E731
+            body = "".join(f"<tr><td>{esc(c.name)}</td>{cat(c)}<td>{len(c.units)}</td>"
                            f"<td>{c.contribution:.4g}</td><td>{100 * c.share:.1f}%</td></tr>" for c in groups[:12])
-            return (f"<table class=groups><caption>{title}</caption><tr><th>name</th><th>category</th><th>units</th>"
+            return (f"<table class=groups><caption>{title}</caption><tr><th>name</th>"
+                    f"{'<th>category</th>' if with_category else ''}<th>units</th>"
                     f"<th>contribution</th><th>share</th></tr>{body}</table>")
 
         return (f"<div class=explanation><p>{img(self.image, 'image.png', 'the image', 160)}</p>"
@@ -132,7 +134,7 @@ class Explanation:
                 f"<table><tr><th>unit</th><th>concept</th><th>contribution<br>(share)</th>"
                 f"<th>where it fires<br>(above its dissection threshold)</th><th>feature visualization</th>"
                 f"<th>top dataset images</th></tr>{''.join(rows)}</table>"
-                f"{table(self.concepts, 'per concept')}{table(self.categories, 'per category')}"
+                f"{table(self.concepts, 'per concept', True)}{table(self.categories, 'per category', False)}"
                 f"<p><small>Contributions alpha_k &middot; mean(A_k) sum to {self.total:.4g}, the spatial mean of "
                 f"the Grad-CAM map of {esc(self.layer)} before its ReLU; share = contribution / the sum of the "
                 f"positive contributions; a unit has a concept when its IoU &gt; {self.iou_threshold}.</small></p>"
