@@ -66,7 +66,7 @@ def test_demo_quick(demo):
     assert 'href="dissection/index.html"' in page and "4. Which concepts made each prediction" in page
     for photo in ["chelsea", "coffee"]:  # part 4: the maps beside the concepts, with featviz and top images
         files = out / "explain" / photo
-        assert len(list(files.glob("unit*_map.png"))) == 4 and len(list(files.glob("unit*_featviz.png"))) == 4
+        assert len(list(files.glob("unit*_map.png"))) == 3 and len(list(files.glob("unit*_featviz.png"))) == 3
         assert f'src="explain/{photo}/image.png"' in page
     assert "predicted 'Egyptian cat'" in printed and "predicted 'espresso'" in printed
 

