@@ -81,6 +81,7 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
         return fv_cache[k]
 
     hw = tuple(x.shape[-2:])
+    concept_of = [concepts.concept(k) for k in range(concepts.num_units)]
     out = []
     for b in range(x.shape[0]):
         c = contrib[b]
@@ -102,8 +103,8 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
             image=to_image_array(x[b]), layer=layer, target=t, target_name=str(names[t]),
             probability=float(probs[b, t]), predicted=pred, predicted_name=str(names[pred]),
             contributions=c, total=float(c.sum()), units=units,
-            concepts=_group(c, share, order, [concepts.concept(k) for k in range(len(c))], by_category=False),
-            categories=_group(c, share, order, [concepts.concept(k) for k in range(len(c))], by_category=True),
+            concepts=_group(c, share, order, concept_of, by_category=False),
+            categories=_group(c, share, order, concept_of, by_category=True),
             iou_threshold=concepts.iou_threshold))
     return out
 
