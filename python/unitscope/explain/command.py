@@ -14,7 +14,8 @@ def add_arguments(p):
                                                   "bundled with scikit-image (e.g. skimage:chelsea); required")
     p.add_argument("--dissection", required=True,
                    help="the dissection.json of a dissection of --layer (written by `unitscope dissect`); the "
-                        "report's top-image strips beside it are shown when present; required")
+                        "report's top-image strips beside it or in its report/ folder are shown when present; "
+                        "required")
     p.add_argument("--layer", required=True, help="the dissected layer to explain by, a module name, e.g. _bn1; "
                                                   "required")
     p.add_argument("--out", required=True, help="output folder (created): explanation.html, its images in "
