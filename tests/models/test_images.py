@@ -115,3 +115,18 @@ def test_load_image_resizes_in_range(tmp_path):
     x = load_image(tmp_path / "g16.png", (4, 3))
     assert x.shape == (1, 3, 4, 3) and x.dtype == torch.float32 and x.is_contiguous()
     assert 0 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_broden_reader_scales_16bit_images(tmp_path):
+    from unitscope.data import BrodenDataset, make_concept_dataset
+
+    root = make_concept_dataset(tmp_path / "ds", 2, size=32, seed=0, progress=False)
+    gray16 = RNG.integers(0, 65536, size=(32, 32), dtype=np.uint16)
+    Image.fromarray(gray16).save(root / "images" / "generated" / "000001.jpg", format="PNG")  # PIL reads by content
+    ds = BrodenDataset(root)
+    x = ds[1]["image"]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    torch.testing.assert_close(x[0], torch.from_numpy(gray16.astype(np.float32) / 65535), rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(ds[0]["image"].permute(1, 2, 0).numpy(),
+                                  read_image(root / "images" / "generated" / "000000.jpg"))
+    assert BrodenDataset(root, resolution=16)[1]["image"].shape == (3, 16, 16)

@@ -99,7 +99,13 @@ def load_image(image, size=None) -> torch.Tensor:
     size: (H, W) or int to resize to (bilinear with antialiasing), or None to keep the size.
     """
     x = torch.from_numpy(np.ascontiguousarray(read_image(image))).permute(2, 0, 1)[None]
-    if size is not None:
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
-    return x.contiguous()
+    return resize_image(x, size) if size is not None else x.contiguous()
+
+
+def resize_image(x: torch.Tensor, size) -> torch.Tensor:
+    """x (B, C, H, W) float in [0, 1] -> (B, C, *size), bilinear with antialiasing (like PIL's), in [0, 1].
+    size: (H, W) or int."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == hw:
+        return x.contiguous()
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1).contiguous()
