@@ -126,6 +126,15 @@ def test_model_module_never_shadows_libraries(concept_root, tmp_path):
     assert (work / "out" / "report" / "index.html").is_file() and (work / "out" / "tally_1.csv").is_file()
 
 
+def test_cli_final_progress_line_once(concept_root, tmp_path, capsys):
+    """Progress bars written to a log (stderr is not a terminal here): each bar's final line once."""
+    assert main(["dissect", "--model", "cli_models:slow", "--layers", "0", "--dataset", str(concept_root),
+                 "--out", str(tmp_path / "o"), "--workers", "0", "--batch-size", "5", "--no-report"]) == 0
+    lines = [l for l in capsys.readouterr().err.replace("\r", "\n").splitlines() if l.strip()]
+    for bar in ("dissect: thresholds", "dissect: tally"):
+        assert len([l for l in lines if l.startswith(bar) and "100%" in l]) == 1, lines
+
+
 def test_cli_registry_model(concept_root, tmp_path):
     models = pytest.importorskip("unitscope.models")
     out = tmp_path / "out"

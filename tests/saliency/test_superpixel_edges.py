@@ -54,13 +54,13 @@ class _Bars:
     """Records what show_progress's tqdm bars receive."""
 
     def __init__(self, monkeypatch):
-        import tqdm.auto
+        import unitscope._progress
 
         self.made = []
         outer = self
 
         class Bar:
-            def __init__(self, **kw):
+            def __init__(self, iterable=None, **kw):
                 self.desc, self.total, self.n, self.closed = kw.get("desc"), kw.get("total"), 0, False
                 outer.made.append(self)
 
@@ -73,7 +73,7 @@ class _Bars:
             def close(self):
                 self.closed = True
 
-        monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+        monkeypatch.setattr(unitscope._progress, "progress_bar", Bar)
 
 
 def test_show_progress_counts_the_batches_of_the_outer_loop(monkeypatch):

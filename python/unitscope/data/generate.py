@@ -198,9 +198,9 @@ def make_concept_dataset(root, n_images: int, *, size: int = 224, seed: int = 0,
     rows = []
     numbers = range(n_images)
     if progress:
-        from tqdm.auto import tqdm
+        from unitscope._progress import progress_bar
 
-        numbers = tqdm(numbers, desc="concept dataset", unit="image")
+        numbers = progress_bar(numbers, desc="concept dataset", unit="image")
     for i in numbers:
         img, maps, scene, texture, is_val = _make_image(i, size, label_size, seed)
         stem = f"generated/{i:06d}"

@@ -188,9 +188,9 @@ def show_progress(desc, enabled=True):
     if not enabled:
         yield
         return
-    from tqdm.auto import tqdm
+    from unitscope._progress import progress_bar
 
-    state = {"bar": tqdm(desc=desc, total=0, unit="batch", leave=False), "depth": 0}
+    state = {"bar": progress_bar(desc=desc, total=0, unit="batch", leave=False), "depth": 0}
     token = _PROGRESS.set(state)
     try:
         yield
