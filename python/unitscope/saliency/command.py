@@ -24,7 +24,7 @@ def add_arguments(parser):
                              "with scikit-image, e.g. skimage:chelsea")
     parser.add_argument("--method", default="gradcam,ig,gradient", type=_checked(_methods),
                         help=f"comma-separated methods among: {', '.join(METHODS)}; or 'all' (default: %(default)s)")
-    parser.add_argument("--target", default="top1", type=_checked(lambda t: (_targets(t, None), t)[1]),
+    parser.add_argument("--target", default="top1", type=_checked(_target_syntax),
                         help="a class id N, several 'N,M', or topK for the K most likely classes (default: top1)")
     parser.add_argument("--layer", default=None, help="layer for the CAM methods (default: the model's CAM layer)")
     parser.add_argument("--out", required=True, type=cli.output_dir,
@@ -61,6 +61,12 @@ def _methods(arg):
     if bad or not names:
         raise ValueError(f"unknown {', '.join(bad) or '(none given)'}; choose among {', '.join(METHODS)}")
     return list(dict.fromkeys(names))
+
+
+def _target_syntax(arg):
+    """--target checked before the model runs (the class range needs the model): returns arg."""
+    _targets(arg, None)
+    return arg
 
 
 def _targets(arg, probs):
