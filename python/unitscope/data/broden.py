@@ -29,8 +29,9 @@ class BrodenDataset(torch.utils.data.Dataset):
         categories: categories to use (default: every category of category.csv that index.csv has a
             column for), in this order; `annotated` and `label_category` index into it.
         split: keep only rows whose `split` equals this ("train", "val"); None keeps all.
-        resolution: resize images to this size (int or (H, W)) with PIL bilinear; label maps keep
-            their own (sh, sw) size. None keeps the stored image size.
+        resolution: resize images to this size (int or (H, W)), bilinear with antialiasing
+            (models.images.resize_image); label maps keep their own (sh, sw) size. None keeps the
+            stored image size. Images of 8 or 16 bits are scaled by their bit depth (read_image).
         packed: use the packed label arrays written by `pack_broden(root)` when they are present and
             match index.csv ("auto"), always (True: error if absent/stale) or never (False).
 
@@ -141,21 +142,18 @@ class BrodenDataset(torch.utils.data.Dataset):
         return path
 
     def _image(self, row: meta.IndexRow) -> torch.Tensor:
+        from unitscope.models.images import read_image, resize_image
+
         path = self._open_file(row.image, row)
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if im.size != (row.iw, row.ih):
-                    raise BrodenFormatError(f"{row.describe()}: image {path} is {im.size[1]}x{im.size[0]}, "
-                                            f"index.csv says ih={row.ih}, iw={row.iw}")
-                if self.resolution is not None and im.size != self.resolution[::-1]:
-                    im = im.resize(self.resolution[::-1], Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except BrodenFormatError:
-            raise
-        except Exception as e:  # PIL raises many types for broken files
-            raise BrodenFormatError(f"{row.describe()}: cannot read image {path}: {e}") from e
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+            arr = read_image(path)  # float32 (H, W, 3) in [0, 1], scaled by the file's bit depth
+        except (ValueError, OSError) as e:
+            raise BrodenFormatError(f"{row.describe()}: {e}") from e
+        if arr.shape[:2] != (row.ih, row.iw):
+            raise BrodenFormatError(f"{row.describe()}: image {path} is {arr.shape[0]}x{arr.shape[1]}, "
+                                    f"index.csv says ih={row.ih}, iw={row.iw}")
+        x = torch.from_numpy(arr).permute(2, 0, 1)
+        return resize_image(x[None], self.resolution)[0] if self.resolution is not None else x.contiguous()
 
     def _label_map(self, rel: str, row: meta.IndexRow) -> np.ndarray:
         if self._packed_rows is not None and rel in self._packed_rows:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from unitscope.models.images import load_image
+from unitscope.models.images import load_image, read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,5 +92,5 @@ def load(name: str, device=None) -> LoadedModel:
     return _REGISTRY[key](torch.device(device) if device is not None else torch.device("cpu"))
 
 
-__all__ = ["LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image",
+__all__ = ["LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image", "read_image",
            "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -2,6 +2,8 @@
 per-sample gradients and the channel reductions of gradient maps."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 
 import torch
@@ -173,7 +175,45 @@ def per_target(fn, x, targets):
     return torch.stack([fn(x, targets[:, t]) for t in range(targets.shape[1])], dim=1)
 
 
+# the progress bar of the running `show_progress` block and how deep `batched` loops are nested in it
+_PROGRESS = contextvars.ContextVar("unitscope_saliency_progress", default=None)
+
+
+@contextlib.contextmanager
+def show_progress(desc, enabled=True):
+    """A tqdm bar (on stderr) for the attribution methods called inside the block:
+    `with show_progress("integrated gradients"): ig(x)`. It counts the batches of every method that
+    scores its inputs in batches (integrated gradients, SmoothGrad, Score-CAM, occlusion, LIME,
+    KernelSHAP); the total grows as each loop starts. enabled=False shows nothing."""
+    if not enabled:
+        yield
+        return
+    from unitscope._progress import progress_bar
+
+    state = {"bar": progress_bar(desc=desc, total=0, unit="batch", leave=False), "depth": 0}
+    token = _PROGRESS.set(state)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+        state["bar"].close()
+
+
 def batched(n, batch_size):
-    """Start/stop pairs covering range(n) in chunks of batch_size."""
-    for start in range(0, n, batch_size):
-        yield start, min(n, start + batch_size)
+    """Start/stop pairs covering range(n) in chunks of batch_size; counted on the bar of an enclosing
+    show_progress block (only the outermost loop: SmoothGrad's inner method runs inside its loop)."""
+    state = _PROGRESS.get()
+    outer = state is not None and state["depth"] == 0
+    if outer:
+        state["bar"].total += -(-n // batch_size)
+        state["bar"].refresh()
+    if state is not None:
+        state["depth"] += 1
+    try:
+        for start in range(0, n, batch_size):
+            yield start, min(n, start + batch_size)
+            if outer:
+                state["bar"].update(1)
+    finally:
+        if state is not None:
+            state["depth"] -= 1
