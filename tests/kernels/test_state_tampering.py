@@ -129,7 +129,8 @@ def tamper_value(draw, v):
     if isinstance(v, int):
         return draw(st.sampled_from([v + 1, v - 1, float(v), str(v), -v, None, torch.tensor(v)]))
     if isinstance(v, float):
-        return draw(st.sampled_from([math.nextafter(v, 2.0), v / 2, math.nan, str(v), int(v) if math.isfinite(v) else 0, None]))
+        as_int = int(v) if math.isfinite(v) else 0
+        return draw(st.sampled_from([math.nextafter(v, 2.0), v / 2, math.nan, str(v), as_int, None]))
     if isinstance(v, str):
         return draw(st.sampled_from([v + "x", v.upper(), "", None, 1]))
     return None
@@ -285,7 +286,8 @@ FORGED = [
     ("QuantileSketch", _set("coarse", (2, 400), 1), r"'coarse'\]\[2, 400\] counts bucket 400"),
     ("QuantileSketch", _set("kmin", 0, 0), r"'kmin'\]\[0\] must be the key of the smallest value"),
     ("QuantileSketch", _set("kmax", 0, 2 ** 40), r"'kmax'\]\[0\] must be the key of the largest value"),
-    ("QuantileSketch", lambda s: (s["zeros"].fill_(2 ** 62), s["nan"].fill_(2 ** 62)), r"coarse \+ fine \+ zeros \+ nan \(per channel\)'\]\[0\]"),
+    ("QuantileSketch", lambda s: (s["zeros"].fill_(2 ** 62), s["nan"].fill_(2 ** 62)),
+     r"coarse \+ fine \+ zeros \+ nan \(per channel\)'\]\[0\]"),
     ("IoUTally", _set("intersection", (0, 0), 1), r"'intersection'\]\[0, 0\] must be in \[0, 0\]"),
     ("IoUTally", _set("label", 0, 1), r"'label'\]\[0\] must be in \[0, 0\]"),
     ("IoUTally", _set("intersection", (1, 2), 10 ** 6), r"'label'|'intersection'\]\[1, 2\] = 1000000 must be <= label"),

@@ -102,7 +102,8 @@ def tensor(state: dict, key: str, what: str, shape: tuple, dtype: torch.dtype, d
     t = state[key]
     name = f"{what} state[{key!r}]"
     if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense torch.Tensor, got {_short(t) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        got = _short(t) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a dense torch.Tensor, got {got}")
     if t.dtype != dtype:
         raise TypeError(f"{name} must be {str(dtype).replace('torch.', '')}, got {str(t.dtype).replace('torch.', '')}")
     if tuple(t.shape) != tuple(shape):
