@@ -17,12 +17,13 @@ namespace unitscope {
 
 namespace {
 
+// One image's L * S_h * S_w label cells are indexed with int32 below; tally_cpu refuses more.
+constexpr int64_t kMaxLabelCells = int64_t(1) << 31;
+
 // One image's pixel labels as intervals along rows: each row splits into maximal intervals
 // [start, end) over which every map's label is constant; an interval lists its labels once each,
 // without 0 and without the image's own image labels (counted for the whole mask elsewhere), so an
 // interval's pixels each add 1 to each listed label. interval[p] is pixel p's interval.
-constexpr int64_t kMaxLabelCells = int64_t(1) << 31;  // int32 indices below: checked in tally_cpu
-
 struct Interval {
   int32_t start, end, first, last;  // pixels [start, end) of a row; labels[first:last]
 };
