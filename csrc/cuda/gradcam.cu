@@ -100,7 +100,8 @@ __global__ void normalize_kernel(float* out, int64_t maps, int64_t HW, const flo
        idx += (int64_t)gridDim.x * blockDim.x) {
     const int64_t m = idx / HW;
     const float lo = minmax[2 * m], range = minmax[2 * m + 1] - lo;
-    out[idx] = (range > 0.0f && isfinite(range)) ? (out[idx] - lo) / range : 0.0f;
+    const float v = out[idx];  // lo, hi ignore NaN (fminf/fmaxf); a NaN pixel stays NaN (the NaN policy)
+    out[idx] = (range > 0.0f && isfinite(range)) ? (v - lo) / range : (isnan(v) ? v : 0.0f);
   }
 }
 
