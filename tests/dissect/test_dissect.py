@@ -9,6 +9,7 @@ import torch
 import unitscope
 import unitscope.reference.dissect as ref
 from unitscope.data import BrodenDataset
+from unitscope.dissect.run import PROBE_IMAGES
 
 
 def tiny_cnn(seed=0):
@@ -189,18 +190,19 @@ def test_resume_after_interruption_gives_the_same_result(concept_root, tmp_path,
     model.images = 0
     again = unitscope.dissect(model, ["net.1", "net.3"], flaky, batch_size=4, checkpoint_dir=tmp_path,
                               checkpoint_every=1, cache_activations=cache, progress=False)
+    P = PROBE_IMAGES            # a checkpointed run first runs the model on the probe images
     if fail_field == "image":   # pass 1 stopped at image 12: resumes there
-        assert first == 12 and model.images == 24 - 12 + 24
+        assert first == P + 12 and model.images == P + 24 - 12 + 24
     else:                       # pass 2 stopped: pass 1 not repeated, pass 2 resumes at image 12
-        assert model.images == 12
+        assert model.images == P + 12
     for layer in ("net.1", "net.3"):
         a, b = full[layer], again[layer]
         for name in ("thresholds", "iou", "intersection", "activation", "label_count", "topk_index", "topk_maps"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    # a finished checkpoint returns the result without running the model
+    # a finished checkpoint returns the result running the model on the probe images only
     model.images = 0
     done = unitscope.dissect(model, ["net.1", "net.3"], flaky, batch_size=4, checkpoint_dir=tmp_path, progress=False)
-    assert model.images == 0 and np.array_equal(done["net.3"].iou, full["net.3"].iou)
+    assert model.images == P and np.array_equal(done["net.3"].iou, full["net.3"].iou)
     assert not list(tmp_path.glob("*.tmp*"))
 
 
