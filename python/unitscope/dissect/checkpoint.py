@@ -15,7 +15,7 @@ import torch
 FORMAT = "unitscope.dissect checkpoint"
 VERSION = 2
 STAGES = ("threshold", "tally", "done")
-_FIELDS = {"format", "version", "key", "probe", "stage", "done", "shapes", "layers"}
+_FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers"}
 # what each layer entry holds at each stage (a mid-pass tally checkpoint adds "tally")
 _LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally"}),
                  "done": ({"thresholds", "topk", "tally"}, set())}
@@ -180,14 +180,47 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def content_digest(obj, depth: int = 0) -> str:
+    """sha256 over a canonical walk of a checkpoint's content (dict keys sorted; tensors by dtype,
+    shape and bytes). Stored in the checkpoint, it catches a corrupted or hand-edited file before any
+    field is used; it is no defence against a forger, which is why every field is validated too."""
+    h = hashlib.sha256()
+    _walk(obj, h, depth)
+    return h.hexdigest()
+
+
+def _walk(v, h, depth):
+    if depth > 16:
+        raise CheckpointError("nested more than 16 levels deep")
+    if isinstance(v, torch.Tensor):
+        if v.layout != torch.strided or v.is_quantized:
+            raise CheckpointError(f"holds a {v.layout} tensor")
+        t = v.detach().to("cpu").reshape(-1).contiguous()
+        h.update(f"T{t.dtype}{tuple(v.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(v, dict):
+        h.update(f"D{len(v)}:".encode())
+        for k in sorted(v, key=lambda k: (type(k).__name__, repr(k))):
+            _walk(k, h, depth + 1)
+            _walk(v[k], h, depth + 1)
+    elif isinstance(v, (list, tuple)):
+        h.update(f"{type(v).__name__[0]}{len(v)}:".encode())
+        for x in v:
+            _walk(x, h, depth + 1)
+    else:
+        h.update(f"{type(v).__name__}:{v!r};".encode("utf-8", "surrogatepass"))
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temporary file in the same folder, fsync, then os.replace (atomic); the
-    temporary file is removed if anything fails."""
+    temporary file is removed if anything fails. Adds format, version and the content digest."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    state = dict(state, format=FORMAT, version=VERSION)
+    state["digest"] = content_digest(state)
     try:
         with open(tmp, "wb") as f:
-            torch.save(dict(state, format=FORMAT, version=VERSION), f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -199,7 +232,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance: float,
                     shard_images: int) -> dict | None:
     """The saved state when `path` exists, was written under `key`, and every field of its envelope
-    is well formed; None when absent. Checks: format and version; key equal field by field (the
+    is well formed; None when absent. Checks: format and version; the content digest; key equal field by field (the
     differing fields are named); the probe statistics within `tolerance`; stage; done in
     [0, shard_images]; shapes equal `shapes` ({layer: (K, h, w)}, the probe's); per layer exactly the entries of its stage;
     thresholds float32 (K,) without NaN. The kernel states inside are checked by their own
@@ -224,6 +257,12 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
         raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads {VERSION}")
     if set(state) != _FIELDS:
         raise bad(f"fields {sorted(map(str, state))}, expected {sorted(_FIELDS)}")
+    try:
+        digest = content_digest({k: v for k, v in state.items() if k != "digest"})
+    except CheckpointError as e:
+        raise bad(str(e)) from None
+    if not isinstance(state["digest"], str) or state["digest"] != digest:
+        raise bad("its content does not match its digest (the file is corrupted or was edited)")
     saved = state["key"]
     if not isinstance(saved, dict) or not all(isinstance(k, str) for k in saved) or not _plain(saved):
         raise bad("its key is not a dict of plain values")
