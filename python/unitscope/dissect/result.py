@@ -239,9 +239,10 @@ _RESERVED = {"index", "compare"}  # the report's own page and the comparison's f
 
 
 def csv_cell(value):
-    """A text cell that a spreadsheet shows as text: a leading ' before = + - @ tab or CR (the usual
-    defence against formula injection); other values unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """A text cell that a spreadsheet shows as text: a leading ' before = + - @ tab or CR when more
+    follows (the usual defence against formula injection; a lone '-', Broden's name of label 0, stays);
+    other values unchanged."""
+    if isinstance(value, str) and len(value) > 1 and value.startswith(_FORMULA_START):
         return "'" + value
     return value
 
