@@ -179,7 +179,7 @@ class Comparison:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "compare.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
+            w = csv.writer(f)  # CRLF lines: a CR or LF inside a name is quoted
             w.writerow(["name", "layer", "units", "detectors"] + [csv_cell(c) for c in self.categories] + ["unique_total"])
             for r in self.rows:
                 w.writerow([csv_cell(r["name"]), csv_cell(r["layer"]), r["units"], r["detectors"]]

@@ -142,8 +142,8 @@ class LayerDissection:
         label, score, then per category <cat>-label, <cat>-truth (label pixels), <cat>-activation (the
         unit's mask pixels in that category's union), <cat>-intersect, <cat>-iou; then unit_0based
         (the unit numbered from 0, as in the HTML report, JSON, console and Python); rows sorted by
-        score. Text cells starting with = + - @ tab or CR get a leading ' (no spreadsheet formulas).
-        Returns the text."""
+        score. Text cells starting with = + - @ tab or CR get a leading ' (no spreadsheet formulas);
+        lines end in CRLF (RFC 4180), so that a CR or LF inside a name is quoted. Returns the text."""
         labels, ious = self.best_in_category()
         best, iou, cat = self.best_label, self.best_iou, self.best_category
         header = ["unit", "category", "label", "score"]
@@ -151,7 +151,7 @@ class LayerDissection:
             header += [f"{c}-label", f"{c}-truth", f"{c}-activation", f"{c}-intersect", f"{c}-iou"]
         header.append("unit_0based")
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = csv.writer(buf)
         w.writerow([csv_cell(h) for h in header])
         for k in np.argsort(-iou, kind="stable"):
             row = [k + 1, csv_cell(self.categories[cat[k]]), csv_cell(self.label_names[best[k]]), f"{iou[k]:.6f}"]
@@ -163,7 +163,7 @@ class LayerDissection:
             w.writerow(row)
         text = buf.getvalue()
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            Path(path).write_text(text, encoding="utf-8", newline="")
         return text
 
     def to_dict(self, full: bool = False) -> dict:

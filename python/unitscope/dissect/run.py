@@ -313,7 +313,13 @@ class _Run:
             if stage == "threshold":
                 self._make_threshold_states(shapes)
                 for layer in self.layers:
-                    self.quant[layer].load_state_dict(state["layers"][layer]["quantile"])
+                    K, h, w = shapes[layer]
+                    q = self.quant[layer]
+                    q.load_state_dict(state["layers"][layer]["quantile"])
+                    seen = q.count.cpu()  # with or without NaN, by kernel: accept either
+                    if bool((seen != done * h * w).any()) and bool((seen + q.nan_count.cpu() != done * h * w).any()):
+                        raise CheckpointError(f"layer {layer!r}: the quantile state counted {seen.tolist()[:4]}... "
+                                              f"values per unit, expected done * h * w = {done * h * w}")
                     self.topk[layer].load_state_dict(state["layers"][layer]["topk"])
                     self._check_topk(layer, lo, lo + done)
                 return
