@@ -174,6 +174,11 @@ def _summary(d):
                       l.topk_maps.copy()) for l in d}
 
 
+class Saved(tuple):
+    def __repr__(self):  # hypothesis prints the fixture with a failing example: keep it short
+        return "Saved(...)"
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """{stage: checkpoint bytes} for a run stopped in pass 1, one stopped in pass 2, a finished one;
@@ -191,7 +196,7 @@ def saved(tmp_path_factory):
         state = torch.load(ckpt / "dissect.pt", weights_only=True)
         assert state["stage"] == stage
         out[stage] = (ckpt / "dissect.pt").read_bytes()
-    return root, out, result
+    return Saved((root, out, result))
 
 
 def _paths(v, prefix=()):
@@ -263,6 +268,18 @@ def mutation(draw, value):
     return draw(PLAIN)
 
 
+def _draw_path(data, paths):
+    """A path, drawn level by level (so that a field deep inside has the same chance as a shallow one)."""
+    prefix = ()
+    while True:
+        here = [p for p in paths if p[:len(prefix)] == prefix]
+        children = sorted({p[len(prefix)] for p in here if len(p) > len(prefix)}, key=repr)
+        stop = prefix in paths
+        if not children or (stop and data.draw(st.booleans())):
+            return prefix
+        prefix = prefix + (data.draw(st.sampled_from(children)),)
+
+
 def _outcome(root, ckpt_dir, tampered, expect):
     """Resume from `tampered`: the untampered result or a CheckpointError, nothing else."""
     if ckpt_dir.exists():
@@ -286,7 +303,7 @@ def test_random_corruption_of_any_field_is_refused(saved, tmp_path_factory, data
     root, blobs, expect = saved
     state = torch.load(io.BytesIO(blobs[stage]), weights_only=True)
     paths = [p for p, _ in _paths(state) if p and p[0] != "digest"]
-    path = data.draw(st.sampled_from(paths))
+    path = _draw_path(data, paths)
     value = dict(_paths(state))[path]
     new = data.draw(mutation(value))
     if new is _DELETE and not isinstance(dict(_paths(state))[path[:-1]], dict):
@@ -311,7 +328,7 @@ def test_forged_envelope_fields_give_the_same_result_or_a_clear_error(saved, tmp
     state = torch.load(io.BytesIO(blobs[stage]), weights_only=True)
     paths = [p for p, _ in _paths(state) if p and p[0] in ENVELOPE
              and not (p[0] == "layers" and len(p) > 2 and p[2] != "thresholds")]
-    path = data.draw(st.sampled_from(paths))
+    path = _draw_path(data, paths)
     value = dict(_paths(state))[path]
     new = data.draw(mutation(value))
     if new is _DELETE and not isinstance(dict(_paths(state))[path[:-1]], dict):
@@ -341,11 +358,21 @@ def test_forged_topk_indices_refused(saved, tmp_path, stage, edit, match):
         _dissect(root, tmp_path)
 
 
-def test_forged_counts_against_done_refused(saved, tmp_path):
+def _nan_threshold(s):
+    s["layers"]["1"]["thresholds"][2] = float("nan")
+
+
+def test_forged_fields_refused(saved, tmp_path):
     root, blobs, _ = saved
     for stage, edit, match in (("threshold", lambda s: s.update(done=2), "top-k image indices|counted"),
                                ("tally", lambda s: s.update(done=6), "the tally counted 4 images, expected 6"),
-                               ("done", lambda s: s.update(stage="tally", done=0), "done is 0 but|tally counted")):
+                               ("done", lambda s: s.update(stage="tally", done=0), "done is 0 but|tally counted"),
+                               ("tally", _nan_threshold, r"layers\['1'\]\['thresholds'\] holds NaN"),
+                               ("done", lambda s: s["shapes"].update({"1": (4, 8, 9)}), "shapes must be"),
+                               ("done", lambda s: s["probe"]["0"].mul_(1.01), r"outputs at \['0'\]"),
+                               ("tally", lambda s: s["layers"]["0"].pop("tally"), "only layers"),
+                               ("threshold", lambda s: s["layers"].pop("1"), "layers must hold"),
+                               ("done", lambda s: s["key"].update(images=9), "images: checkpoint has 9")):
         state = torch.load(io.BytesIO(blobs[stage]), weights_only=True)
         edit(state)
         state["digest"] = content_digest({k: v for k, v in state.items() if k != "digest"})

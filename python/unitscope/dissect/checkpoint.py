@@ -251,9 +251,9 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
     def bad(what):
         return CheckpointError(f"checkpoint {path} is invalid: {what}; delete it to start over")
 
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or type(state.get("format")) is not str or state["format"] != FORMAT:
         raise bad("not a unitscope dissection checkpoint")
-    if state.get("version") != VERSION:
+    if type(state.get("version")) is not int or state["version"] != VERSION:
         raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads {VERSION}")
     if set(state) != _FIELDS:
         raise bad(f"fields {sorted(map(str, state))}, expected {sorted(_FIELDS)}")
@@ -285,7 +285,7 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
             f"images differ from the checkpoint's by more than {tolerance} of their scale (other code, "
             "preprocess or data). Use another checkpoint_dir or delete the file to start over.")
     stage, done = state["stage"], state["done"]
-    if stage not in STAGES:
+    if type(stage) is not str or stage not in STAGES:
         raise bad(f"stage must be one of {STAGES}, got {_short(stage)}")
     if type(done) is not int or not 0 <= done <= shard_images:
         raise bad(f"done must be an int in [0, {shard_images}], got {_short(done)}")
