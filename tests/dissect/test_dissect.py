@@ -113,7 +113,8 @@ def test_bad_layer_and_arguments(ds):
         unitscope.dissect(tiny_cnn(), ["6"], ds, progress=False)
     for kw, match in [({"quantile": 1.5}, "quantile must be"), ({"threshold_op": "<"}, "threshold_op must be"),
                       ({"union": "all"}, "union must be"), ({"upsample": "nearest"}, "upsample must be"),
-                      ({"batch_size": 0}, "batch_size must be")]:
+                      ({"batch_size": 0}, "batch_size must be"), ({"checkpoint_every": -1}, "checkpoint_every must be"),
+                      ({"checkpoint_dir": "ck\0pt"}, "without NUL bytes")]:
         with pytest.raises(ValueError, match=match):
             unitscope.dissect(tiny_cnn(), ["1"], ds, progress=False, **kw)
     with pytest.raises(TypeError, match="dataset must be a BrodenDataset"):
@@ -253,6 +254,15 @@ def test_exports_and_report(ds, tmp_path):
     page = (tmp_path / "report" / "3.html").read_text()
     assert index.is_file() and "unit_0000.jpg" in page and (tmp_path / "report" / "3_unique.png").stat().st_size > 1000
     assert len(list((tmp_path / "report" / "3").glob("unit_*.jpg"))) == ld.num_units
+    # detectors first, the other units collapsed below them
+    shown, rest = page.split("<details>")
+    det = {x["unit"] for x in ld.detectors()}
+    assert 0 < len(det) < ld.num_units and "</details>" in rest
+    assert all(f"<td>{k}</td>" in shown for k in det)
+    assert all(f"<tr class=\"{'dead' if ld.dead[k] else ''}\"><td>{k}</td>" in rest
+               for k in range(ld.num_units) if k not in det)
+    # CSV: units from 1 (NetDissect-Lite), unit_0based from 0
+    assert head[-1] == "unit_0based" and all(int(l.split(",")[0]) == int(l.split(",")[-1]) + 1 for l in lines[1:])
     paths = d.to_csv(tmp_path / "csv")
     assert [p.name for p in paths] == ["tally_1.csv", "tally_3.csv"]
     cmp = unitscope.compare(d, d, names=["a", "b"])

@@ -52,7 +52,8 @@ def _merge_all(obj, world):
     return obj if merged is None else merged
 
 
-def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache):
+def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache,
+                checkpoint_dir, checkpoint_every):
     if not (isinstance(quantile, float) and 0.0 < quantile < 1.0):
         raise ValueError(f"quantile must be a float in (0, 1), got {quantile!r}")
     if not isinstance(iou_threshold, (int, float)) or not 0 <= iou_threshold <= 1:
@@ -71,6 +72,10 @@ def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_si
         raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, got {autocast!r}")
     if cache not in ("auto", True, False):
         raise ValueError(f"cache_activations must be 'auto', True or False, got {cache!r}")
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be an int >= 0 (0: only after each pass), got {checkpoint_every!r}")
+    if checkpoint_dir is not None and (not isinstance(checkpoint_dir, (str, os.PathLike)) or "\0" in str(checkpoint_dir)):
+        raise ValueError(f"checkpoint_dir must be a folder path without NUL bytes, got {checkpoint_dir!r}")
 
 
 def _as_dataset(dataset, categories) -> BrodenDataset:
@@ -149,7 +154,8 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     Returns:
         Dissection with one LayerDissection per layer.
     """
-    _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache_activations)
+    _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache_activations,
+                checkpoint_dir, checkpoint_every)
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)
