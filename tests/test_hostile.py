@@ -19,7 +19,7 @@ from unitscope.data import BrodenDataset, BrodenFormatError, make_concept_datase
 from unitscope.dissect import CheckpointError
 from unitscope.dissect.checkpoint import content_digest
 
-CATEGORY_NAMES = {"color": "$c$ olor", "object": "=1+2", "part": "<b onclick=x>part", "scene": "@scene",
+CATEGORY_NAMES = {"color": "$c^$ olor", "object": "=1+2", "part": "<b onclick=x>part", "scene": "@scene",
                   "texture": 'tex,ture "q"'}
 LABEL_NAMES = ['=HYPERLINK("http://evil.example","x")', "$\\frac{a}{b}$", "<img src=x onerror=alert(1)>",
                "\tTAB", "+cmd|' /C calc'!A0", "-2+3", "multi\nline", "\rCR", "@SUM(A1)"]

@@ -173,3 +173,20 @@ def test_digest_format_and_version_checked(small, tmp_path):
     path.mkdir()
     with pytest.raises(CheckpointError, match="is not a file"):
         run(Net(), small, tmp_path)
+
+
+class ShowsAddress(Net):
+    def __init__(self):
+        super().__init__()
+        self.hook = lambda x: x
+
+    def extra_repr(self):
+        return f"hook={self.hook}"      # '<function ... at 0x7f...>': another address in every process
+
+
+def test_memory_addresses_in_a_repr_do_not_prevent_resuming(small, tmp_path):
+    assert repr(ShowsAddress()) != repr(ShowsAddress())
+    run(ShowsAddress(), small, tmp_path)
+    model = ShowsAddress()
+    run(model, small, tmp_path)
+    assert model.calls == PROBE_IMAGES

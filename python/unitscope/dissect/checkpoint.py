@@ -8,6 +8,7 @@ import functools
 import hashlib
 import inspect
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -19,6 +20,13 @@ _FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shap
 # what each layer entry holds at each stage (a mid-pass tally checkpoint adds "tally")
 _LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally"}),
                  "done": ({"thresholds", "topk", "tally"}, set())}
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<function f at 0x7f..>" in a repr differs in every process
+
+
+def _repr(obj) -> str:
+    return _ADDRESS.sub("", repr(obj))
 
 
 class CheckpointError(ValueError):
@@ -70,7 +78,7 @@ def model_fingerprint(model: torch.nn.Module) -> dict:
         if flat.is_floating_point():
             h.update(repr(float(flat.double().sum())).encode())
     types = sorted({type(m) for m in model.modules()}, key=lambda c: (c.__module__, c.__qualname__))
-    code = _digest(repr(model), *(f"{c.__module__}.{c.__qualname__}:{_source_digest(c)}" for c in types))
+    code = _digest(_repr(model), *(f"{c.__module__}.{c.__qualname__}:{_source_digest(c)}" for c in types))
     return {"weights": h.hexdigest(), "code": code}
 
 
@@ -101,7 +109,7 @@ def describe_callable(fn, depth: int = 0) -> str:
         return "imagenet"
     if isinstance(fn, torch.nn.Module):
         tensors = [_tensor_digest(t) for t in list(fn.parameters()) + list(fn.buffers())]
-        return f"{type(fn).__module__}.{type(fn).__qualname__}:{_digest(repr(fn), _source_digest(type(fn)), *tensors)}"
+        return f"{type(fn).__module__}.{type(fn).__qualname__}:{_digest(_repr(fn), _source_digest(type(fn)), *tensors)}"
     if isinstance(fn, functools.partial):
         return f"partial({describe_callable(fn.func, depth + 1)},{_value_digest(fn.args, depth + 1)}," \
                f"{_value_digest(fn.keywords, depth + 1)})"
