@@ -369,7 +369,8 @@ class _Run:
 
     def _agree(self, state, error, rank, world):
         """Every rank learns every rank's checkpoint status before any collective: a refused checkpoint
-        stops all ranks; differing stages make the ranks ahead fall back (a finished rank redoes its
+        stops all ranks; in the first pass each rank goes on from where it is (its shard is its own
+        until the merge); at differing stages the ranks ahead fall back (a finished rank redoes its
         share of the second pass) or, when some rank has not finished the first pass, all restart."""
         infos = [None] * world
         torch.distributed.all_gather_object(infos, (state["stage"] if state else "none",
@@ -381,8 +382,8 @@ class _Run:
             r, e = refused[0]
             raise CheckpointError(f"rank {r} refused its checkpoint, so every rank stops: {e}")
         stages = [s for s, _ in infos]
-        if len(set(stages)) == 1:
-            return state
+        if len({"threshold" if s == "none" else s for s in stages}) == 1:
+            return state  # the same stage (no checkpoint = pass 1 from its start): each rank goes on
         lowest = min(stages, key=_ORDER.get)
         said = ", ".join(f"rank {r}: {s}" for r, s in enumerate(stages))
         if lowest == "tally":
