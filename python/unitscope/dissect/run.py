@@ -104,6 +104,17 @@ def _free_memory_bytes() -> int:
         return 0
 
 
+def _check_tally_memory(shapes, num_labels, device) -> None:
+    """Refuse, before anything is allocated, IoU tallies (int64 [K, C] per layer) larger than the
+    free memory of their device (when it is known): a label.csv with large label numbers makes C large."""
+    need = sum(K for K, _, _ in shapes.values()) * num_labels * 8
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_memory_bytes()
+    if free and need > free:
+        raise ValueError(f"the IoU tallies need {need / 2**30:.1f} GiB ({sum(K for K, _, _ in shapes.values())} units x "
+                         f"{num_labels} label numbers x 8 bytes), more than the {free / 2**30:.1f} GiB free on {device}; "
+                         "dissect fewer layers or renumber the dataset's labels densely")
+
+
 class _Timer:
     def __init__(self, device):
         self.sync = device.type == "cuda"
@@ -291,6 +302,7 @@ class _Run:
         acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"])
         probe = probe_stats(acts)
         shapes = {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
+        _check_tally_memory(shapes, self.ds.num_labels, self.device)
         fp = model_fingerprint(self.model)  # after a forward: lazy modules are initialized by now
         key.update(model=fp["weights"], model_code=fp["code"], probe_tolerance=1e-3 if self.autocast is None else 3e-2)
         self.envelope = {"key": key, "probe": probe}
@@ -409,6 +421,7 @@ class _Run:
             acts = self.forward(batch["image"])
             if state["shapes"] is None:
                 state["shapes"] = {k: tuple(v.shape[1:]) for k, v in acts.items()}
+                _check_tally_memory(state["shapes"], self.ds.num_labels, self.device)
             if not self.quant:
                 self._make_threshold_states(state["shapes"])
             if want_cache and self.cache is None:
