@@ -33,7 +33,8 @@ def test_cli_writes_csv_json_report_and_loads_weights(concept_root, tmp_path, ca
                           iou_threshold=0.02)
     best = {u["unit"]: u["iou"] for u in data["layers"][1]["units"]}
     assert np.allclose([best[k] for k in range(6)], d["2"].best_iou)
-    assert (out / "tally_2.csv").read_text() == d["2"].to_csv()
+    with open(out / "tally_2.csv", newline="", encoding="utf-8") as f:  # CRLF lines, as written
+        assert f.read() == d["2"].to_csv()
     # a rerun finds the finished checkpoint and gives the same files
     before = (out / "tally_0.csv").read_text()
     assert main(["dissect", "--model", "cli_models:tiny", "--weights", str(tmp_path / "w.pt"), "--layers", "0,2",
