@@ -458,7 +458,9 @@ class _Run:
                 q = _merge_all(self.quant[layer], world)
                 t = _merge_all(self.topk[layer], world)
                 thr = q.result() if s["exact"] else q.quantile(s["quantile"])
-                layers[layer] = {"thresholds": thr.detach().float().cpu(), "topk": t.state_dict()}
+                # a unit whose every activation is NaN has no quantile: it never fires (a dead unit)
+                thr = torch.nan_to_num(thr.detach().float().cpu(), nan=float("inf"))
+                layers[layer] = {"thresholds": thr, "topk": t.state_dict()}
         state = {"stage": "tally", "done": 0, "shapes": state["shapes"], "layers": layers}
         self._save(state, ckpt)
         return state
