@@ -15,6 +15,7 @@ import time
 import torch
 
 import unitscope
+from unitscope._tensors import resolve_device
 from unitscope.data import BrodenDataset, collate_broden
 from unitscope.dissect.capture import LayerCapture
 from unitscope.dissect.checkpoint import checkpoint_path, load_checkpoint, model_fingerprint, save_checkpoint
@@ -105,17 +106,17 @@ def _free_memory_bytes() -> int:
 
 class _Timer:
     def __init__(self, device):
-        self.sync = device.type == "cuda"
+        self.sync = device if device.type == "cuda" else None
         self.seconds = {"data": 0.0, "forward": 0.0, "threshold": 0.0, "tally": 0.0}
 
     @contextlib.contextmanager
     def __call__(self, part):
-        if self.sync:
-            torch.cuda.synchronize()
+        if self.sync is not None:
+            torch.cuda.synchronize(self.sync)
         t = time.perf_counter()
         yield
-        if self.sync:
-            torch.cuda.synchronize()
+        if self.sync is not None:
+            torch.cuda.synchronize(self.sync)
         self.seconds[part] += time.perf_counter() - t
 
 
@@ -162,7 +163,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = resolve_device(device)  # 'cuda' -> 'cuda:<current>', the device activations will be on
     model.to(device)
     preprocess_fn = preprocess or imagenet_preprocess
     rank, world = _dist()
