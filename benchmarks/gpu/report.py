@@ -80,6 +80,8 @@ def _sanitizer(log: Path, step: dict | None) -> str:
 
 
 def _fmt(v, digits=1):
+    if v is None:
+        return "-"
     return f"{v:,.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
@@ -109,7 +111,8 @@ def summary(work: Path, out: Path, have_gpu: bool) -> int:
         t = res[key]
         if t:
             md.append(f"\n{key}: {t['passed']} passed, {t['failures']} failed, {t['errors']} errors, "
-                      f"{t['skipped']} skipped" + (f"; failing: {', '.join(t['failed_names'])}" if t["failed_names"] else ""))
+                      f"{t['skipped']} skipped" + (f"; failing, first 5: {', '.join(t['failed_names'][:5])}"
+                                                   if t["failed_names"] else ""))
     md.append("")
     md += [f"compute-sanitizer {t}: {v}" for t, v in res["compute_sanitizer"].items()]
     kb = res["kernel_bench"]

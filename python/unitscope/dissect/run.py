@@ -15,7 +15,6 @@ import time
 import torch
 
 import unitscope
-from unitscope._tensors import resolve_device
 from unitscope.data import BrodenDataset, collate_broden
 from unitscope.dissect.capture import LayerCapture
 from unitscope.dissect.checkpoint import checkpoint_path, load_checkpoint, model_fingerprint, save_checkpoint
@@ -106,17 +105,17 @@ def _free_memory_bytes() -> int:
 
 class _Timer:
     def __init__(self, device):
-        self.sync = device if device.type == "cuda" else None
+        self.sync = device.type == "cuda"
         self.seconds = {"data": 0.0, "forward": 0.0, "threshold": 0.0, "tally": 0.0}
 
     @contextlib.contextmanager
     def __call__(self, part):
-        if self.sync is not None:
-            torch.cuda.synchronize(self.sync)
+        if self.sync:
+            torch.cuda.synchronize()
         t = time.perf_counter()
         yield
-        if self.sync is not None:
-            torch.cuda.synchronize(self.sync)
+        if self.sync:
+            torch.cuda.synchronize()
         self.seconds[part] += time.perf_counter() - t
 
 
@@ -163,7 +162,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
-    device = resolve_device(device)  # 'cuda' -> 'cuda:<current>', the device activations will be on
+    device = torch.device(device)
     model.to(device)
     preprocess_fn = preprocess or imagenet_preprocess
     rank, world = _dist()
@@ -224,8 +223,8 @@ class _Run:
                                              num_workers=self.num_workers, collate_fn=collate_broden,
                                              pin_memory=self.device.type == "cuda")
         if self.progress:
-            from tqdm.auto import tqdm
-            return tqdm(loader, desc=desc, unit="batch", total=len(loader))
+            from unitscope._progress import progress_bar
+            return progress_bar(loader, desc=desc, unit="batch", total=len(loader))
         return loader
 
     def _batches(self, start, fields, desc):
