@@ -103,7 +103,7 @@ sanitize() {  # sanitize TOOL: the subset under compute-sanitizer, checking unit
   local opts=(--tool "$tool" --error-exitcode 3 --report-api-errors no)
   compute-sanitizer "${opts[@]}" --kernel-name kns=unitscope "$PY" benchmarks/gpu/sanitize_subset.py 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
-  if grep -qiE "unrecognized|unknown option|invalid option" "$log"; then  # an older filter syntax: check every kernel
+  if grep -qiE "unrecogni[sz]ed|unknown option|invalid option|invalid value|unknown filter" "$log"; then  # an older filter syntax: check every kernel
     compute-sanitizer "${opts[@]}" "$PY" benchmarks/gpu/sanitize_subset.py 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
   fi
