@@ -223,8 +223,8 @@ class _Run:
                                              num_workers=self.num_workers, collate_fn=collate_broden,
                                              pin_memory=self.device.type == "cuda")
         if self.progress:
-            from unitscope._progress import progress_bar
-            return progress_bar(loader, desc=desc, unit="batch", total=len(loader))
+            from tqdm.auto import tqdm
+            return tqdm(loader, desc=desc, unit="batch", total=len(loader))
         return loader
 
     def _batches(self, start, fields, desc):
