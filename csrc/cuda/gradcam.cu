@@ -1,4 +1,4 @@
-// Grad-CAM on CUDA, four small launches on the caller's stream:
+// Grad-CAM on CUDA, four small launches on the caller's stream (on the buffers' device):
 //   1. weights[m,k] = spatial mean of G (one warp per (b,k)), skipped when weights are given;
 //   2. cam[m,p] = relu(sum_k weights[m,k] * A[b,k,p]) at layer resolution (thread per pixel);
 //   3. out = bilinear resize of cam (thread per output pixel);
@@ -107,7 +107,8 @@ __global__ void normalize_kernel(float* out, int64_t maps, int64_t HW, const flo
 
 }  // namespace
 
-void gradcam_cuda(const GradcamArgs& a, void* stream_ptr) {
+void gradcam_cuda(const GradcamArgs& a, int device, void* stream_ptr) {
+  DeviceGuard guard(device, "gradcam_cuda");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t hw = a.h * a.w, HW = a.H * a.W, maps = a.B * a.T;
   const bool resize = !(a.H == a.h && a.W == a.w);

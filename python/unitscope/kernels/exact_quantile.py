@@ -69,6 +69,9 @@ class ExactQuantile:
 
     ``merge(other)`` adds another ExactQuantile with the same (num_channels, q, total, interpolation)
     fed with other data: the result is that of one stream with both parts (counts add).
+
+    ``device``: where the state lives and the inputs must be (default: cpu, cuda for backend="cuda");
+    a bare "cuda" means the current CUDA device when the ExactQuantile is built.
     """
 
     def __init__(self, num_channels, q, total, *, dim=1, interpolation="linear", device=None, backend=None):
@@ -81,7 +84,7 @@ class ExactQuantile:
         if interpolation not in ref.INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {ref.INTERPOLATIONS}, got {interpolation!r}")
         self.interpolation = interpolation
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "ExactQuantile")
         self._num_threads = None
         self.top, self.m, self.cap = ref.candidate_sizes(self.q, self.total)
@@ -135,7 +138,7 @@ class ExactQuantile:
             C.exact_quantile_update_cuda(
                 T.ptr(t), T.DTYPE_CODE[t.dtype], outer, self.num_channels, inner, start, length,
                 T.ptr(self._buf), self.cap, T.ptr(self._fill), T.ptr(self._thr), T.ptr(self._nan),
-                not self.top, T.cuda_stream(self.device))
+                not self.top, *T.cuda_launch(t))
 
     def _compact(self):
         cand, fill = ref.canonical(self._buf, self._fill, self.m)

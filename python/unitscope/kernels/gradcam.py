@@ -101,5 +101,5 @@ def _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, no
         maps = B * targets
         workspace = torch.empty(maps * K + maps * h * w + 2 * maps, dtype=torch.float32, device=A.device)
         C.gradcam_cuda(T.ptr(A), T.ptr(G), T.ptr(Wc), T.ptr(out), T.ptr(workspace), code, B, targets, K, h, w,
-                       H, Wd, bool(relu), bool(align_corners), bool(normalize), T.cuda_stream(A.device))
+                       H, Wd, bool(relu), bool(align_corners), bool(normalize), *T.cuda_launch(A))
     return out

@@ -35,7 +35,8 @@ class IoUTally:
         num_categories (int): number of categories.
         out_size (int or (S_h, S_w)): the label resolution.
         align_corners (bool), threshold_op (">" or ">="), union ("category" or "dataset").
-        device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda").
+        device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda");
+            a bare "cuda" means the current CUDA device when the tally is built.
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
         num_threads (int, optional): CPU threads; default torch.get_num_threads().
     """
@@ -49,9 +50,7 @@ class IoUTally:
             raise ValueError(f"threshold_op must be '>' or '>=', got {threshold_op!r}")
         if union not in ("category", "dataset"):
             raise ValueError(f"union must be 'category' or 'dataset', got {union!r}")
-        if device is None:
-            device = "cuda" if backend == "cuda" else "cpu"
-        self.device = torch.device(device)
+        self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "IoUTally")
         self.num_threads = num_threads
         cat, _ = T.as_tensor(label_category, "label_category")

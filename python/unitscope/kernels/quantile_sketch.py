@@ -93,7 +93,8 @@ class QuantileSketch:
         dim (int): channel axis of the inputs to ``update``.
         size (int): memory budget per channel in bytes (>= 5,160); the window gets
             nb = (size - 4,136) // 1,024 coarse buckets.
-        device: where the state lives (default CPU). backend: "cuda" | "cpp" | "numba" | "torch" | None.
+        device: where the state lives (default: cpu, cuda for backend="cuda"; a bare "cuda" means the
+            current CUDA device when the sketch is built). backend: "cuda" | "cpp" | "numba" | "torch" | None.
     """
 
     def __init__(self, num_channels, *, dim=1, size=16384, device=None, seed=0, backend=None):
@@ -102,7 +103,7 @@ class QuantileSketch:
         self.size = _check_int(size, "size", _FIXED_BYTES + 8 * ref.SUB)
         self.nb = min((self.size - _FIXED_BYTES) // (8 * ref.SUB), 510)
         self.seed = _check_int(seed, "seed", -(2 ** 63))
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "QuantileSketch")
         self._num_threads = None
         K, dev, i64 = self.num_channels, self.device, torch.int64
@@ -147,7 +148,7 @@ class QuantileSketch:
                 C.quantile_sketch_update_cpu(*args, _backend.num_threads(self._num_threads))
             else:
                 work = s["top"].clone()
-                C.quantile_sketch_update_cuda(*args, T.ptr(work), T.cuda_stream(self.device))
+                C.quantile_sketch_update_cuda(*args, T.ptr(work), *T.cuda_launch(t))
         return self
 
     def quantile(self, q) -> torch.Tensor:
