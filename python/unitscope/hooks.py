@@ -11,6 +11,19 @@ import torch
 from torch import nn
 
 
+def parse_layer(spec: str) -> tuple[str, int | None]:
+    """'name' -> (name, None); 'name@k' -> (name, k): the k-th call (from 0) of a module that runs
+    several times per forward (a shared activation module, say)."""
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"a layer must be a module name string, got {spec!r}")
+    if "@" in spec:
+        name, _, call = spec.rpartition("@")
+        if not call.isdigit():
+            raise ValueError(f"layer {spec!r}: the part after '@' must be a call number, got {call!r}")
+        return name, int(call)
+    return spec, None
+
+
 def resolve_layer(model: nn.Module, layer) -> tuple[str, nn.Module]:
     """(name, module) for a layer given by name or as a module of `model`."""
     if isinstance(layer, nn.Module):
