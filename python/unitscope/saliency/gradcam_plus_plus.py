@@ -31,17 +31,18 @@ class GradCAMPlusPlus(CAMBase):
     """Grad-CAM++ on `layer` (see CAMBase for the arguments).
 
     weights[b, t, k] = sum_ij alpha_ij relu(g_ij), alpha = 1 / (2 + S_k g_ij), S_k = sum_ij A_kij,
-    g = dS_c/dA (gradients of the explained score, logits by default; the authors' code explains
-    exp(score), which multiplies every weight of a class by exp(score_c) and leaves the normalized
-    map unchanged). The weights are computed in float64 and passed to the kernel in float32.
+    g = dy_c/dA (y the explained score, logits by default; the authors' code explains exp(y), which
+    multiplies every weight of class c by exp(y_c) and leaves the normalized map unchanged). The
+    weights are computed in float64 and passed to the kernel in float32.
 
     Poles: for a non-negative layer (after a ReLU, as in the paper) S >= 0, so 2 + S g >= 2 for
     every g > 0 and alpha lies in (0, 1/2]. On a signed layer (a BatchNorm output such as
-    EfficientNet's `_blocks.10`, where 2 + S g reaches -13) the closed form has a pole at
-    g = -2/S: alpha grows without bound near it and is negative beyond it. unitscope keeps the closed
-    form there (large, or negative, alphas), sets alpha = 0 at the pole itself
-    (|2 + S g| <= eps |S g|, eps >= 0, default 1e-6 ~ float32 gradient rounding) and warns once per
-    call that the layer has entries with 2 + S g <= eps |S g|: explain an activated layer instead.
+    EfficientNet's `_blocks.10`, where 2 + S g goes down to -3.2 on scikit-image's chelsea, see
+    benchmarks/RESULTS_saliency.md) the closed form has a pole at g = -2/S: alpha grows without
+    bound near it and is negative beyond it. unitscope keeps the closed form there (large or
+    negative alphas) except at the pole itself, |2 + S g| <= eps |S g| (eps >= 0, default 1e-6 ~
+    the rounding of float32 gradients), where alpha = 0; and it warns once per call when some
+    entries lie at or beyond a pole: explain an activated layer instead.
     """
 
     def __init__(self, model, layer, *, eps=1e-6, **kwargs):
