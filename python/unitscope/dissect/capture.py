@@ -11,22 +11,11 @@ import math
 
 import torch
 
-from unitscope.hooks import resolve_layer
+from unitscope.hooks import parse_layer, resolve_layer
 
 
 class _Done(Exception):
     """Raised from the last hook of a forward to skip the rest of the network."""
-
-
-def parse_layer(spec: str) -> tuple[str, int | None]:
-    if not isinstance(spec, str) or not spec:
-        raise TypeError(f"a layer must be a module name string, got {spec!r}")
-    if "@" in spec:
-        name, _, call = spec.rpartition("@")
-        if not call.isdigit():
-            raise ValueError(f"layer {spec!r}: the part after '@' must be a call number, got {call!r}")
-        return name, int(call)
-    return spec, None
 
 
 def tokens_to_map(x: torch.Tensor, layer: str) -> torch.Tensor:
