@@ -133,8 +133,7 @@ def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_s
 
 def run(args) -> int:
     from unitscope import models, viz
-    from unitscope.hooks import resolve_layer
-    from unitscope.saliency import show_progress
+    from unitscope.saliency import LayerCapture, show_progress
 
     methods = args.method
     if args.samples == 1 and {"lime", "kernelshap"} & set(methods):
@@ -143,7 +142,7 @@ def run(args) -> int:
     lm = models.load(args.model, device=device)
     layer = args.layer or lm.cam_layer
     if set(methods) & CAM_METHODS:
-        resolve_layer(lm.model, layer)  # a misspelled --layer fails here, with the close names
+        LayerCapture(lm.model, layer)  # a misspelled --layer (or a bad '@k') fails here, with the close names
     x = models.load_image(args.image, lm.input_size).to(device)
     probs = torch.softmax(lm.predict(x), dim=1).cpu()
     targets = _targets(args.target, probs)
