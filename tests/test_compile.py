@@ -139,3 +139,31 @@ def test_dissect_compiled_equals_eager(tmp_path):
     with pytest.raises(ValueError, match="compile"):
         unitscope.dissect(Planted(), ["units"], ds, batch_size=5, preprocess=identity, progress=False,
                           compile=False, checkpoint_dir=tmp_path / "ckpt")
+
+
+def test_saliency_compiled_equals_eager():
+    """The many-pass methods through a compiled forward (with autograd for integrated gradients and
+    SmoothGrad) give the eager maps to float tolerance; the one-pass CAM forward stays eager."""
+    from saliency.tiny_models import GapNet
+    from unitscope import saliency
+    torch.manual_seed(1)
+    net = GapNet().eval()
+    x = torch.rand(2, 3, 12, 10)
+    for make in (lambda c: saliency.IntegratedGradients(net, steps=6, batch_size=4, compile=c),
+                 lambda c: saliency.SmoothGrad(saliency.VanillaGradient(net), n_samples=3, batch_size=2, compile=c),
+                 lambda c: saliency.Occlusion(net, window=4, stride=3, batch_size=5, compile=c),
+                 lambda c: saliency.ScoreCAM(net, "act", batch_size=3, compile=c)):
+        eager, comp = make(False), make(True)
+        torch.testing.assert_close(comp(x, target=[1, 3]), eager(x, target=[1, 3]), rtol=1e-4, atol=1e-5)
+        runner = comp.method._runner if isinstance(comp, saliency.SmoothGrad) else comp._runner
+        assert runner.compiled and not runner.failed and not eager._runner.compiled
+
+
+def test_smoothgrad_never_compiles_guided_backprop(monkeypatch):
+    """Guided backprop changes the backward through hooks of its own: not through a compiled graph."""
+    from saliency.tiny_models import GapNet
+    from unitscope import saliency
+    monkeypatch.setattr(_compile.torch, "compile", FakeCompile())
+    sg = saliency.SmoothGrad(saliency.GuidedBackprop(GapNet().eval()), n_samples=2, compile=True)
+    sg(torch.rand(1, 3, 8, 8), target=0)
+    assert not sg.method._runner.compiled

@@ -25,8 +25,8 @@ class CAMBase(Attribution):
     """
 
     def __init__(self, model, layer, *, relu=True, upsample=True, normalize=False, backend=None, output=None,
-                 preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
+                 preprocess=None, compile=False):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         self.layer_name, self.layer = resolve_layer(model, layer)
         self.relu, self.upsample, self.normalize = bool(relu), bool(upsample), bool(normalize)
         self.backend = backend
@@ -34,7 +34,7 @@ class CAMBase(Attribution):
     def activations_and_scores(self, x, grad=True):
         """One forward pass: the layer output A (B, K, h, w) and the scores (B, N)."""
         with torch.set_grad_enabled(grad), LayerCapture(self.model, self.layer) as cap:
-            s = self.scores(x.detach())
+            s = self.scores(x.detach(), eager=True)  # hooks added now: never through a compiled graph
         return cap.check(), s
 
     def layer_gradients(self, A, s, targets):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unitscope.saliency.base import batched, check_positive_int
+from unitscope.saliency.base import check_positive_int
 from unitscope.saliency.cam_base import CAMBase
 
 
@@ -17,14 +17,17 @@ class ScoreCAM(CAMBase):
         max_channels (int or None): use only the channels with the largest mean activation per
             image (a speed-up; None uses all K channels as in the paper; the others get weight 0).
         output: default "softmax" (as in the authors' code: w_k = softmax(f(x * M_k))[c]).
+        compile ("auto" | True | False): see Attribution (the masked images' forward passes).
 
     Costs K forward passes per image (K = the layer's channel count) however many targets.
     """
 
+    compilable = True
+
     default_output = "softmax"
 
-    def __init__(self, model, layer, *, batch_size=64, max_channels=None, **kwargs):
-        super().__init__(model, layer, **kwargs)
+    def __init__(self, model, layer, *, batch_size=64, max_channels=None, compile="auto", **kwargs):
+        super().__init__(model, layer, compile=compile, **kwargs)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         if max_channels is not None:
             check_positive_int(max_channels, "max_channels")
@@ -45,7 +48,7 @@ class ScoreCAM(CAMBase):
         k = chans.shape[1]
         weights = torch.zeros((B, T, K), dtype=torch.float32, device=x.device)
         # masked image (b, j) at flat index b * k + j
-        for start, stop in batched(B * k, self.batch_size):
+        for start, stop in self.batches(B * k, self.batch_size):
             p = torch.arange(start, stop, device=x.device)
             b, ch = p // k, chans[p // k, p % k]
             m = F.interpolate(Af[b, ch][:, None], size=(H, W), mode="bilinear", align_corners=False)
