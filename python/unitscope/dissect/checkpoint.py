@@ -16,7 +16,7 @@ import torch
 FORMAT = "unitscope.dissect checkpoint"
 VERSION = 2
 STAGES = ("threshold", "tally", "done")
-_FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers"}
+_FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers", "compiled"}
 # what each layer entry holds at each stage (a mid-pass tally checkpoint adds "tally")
 _LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally"}),
                  "done": ({"thresholds", "topk", "tally"}, set())}
@@ -297,6 +297,8 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
         raise bad(f"stage must be one of {STAGES}, got {_short(stage)}")
     if type(done) is not int or not 0 <= done <= shard_images:
         raise bad(f"done must be an int in [0, {shard_images}], got {_short(done)}")
+    if type(state["compiled"]) is not bool:
+        raise bad(f"compiled must be a bool (was the model compiled), got {_short(state['compiled'])}")
     want = {layer: tuple(shape) for layer, shape in shapes.items()}
     got = state["shapes"]
     if not isinstance(got, dict) or set(got) != set(want) or \
@@ -317,7 +319,7 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
                 raise bad(f"layers[{layer!r}]['thresholds'] must be float32 of shape ({K},), got {_kind(t)}")
             if bool(t.isnan().any()):
                 raise bad(f"layers[{layer!r}]['thresholds'] holds NaN")
-    return {k: state[k] for k in ("stage", "done", "shapes", "layers")}
+    return {k: state[k] for k in ("stage", "done", "shapes", "layers", "compiled")}
 
 
 def _plain(v, depth: int = 0) -> bool:

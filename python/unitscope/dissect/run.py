@@ -22,6 +22,7 @@ import warnings
 import torch
 
 import unitscope
+from unitscope._compile import Runner, check_compile
 from unitscope.data import BrodenDataset, collate_broden
 from unitscope.dissect.capture import LayerCapture
 from unitscope.dissect.checkpoint import (CheckpointError, checkpoint_path, describe_callable, load_checkpoint,
@@ -53,7 +54,7 @@ def _merge_all(obj, world):
 
 
 def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache,
-                checkpoint_dir, checkpoint_every):
+                checkpoint_dir, checkpoint_every, compile):
     if not (isinstance(quantile, float) and 0.0 < quantile < 1.0):
         raise ValueError(f"quantile must be a float in (0, 1), got {quantile!r}")
     if not isinstance(iou_threshold, (int, float)) or not 0 <= iou_threshold <= 1:
@@ -76,6 +77,7 @@ def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_si
         raise ValueError(f"checkpoint_every must be an int >= 0 (0: only after each pass), got {checkpoint_every!r}")
     if checkpoint_dir is not None and (not isinstance(checkpoint_dir, (str, os.PathLike)) or "\0" in str(checkpoint_dir)):
         raise ValueError(f"checkpoint_dir must be a folder path without NUL bytes, got {checkpoint_dir!r}")
+    check_compile(compile)
 
 
 def _as_dataset(dataset, categories) -> BrodenDataset:
@@ -136,7 +138,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             union: str = "category", exact: bool = True, upsample: str = "bilinear", preprocess=None,
             num_workers: int = 0, checkpoint_dir=None, checkpoint_every: int = 50, progress: bool = True,
             topk: int = 8, tokens: bool = False, autocast=None, cache_activations="auto",
-            sketch_size: int | None = None, backend: str | None = None) -> Dissection:
+            sketch_size: int | None = None, backend: str | None = None, compile="auto") -> Dissection:
     """Network dissection of `layers` of `model` on a Broden-format `dataset`.
 
     Args:
@@ -162,11 +164,17 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         autocast: None, torch.float16 or torch.bfloat16 for the forward only.
         cache_activations: keep pass-1 activations for pass 2 ('auto': when they need less than a
             third of the free memory) instead of running the model twice.
+        compile: run the model through torch.compile: 'auto' (after timing the first batch, when
+            the batches to come save clearly more than the compile costs, about 40 s here), True
+            or False (the exact eager path; compiled results may differ in the last float bits,
+            which can move a threshold and a few pixels). A model that cannot be compiled runs
+            eagerly after a one-line warning. Checkpoints record whether the run was compiled, and a
+            resumed 'auto' run follows that record.
     Returns:
         Dissection with one LayerDissection per layer.
     """
     _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache_activations,
-                checkpoint_dir, checkpoint_every)
+                checkpoint_dir, checkpoint_every, compile)
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)
@@ -188,7 +196,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     model.to(device)
     settings = {"quantile": quantile, "threshold_op": threshold_op, "union": union, "exact": exact,
                 "sketch_size": sketch_size, "upsample": upsample, "topk": topk, "tokens": tokens,
-                "autocast": str(autocast)}
+                "autocast": str(autocast), "compile": compile}
     timer = _Timer(device)
     was_training = model.training
     model.eval()
@@ -197,11 +205,15 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     try:
         with torch.no_grad(), LayerCapture(model, layers, tokens=tokens) as capture:
             run.capture = capture
-            state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}}
+            log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
+            run.runner = Runner(capture, compile, traced=capture.full, log=log)
+            state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
             if ckpt is not None:
                 state = run.resume(ckpt, dict(settings, dataset=ds.fingerprint, preprocess=describe_callable(preprocess),
                                               layers=layers, images=N, world_size=world, rank=rank, shard=[lo, hi]),
                                    rank, world)
+                if compile == "auto" and (state["done"] or state["stage"] != "threshold"):
+                    run.runner.setting = state["compiled"]  # one result never mixes eager and compiled
             if state["stage"] == "threshold":
                 run.threshold_pass(state, ckpt, checkpoint_every, cache_activations)
                 state = run.finish_threshold(state, ckpt, world)
@@ -211,7 +223,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     finally:
         model.train(was_training)
     meta = {k: settings[k] for k in ("quantile", "threshold_op", "union", "exact", "upsample", "topk")}
-    meta.update(iou_threshold=iou_threshold, images=N, dataset_root=str(ds.root))
+    meta.update(iou_threshold=iou_threshold, images=N, dataset_root=str(ds.root), compiled=bool(state["compiled"]))
     results = {}
     for layer in layers:
         ls = state["layers"][layer]
@@ -225,6 +237,11 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     return Dissection(results, timings=dict(timer.seconds), settings=meta)
 
 
+def _tqdm_write(msg):
+    from tqdm.auto import tqdm
+    tqdm.write(msg)
+
+
 class _Run:
     """The passes' shared machinery: loaders, the forward, the per-layer states, resuming."""
 
@@ -236,6 +253,7 @@ class _Run:
         self.settings, self.out_size = settings, out_size
         self.quant, self.topk, self.tally, self.cache = {}, {}, {}, None
         self.capture = None
+        self.runner = None  # unitscope._compile.Runner over the capture: eager or compiled
         self.envelope = None  # key and probe statistics written with every checkpoint
 
     def _loader(self, start, fields, desc):
@@ -259,12 +277,12 @@ class _Run:
                 return
             yield batch
 
-    def forward(self, images):
+    def forward(self, images, eager=False):
         with self.timer("forward"):
             x = self.preprocess(images.to(self.device, non_blocking=True))
             ctx = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
             with ctx:
-                acts = self.capture(x)
+                acts = self.capture(x) if eager else self.runner(x)
             return {k: (v.float() if v.dtype != torch.float32 else v) for k, v in acts.items()}
 
     # ---- states ----------------------------------------------------------------------------------
@@ -277,7 +295,8 @@ class _Run:
                                                             device=self.device, backend=self.backend)
             else:
                 kw = {} if s["sketch_size"] is None else {"size": s["sketch_size"]}
-                self.quant[layer] = unitscope.QuantileSketch(K, dim=1, device=self.device, seed=0, **kw)
+                self.quant[layer] = unitscope.QuantileSketch(K, dim=1, device=self.device, seed=0,
+                                                             backend=self.backend, **kw)
             self.topk[layer] = TopKImages(K, s["topk"], (h, w), device=self.device)
 
     def _make_tallies(self, shapes):
@@ -289,7 +308,13 @@ class _Run:
                 out_size=self.out_size, align_corners=UPSAMPLE[s["upsample"]], threshold_op=s["threshold_op"],
                 union=s["union"], device=self.device, backend=self.backend)
 
+    def _batches_left(self, done):
+        """Batches of this rank's shard after `done` images."""
+        lo, hi = self.shard
+        return -(-max(hi - lo - done, 0) // self.batch_size)
+
     def _save(self, state, ckpt):
+        state["compiled"] = state["compiled"] or self.runner.compiled
         if ckpt is not None:
             save_checkpoint(ckpt, dict(state, **self.envelope))
 
@@ -297,9 +322,10 @@ class _Run:
     def resume(self, ckpt, key, rank, world) -> dict:
         """Probe the model, load and validate this rank's checkpoint, agree with the other ranks;
         returns the state to continue from (a fresh one when there is nothing to resume)."""
-        fresh = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}}
+        fresh = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
         view = self.ds.with_fields("image")
-        acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"])
+        acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"],
+                            eager=True)  # the probe is the eager model's behaviour, and no batch to time
         probe = probe_stats(acts)
         shapes = {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
         _check_tally_memory(shapes, self.ds.num_labels, self.device)
@@ -438,6 +464,7 @@ class _Run:
                         pos = state["done"]
                         self.cache[layer][pos:pos + a.shape[0]].copy_(a)
             state["done"] += batch["index"].numel()
+            self.runner.plan(self._batches_left(state["done"]) + (0 if self.cache is not None else self._batches_left(0)))
             if every and nb % every == 0:
                 for layer in self.layers:
                     state["layers"][layer] = {"quantile": self.quant[layer].state_dict(),
@@ -461,7 +488,7 @@ class _Run:
                 # a unit whose every activation is NaN has no quantile: it never fires (a dead unit)
                 thr = torch.nan_to_num(thr.detach().float().cpu(), nan=float("inf"))
                 layers[layer] = {"thresholds": thr, "topk": t.state_dict()}
-        state = {"stage": "tally", "done": 0, "shapes": state["shapes"], "layers": layers}
+        state = {"stage": "tally", "done": 0, "shapes": state["shapes"], "layers": layers, "compiled": state["compiled"]}
         self._save(state, ckpt)
         return state
 
@@ -484,6 +511,8 @@ class _Run:
                 for layer, a in acts.items():
                     self.tally[layer].update(a, thresholds[layer], labels, scalars, annotated)
             state["done"] += batch["index"].numel()
+            if not cached:
+                self.runner.plan(self._batches_left(state["done"]))
             if every and nb % every == 0:
                 for layer in self.layers:
                     state["layers"][layer]["tally"] = self.tally[layer].state_dict()

@@ -25,8 +25,8 @@ class CAMBase(Attribution):
     """
 
     def __init__(self, model, layer, *, relu=True, upsample=True, normalize=False, backend=None, output=None,
-                 preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
+                 preprocess=None, compile=False):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         cap = LayerCapture(model, layer)  # resolves the layer now: a bad name fails here
         self.layer_name, self.layer = cap.spec, cap.module
         self._hooked = cap.module if cap.call is None else cap.spec  # what each forward's capture hooks
@@ -36,7 +36,7 @@ class CAMBase(Attribution):
     def activations_and_scores(self, x, grad=True):
         """One forward pass: the layer output A (B, K, h, w) and the scores (B, N)."""
         with torch.set_grad_enabled(grad), LayerCapture(self.model, self._hooked) as cap:
-            s = self.scores(x.detach())
+            s = self.scores(x.detach(), eager=True)  # hooks added now: never through a compiled graph
         return cap.check(), s
 
     def layer_gradients(self, A, s, targets):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unitscope.saliency.base import (Attribution, batched, check_choice, check_input, check_positive_int,
+from unitscope.saliency.base import (Attribution, check_choice, check_input, check_positive_int,
                                      warn_if_training)
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
@@ -53,15 +53,18 @@ class IntegratedGradients(Attribution):
         channel ("sum" | None): None keeps (B, C, H, W); "sum" gives (B, H, W). Both keep the
             completeness sum.
         seed (int): for the "uniform" baseline.
+        compile ("auto" | True | False): see Attribution.
 
     Call: method(x, target, return_gap=False). With return_gap=True returns (attributions, gap)
     where gap (float64 Tensor[B] or [B, T]) = sum(attributions) - (S(x) - S(x')), the completeness
     error of the quadrature; attributions are float32/x.dtype, accumulated in float32.
     """
 
+    compilable = True
+
     def __init__(self, model, *, baseline="black", steps=50, method="gauss_legendre", batch_size=32,
-                 channel=None, input_range=(0.0, 1.0), seed=0, output=None, preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
+                 channel=None, input_range=(0.0, 1.0), seed=0, output=None, preprocess=None, compile="auto"):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         self.method = check_choice(method, RULES, "method")
         self.steps = steps
         self.alphas, self.weights = path_nodes(steps, method)
@@ -98,7 +101,7 @@ class IntegratedGradients(Attribution):
         attr = torch.zeros((B, T) + x.shape[1:], dtype=torch.float32, device=x.device)
         # path point p = (image b, target t, node s) at flat index (b * T + t) * S + s
         n = B * T * S
-        for start, stop in batched(n, self.batch_size):
+        for start, stop in self.batches(n, self.batch_size):
             p = torch.arange(start, stop, device=x.device)
             b, t, s = p // (T * S), (p // S) % T, p % S
             pts = base[b] + alphas[s].view(-1, 1, 1, 1) * delta[b]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unitscope.saliency.base import Attribution, batched, check_choice, check_positive_int
+from unitscope.saliency.base import Attribution, check_choice, check_positive_int
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
 
@@ -48,13 +48,16 @@ class Occlusion(Attribution):
             keeps it at its multiple of the stride and crops the overhang.
         baseline: what the window shows instead ("gray" default; see baselines.make_baseline).
         batch_size (int): occluded images per forward pass.
+        compile ("auto" | True | False): see Attribution.
 
     Returns float Tensor (B, H, W): mean over covering windows of S(x) - S(x occluded).
     """
 
+    compilable = True
+
     def __init__(self, model, window=16, stride=8, baseline="gray", *, last_window="shift", batch_size=64,
-                 input_range=(0.0, 1.0), output=None, preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
+                 input_range=(0.0, 1.0), output=None, preprocess=None, compile="auto"):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         self.last_window = check_choice(last_window, ("shift", "crop"), "last_window")
         self.window = _pair(window, "window")
         self.stride = _pair(stride, "stride")
@@ -82,7 +85,7 @@ class Occlusion(Attribution):
         for t, l in wins:
             count[t:t + wh, l:l + ww] += 1
         # occluded image (b, window p) at flat index b * P + p; slices crop overhanging windows
-        for start, stop in batched(B * P, self.batch_size):
+        for start, stop in self.batches(B * P, self.batch_size):
             idx = list(range(start, stop))
             xb = x[[i // P for i in idx]].clone()
             for j, i in enumerate(idx):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unitscope.saliency.base import batched, check_choice, check_positive_int
+from unitscope.saliency.base import check_choice, check_positive_int
 from unitscope.saliency.cam_base import CAMBase
 
 
@@ -23,21 +23,24 @@ class ScoreCAM(CAMBase):
         mask_align_corners (bool): the bilinear upsampling of A_k to the mask M_k; False (default,
             the authors' code, F.interpolate); True as pytorch-grad-cam's nn.UpsamplingBilinear2d.
         output: the explained score s; default as `softmax` says.
+        compile ("auto" | True | False): see Attribution (the masked images' forward passes).
 
     Costs K forward passes per image (K = the layer's channel count) however many targets.
     """
 
+    compilable = True
+
     default_output = "softmax"
 
     def __init__(self, model, layer, *, batch_size=64, max_channels=None, softmax="classes", mask_align_corners=False,
-                 output=None, **kwargs):
+                 output=None, compile="auto", **kwargs):
         self.softmax = check_choice(softmax, ("classes", "channels"), "softmax")
         if not isinstance(mask_align_corners, bool):
             raise TypeError(f"mask_align_corners must be a bool, got {mask_align_corners!r}")
         self.mask_align_corners = mask_align_corners
         if output is None and softmax == "channels":
             output = "logits"
-        super().__init__(model, layer, output=output, **kwargs)
+        super().__init__(model, layer, output=output, compile=compile, **kwargs)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         if max_channels is not None:
             check_positive_int(max_channels, "max_channels")
@@ -58,7 +61,7 @@ class ScoreCAM(CAMBase):
         k = chans.shape[1]
         weights = torch.zeros((B, T, K), dtype=torch.float32, device=x.device)
         # masked image (b, j) at flat index b * k + j
-        for start, stop in batched(B * k, self.batch_size):
+        for start, stop in self.batches(B * k, self.batch_size):
             p = torch.arange(start, stop, device=x.device)
             b, ch = p // k, chans[p // k, p % k]
             m = F.interpolate(Af[b, ch][:, None], size=(H, W), mode="bilinear", align_corners=self.mask_align_corners)
