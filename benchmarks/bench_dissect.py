@@ -131,7 +131,8 @@ def forward_variants(model, preprocess, ds, batch_size, batches):
     """images/s of the forward alone on the first `batches` batches (after one untimed batch, and
     for the compiled variants after their compile, whose time is reported apart)."""
     pre = preprocess if preprocess is not None else imagenet_preprocess
-    xs = [ds.with_fields("image")[i]["image"] for i in range(batch_size * (batches + 1))]
+    view = ds.with_fields("image")
+    xs = [view[i % len(ds)]["image"] for i in range(batch_size * (batches + 1))]
     xs = torch.stack(xs).split(batch_size)
 
     def eager(x):
