@@ -5,6 +5,8 @@ from unitscope.featviz import objectives, transforms
 from unitscope.featviz.objectives import Objective, channel, class_logit, direction, layer, neuron, total_variation
 from unitscope.featviz.param import FourierImage, PixelImage
 from unitscope.featviz.render import Rendering, render
+from unitscope.featviz.spectrum import high_frequency_fraction, radial_power_spectrum
 
 __all__ = ["objectives", "transforms", "Objective", "channel", "class_logit", "direction", "layer", "neuron",
-           "total_variation", "FourierImage", "PixelImage", "Rendering", "render"]
+           "total_variation", "FourierImage", "PixelImage", "Rendering", "render",
+           "high_frequency_fraction", "radial_power_spectrum"]
