@@ -134,9 +134,14 @@ def test_parameterizations_give_images_in_range(param):
 def test_transforms_keep_gradients_and_are_seeded():
     x = torch.rand(2, 3, 40, 40, requires_grad=True)
     t = T.standard()
-    y1 = t(x, torch.Generator().manual_seed(0))
-    y2 = t(x, torch.Generator().manual_seed(0))
+    y1 = t(x, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    y2 = t(x, [torch.Generator().manual_seed(s) for s in (0, 1)])
     assert torch.equal(y1, y2) and y1.shape == (2, 3, 54, 54)  # 40 + 2*12 pad - 7 jitter(8) - 3 jitter(4)
+    # image i's transform depends on its own generator only
+    alone = t(x[1:], [torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(alone[0], y1[1])
+    with pytest.raises(ValueError, match="one generator per image: 2 images, got 1"):
+        t(x, [torch.Generator()])
     y1.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="jitter d must be >= 1"):
