@@ -7,6 +7,8 @@ when the forward raises.
 """
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch import nn
 
@@ -22,7 +24,9 @@ def resolve_layer(model: nn.Module, layer) -> tuple[str, nn.Module]:
         raise TypeError(f"layer must be a module name (str) or an nn.Module, got {type(layer).__name__}")
     modules = dict(model.named_modules())
     if layer not in modules:
-        close = [n for n in modules if n and (layer in n or n in layer)][:5]
+        names = [n for n in modules if n]
+        close = list(dict.fromkeys(difflib.get_close_matches(layer, names, n=5, cutoff=0.6)
+                                   + [n for n in names if layer in n or n in layer]))[:5]
         hint = f"; similar names: {', '.join(close)}" if close else ""
         raise ValueError(f"layer {layer!r} is not a module of the model{hint}")
     return layer, modules[layer]

@@ -3,6 +3,7 @@ kept interpretable by transforms, frequency-scaled Fourier parameterization, dec
 penalties, `render(model, objectives.channel("layer4", 7))`; and the dataset images that do so,
 `dataset_examples(model, "layer4", dataset)`."""
 from unitscope.featviz import objectives, transforms
+from unitscope.featviz.dataset_examples import DatasetExamples, ImageFolder, dataset_examples, receptive_field
 from unitscope.featviz.objectives import (Objective, blur, channel, class_logit, direction, diversity, l1, l2, layer,
                                           neuron, total_variation)
 from unitscope.featviz.param import FourierImage, PixelImage
@@ -11,4 +12,5 @@ from unitscope.featviz.spectrum import high_frequency_fraction, radial_power_spe
 
 __all__ = ["objectives", "transforms", "Objective", "blur", "channel", "class_logit", "direction", "diversity",
            "l1", "l2", "layer", "neuron", "total_variation", "FourierImage", "PixelImage", "Rendering", "render",
-           "score", "high_frequency_fraction", "radial_power_spectrum"]
+           "score", "high_frequency_fraction", "radial_power_spectrum", "DatasetExamples", "ImageFolder",
+           "dataset_examples", "receptive_field"]
