@@ -118,8 +118,8 @@ def run(args) -> int:
             if ex is not None:
                 top_row += ex.patches(c, "top", size=args.size)
                 bottom_row += ex.patches(c, "bottom", size=args.size)
-                titles_top += [f"top {v:.2f}" for v in ex.values(c, "top")]
-                titles_bottom += [f"bottom {v:.2f}" for v in ex.values(c, "bottom")]
+                titles_top += [f"{v:.2f}" for v in ex.values(c, "top")]
+                titles_bottom += [f"{v:.2f}" for v in ex.values(c, "bottom")]
                 text += (f"; dataset ({args.reduce}) top {_caption(ex.values(c, 'top')[:3])}..., "
                          f"bottom {_caption(ex.values(c, 'bottom')[:3])}...")
             grid = save_grid([to_image_array(t) for t in top_row + bottom_row], os.path.join(folder, f"{base}.png"),

@@ -86,19 +86,9 @@ def _source(dataset, size, batch_size, num_workers):
                                                 num_workers=num_workers, collate_fn=_collate)
 
 
-def receptive_field(model, layer, size, *, preprocess="imagenet", device=None, samples: int = 4) -> dict:
-    """The input region that the centre unit of `layer` sees, measured by gradient: the bounding box
-    of the pixels where d(sum of the layer's channels at the centre position)/d(input) is not zero,
-    over `samples` uniform-noise images of `size` (H, W). This is the receptive field the network
-    actually uses (it can be smaller than the theoretical one where activations clip, never larger).
-
-    Returns a dict: box (y0, x0, y1, x1) of the centre unit in pixels (may extend past the image),
-    centre (cy, cx) its map position, stride (sy, sx) = input size / map size, method "gradient";
-    or method "stride" and a one-stride box when no gradient reaches the input (a dead centre).
-    """
-    preprocess = _preprocess(preprocess)
-    name, _ = resolve_layer(model, layer)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+def _gradient_box(model, name, preprocess, device, size, samples):
+    """Bounding box (y0, x0, y1, x1) of the input pixels with a gradient from the centre position's
+    channels (None if none), the centre (cy, cx) and the stride (sy, sx) at input `size`."""
     h_in, w_in = size
     x = torch.rand(samples, 3, h_in, w_in, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_()
     with _Frozen(model), LayerCapture(model, [name]) as cap:
@@ -110,23 +100,48 @@ def receptive_field(model, layer, size, *, preprocess="imagenet", device=None, s
         h, w = a.shape[-2:]
         cy, cx = h // 2, w // 2
         a[:, :, cy, cx].sum().backward()
-    sy, sx = h_in / h, w_in / w
     seen = x.grad.abs().sum(dim=(0, 1)) > 0
     if not seen.any():
+        return None, (cy, cx), (h_in / h, w_in / w)
+    rows, cols = seen.any(dim=1).nonzero()[:, 0], seen.any(dim=0).nonzero()[:, 0]
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1), (cy, cx), (h_in / h, w_in / w)
+
+
+def receptive_field(model, layer, size, *, preprocess="imagenet", device=None, samples: int = 2,
+                    max_scale: int = 4) -> dict:
+    """The input region that the centre unit of `layer` sees, measured by gradient: the bounding box
+    of the pixels where d(sum of the layer's channels at the centre position)/d(input) is not zero,
+    over `samples` uniform-noise images of `size` (H, W). This is the field the network actually
+    uses (it can be smaller than the theoretical one where activations clip, never larger). When the
+    box reaches the image border the field is wider than the image: it is measured again on inputs
+    2x, 4x ... up to max_scale x larger (a fully convolutional model takes them).
+
+    Returns a dict: box (y0, x0, y1, x1) of the centre unit in pixels of a `size` image (may extend
+    past it), centre (cy, cx) its map position, stride (sy, sx) = input size / map size, method
+    "gradient"; or method "stride" and a one-stride box when no gradient reaches the input.
+    """
+    preprocess = _preprocess(preprocess)
+    name, _ = resolve_layer(model, layer)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    size = tuple(size)
+    box, (cy, cx), (sy, sx) = _gradient_box(model, name, preprocess, device, size, samples)
+    if box is None:
         y0, x0 = round(cy * sy), round(cx * sx)
         return {"box": (y0, x0, round(y0 + sy), round(x0 + sx)), "centre": (cy, cx), "stride": (sy, sx),
                 "method": "stride"}
-    rows, cols = seen.any(dim=1).nonzero()[:, 0], seen.any(dim=0).nonzero()[:, 0]
-    # a box that reaches the image border may be cut by it: extend it symmetrically about the centre
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    mid_y, mid_x = (cy + 0.5) * sy, (cx + 0.5) * sx
-    half_h = max(mid_y - y0, y1 - mid_y) if (y0 == 0 or y1 == h_in) else (y1 - y0) / 2
-    half_w = max(mid_x - x0, x1 - mid_x) if (x0 == 0 or x1 == w_in) else (x1 - x0) / 2
-    if y0 == 0 or y1 == h_in:
-        y0, y1 = round(mid_y - half_h), round(mid_y + half_h)
-    if x0 == 0 or x1 == w_in:
-        x0, x1 = round(mid_x - half_w), round(mid_x + half_w)
-    return {"box": (y0, x0, y1, x1), "centre": (cy, cx), "stride": (sy, sx), "method": "gradient"}
+    # extents measured from the centre cell's middle, so that they carry over between input sizes
+    big, (by, bx), (bsy, bsx), scale = box, (cy, cx), (sy, sx), 1
+    while scale < max_scale and (big[0] == 0 or big[1] == 0 or big[2] == size[0] * scale or big[3] == size[1] * scale):
+        scale *= 2
+        found = _gradient_box(model, name, preprocess, device, (size[0] * scale, size[1] * scale), samples)
+        if found[0] is None:
+            break
+        big, (by, bx), (bsy, bsx) = found
+    mid_y, mid_x = (by + 0.5) * bsy, (bx + 0.5) * bsx
+    up, left, down, right = mid_y - big[0], mid_x - big[1], big[2] - mid_y, big[3] - mid_x
+    my, mx = (cy + 0.5) * sy, (cx + 0.5) * sx
+    return {"box": (round(my - up), round(mx - left), round(my + down), round(mx + right)), "centre": (cy, cx),
+            "stride": (sy, sx), "method": "gradient"}
 
 
 @dataclass
