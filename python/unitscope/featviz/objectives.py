@@ -170,8 +170,9 @@ def total_variation() -> Objective:
 def diversity(layer: str) -> Objective:
     """Minus the mean cosine similarity of each image's Gram matrix (channel correlations of
     `layer`, i.e. its style) with the other images' of the batch; add it to render several distinct
-    images of one unit: `channel(l, 7) + 0.5 * diversity(l)` with batch=4 (Olah et al. 2017). Zero
-    for a batch of one."""
+    images of one unit: `channel(l, 7) + 0.5 * diversity(l)` with batch=4 (Olah et al. 2017). The
+    images need distinct seeds (render's default int seed gives image i seed + i): identical
+    images stay identical. Zero for a batch of one."""
     def fn(f):
         a = f.acts[layer]
         b, k = a.shape[:2]
