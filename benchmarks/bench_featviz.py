@@ -4,7 +4,9 @@
    N single renders: seconds, the speed-up, and the largest pixel difference between the two.
 2. Against Lucent (pip torch-lucent, when it imports): the same model, layer, channel, image size,
    step count and learning rate; time per step and the objective each final image reaches (both
-   measured by featviz.score, without transforms), plus Lucent's own last loss.
+   measured by featviz.score, without transforms). Lucent is run with the model's weights frozen
+   (the same work as ours) and, below 224px, its fixed_image_size set to the render size (else it
+   upsamples to 224): it then resizes the transformed image back to that size, ours feeds it as is.
 3. How far renders go: for a few channels, the objective of the starting noise, of the best and
    worst dataset images (bundled photos and generated concept images, mean over positions, same
    size as the renders) and of the maximizing and minimizing renders.
