@@ -15,7 +15,7 @@
 
 Prints tables, writes benchmarks/out/bench_featviz.json.
 
-    python benchmarks/bench_featviz.py [--quick] [--layer _blocks.6]
+    python benchmarks/bench_featviz.py [--quick] [--layer _blocks.6]   (about 10-15 min; --quick about 1 min)
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from unitscope.featviz import objectives as obj
 def settings(quick):
     if quick:
         return dict(n=4, size=64, steps=8, lucent_size=64, lucent_steps=8, channels=[0, 1], concepts=16)
-    return dict(n=16, size=128, steps=64, lucent_size=224, lucent_steps=128, channels=[0, 1, 2, 3, 4, 5, 6, 7],
+    return dict(n=16, size=128, steps=64, lucent_size=224, lucent_steps=64, channels=[0, 1, 2, 3, 4, 5, 6, 7],
                 concepts=200)
 
 
@@ -144,7 +144,7 @@ def how_far(lm, layer, cfg):
     images = _dataset(cfg, cfg["size"])
     ex = featviz.dataset_examples(lm.model, layer, images, k=1, units=chs, reduce="mean",
                                   preprocess=lm.preprocess, progress=False)
-    kw = dict(size=cfg["size"], steps=cfg["steps"] * 4, seed=[0] * len(chs), preprocess=lm.preprocess, progress=False)
+    kw = dict(size=cfg["size"], steps=cfg["steps"] * 2, seed=[0] * len(chs), preprocess=lm.preprocess, progress=False)
     high = featviz.render(lm.model, obj.channel(layer, chs), **kw)
     low = featviz.render(lm.model, -obj.channel(layer, chs), **kw)
     rows = []
@@ -156,7 +156,7 @@ def how_far(lm, layer, cfg):
 
 
 def high_frequencies(lm, layer, cfg):
-    kw = dict(size=cfg["size"], steps=cfg["steps"] * 4, preprocess=lm.preprocess, progress=False)
+    kw = dict(size=cfg["size"], steps=cfg["steps"] * 2, preprocess=lm.preprocess, progress=False)
     c = cfg["channels"][0]
     plain = featviz.render(lm.model, obj.channel(layer, c), param="pixel", decorrelate=False, transforms=None, **kw)
     lucid = featviz.render(lm.model, obj.channel(layer, c), **kw)
