@@ -29,8 +29,8 @@ def add_arguments(p):
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterization: a frequency-scaled spectrum or plain pixels (default: %(default)s)")
     p.add_argument("--batch", type=int, default=8,
-                   help="channels rendered together in one optimization; each image is the same as if rendered "
-                        "alone (default: %(default)s)")
+                   help="channels rendered together in one optimization; each image is the one rendered "
+                        "alone, to float precision (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed of every render (default: %(default)s)")
     p.add_argument("--dataset", default=None,
