@@ -10,7 +10,8 @@ import torch
 
 from unitscope.featviz import objectives
 from unitscope.featviz.dataset_examples import dataset_examples
-from unitscope.featviz.render import _Frozen, render
+from unitscope.featviz._loop import frozen
+from unitscope.featviz.render import render
 from unitscope.hooks import LayerCapture, resolve_layer
 from unitscope.viz import save_grid, save_image, to_image_array
 
@@ -71,7 +72,7 @@ def _check(args, model, preprocess, device) -> list[int]:
         raise ValueError(f"--dataset {args.dataset!r} is not a folder")
     channels = _channels(args.channels)
     name, _ = resolve_layer(model, args.layer)
-    with _Frozen(model), torch.no_grad(), LayerCapture(model, [name], detach=True) as cap:
+    with frozen(model), torch.no_grad(), LayerCapture(model, [name], detach=True) as cap:
         model(preprocess(torch.full((1, 3, args.size, args.size), 0.5, device=device)))
     num = cap.outputs[name].shape[1]
     bad = [c for c in channels if not 0 <= c < num]

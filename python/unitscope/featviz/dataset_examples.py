@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unitscope.dissect.topk import TopKImages
-from unitscope.featviz.render import _Frozen, _preprocess
+from unitscope.featviz._loop import frozen, resolve_preprocess
 from unitscope.hooks import LayerCapture, resolve_layer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -91,7 +91,7 @@ def _gradient_box(model, name, preprocess, device, size, samples):
     channels (None if none), the centre (cy, cx) and the stride (sy, sx) at input `size`."""
     h_in, w_in = size
     x = torch.rand(samples, 3, h_in, w_in, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_()
-    with _Frozen(model), LayerCapture(model, [name]) as cap:
+    with frozen(model), LayerCapture(model, [name]) as cap:
         model(preprocess(x) if preprocess is not None else x)
         a = cap.outputs[name]
         if a.dim() != 4:
@@ -120,7 +120,7 @@ def receptive_field(model, layer, size, *, preprocess="imagenet", device=None, s
     past it), centre (cy, cx) its map position, stride (sy, sx) = input size / map size, method
     "gradient"; or method "stride" and a one-stride box when no gradient reaches the input.
     """
-    preprocess = _preprocess(preprocess)
+    preprocess = resolve_preprocess(preprocess)
     name, _ = resolve_layer(model, layer)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     size = tuple(size)
@@ -241,12 +241,12 @@ def dataset_examples(model, layer, dataset, k: int = 9, units=None, *, preproces
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     name, _ = resolve_layer(model, layer)
-    pre = _preprocess(preprocess)
+    pre = resolve_preprocess(preprocess)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ds, loader = _source(dataset, size, batch_size, num_workers)
     top = bottom = None
     seen, image_size = 0, None
-    with _Frozen(model), torch.no_grad(), LayerCapture(model, [name], detach=True) as cap:
+    with frozen(model), torch.no_grad(), LayerCapture(model, [name], detach=True) as cap:
         for batch in tqdm(loader, desc=f"dataset examples {name}", unit="batch", disable=not progress, leave=False):
             x = _image_of(batch)
             if x.dim() != 4 or x.shape[1] != 3:

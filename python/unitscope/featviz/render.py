@@ -9,10 +9,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unitscope.featviz import transforms as T
+from unitscope.featviz._loop import frozen, resolve_preprocess
 from unitscope.featviz.objectives import Forward, Objective
 from unitscope.featviz.param import make_image
 from unitscope.hooks import LayerCapture
-from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 
 @dataclass
@@ -20,14 +20,6 @@ class Rendering:
     images: torch.Tensor               # (B, 3, H, W) float32 in [0, 1], on the CPU
     history: list = field(default_factory=list)  # objective value (batch sum) at every step, under transforms
     values: torch.Tensor | None = None  # (B,) the objective of each final image, without transforms
-
-
-def _preprocess(preprocess):
-    if isinstance(preprocess, str):
-        if preprocess != "imagenet":
-            raise ValueError(f"preprocess must be 'imagenet', None or a callable, got {preprocess!r}")
-        return Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    return preprocess
 
 
 def _seeds(seed, batch: int) -> list[int]:
@@ -40,26 +32,6 @@ def _seeds(seed, batch: int) -> list[int]:
     return [seed + i for i in range(batch)]
 
 
-class _Frozen:
-    """The model in eval mode with its parameters' requires_grad off; restored on exit."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.frozen = [p for p in self.model.parameters() if p.requires_grad]
-        self.model.eval()
-        for p in self.frozen:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p in self.frozen:
-            p.requires_grad_(True)
-        self.model.train(self.was_training)
-        return False
-
-
 def score(model: nn.Module, objective: Objective, images: torch.Tensor, *, preprocess="imagenet",
           device=None) -> torch.Tensor:
     """The objective of each image, without transforms or gradients.
@@ -69,10 +41,10 @@ def score(model: nn.Module, objective: Objective, images: torch.Tensor, *, prepr
     Returns:
         Tensor[B] float32 on the CPU.
     """
-    preprocess = _preprocess(preprocess)
+    preprocess = resolve_preprocess(preprocess)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     x = images.to(device, torch.float32)
-    with _Frozen(model), torch.no_grad(), LayerCapture(model, sorted(set(objective.layers))) as capture:
+    with frozen(model), torch.no_grad(), LayerCapture(model, sorted(set(objective.layers))) as capture:
         logits = model(preprocess(x) if preprocess is not None else x)
         return objective(Forward(dict(capture.outputs), logits, x)).float().cpu()
 
@@ -116,7 +88,7 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or min(hw) < 8:
         raise ValueError(f"size must be an int or (H, W) of at least 8 pixels, got {size!r}")
-    preprocess = _preprocess(preprocess)
+    preprocess = resolve_preprocess(preprocess)
     if transforms == "standard":
         transforms = T.standard()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -125,7 +97,7 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
     optimizer = torch.optim.Adam(image.parameters(), lr=lr)
 
     history = []
-    with _Frozen(model):
+    with frozen(model):
         with LayerCapture(model, sorted(set(objective.layers))) as capture:
             for _ in tqdm(range(steps), desc=objective.name[:60], disable=not progress, leave=False):
                 optimizer.zero_grad(set_to_none=True)
