@@ -150,15 +150,3 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="patch=False"):
         featviz.dataset_examples(m, "0", images, patch=False, preprocess=None, progress=False).patches(0)
 
-
-def test_topk_ranking_score_is_checked():
-    from unitscope.dissect.topk import TopKImages
-
-    t = TopKImages(3, 2, (2, 2))
-    acts = torch.rand(4, 3, 2, 2)
-    with pytest.raises(ValueError, match=r"score must have shape \(B, K\) = \(4, 3\), got \(3, 4\)"):
-        t.update(acts, torch.arange(4), torch.rand(3, 4))
-    t.update(acts, torch.arange(4), acts.mean(dim=(2, 3)))      # ranks by the mean, keeps the maps
-    best = acts.mean(dim=(2, 3)).argmax(dim=0)
-    assert torch.equal(t.index[:, 0], best) and torch.equal(t.maps[1, 0], acts[best[1], 1])
-    torch.testing.assert_close(t.maximum, acts.amax(dim=(0, 2, 3)))   # the unit's extremes stay the maps'

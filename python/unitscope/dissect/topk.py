@@ -35,17 +35,13 @@ class TopKImages:
         order = torch.argsort(index, dim=1, stable=True)
         return order.gather(1, torch.argsort(-values.gather(1, order), dim=1, stable=True))
 
-    def update(self, acts: torch.Tensor, image_index: torch.Tensor, score: torch.Tensor | None = None) -> None:
-        """acts (B, K, h, w) float; image_index (B,) int64 dataset indices of the batch; score (B, K)
-        float, optional: rank and keep images by it instead of each map's maximum (e.g. the mean)."""
+    def update(self, acts: torch.Tensor, image_index: torch.Tensor) -> None:
+        """acts (B, K, h, w) float; image_index (B,) int64 dataset indices of the batch."""
         B, K, h, w = acts.shape
-        if score is not None and tuple(score.shape) != (B, K):
-            raise ValueError(f"score must have shape (B, K) = ({B}, {K}), got {tuple(score.shape)}")
         flat = acts.detach().reshape(B, K, h * w)
         low, peak = torch.aminmax(flat, dim=2)                                 # (B, K) each
         peak = torch.nan_to_num(peak.float(), nan=float("-inf")).T.contiguous()  # (K, B)
         low = torch.nan_to_num(low.float(), nan=float("inf")).T
-        rank = peak if score is None else torch.nan_to_num(score.detach().float(), nan=float("-inf")).T.contiguous()
         self.maximum = torch.maximum(self.maximum, peak.max(dim=1).values)
         self.minimum = torch.minimum(self.minimum, low.min(dim=1).values)
         if self.k == 0:
@@ -53,11 +49,11 @@ class TopKImages:
         idx = image_index.to(self.index.device).expand(K, B)
         # the batch's own k best first (only they can enter the top k), then merge with the kept ones
         kk = min(self.k, B)
-        pos = self._order(rank, idx)[:, :kk]                                   # (K, kk) batch positions
+        pos = self._order(peak, idx)[:, :kk]                                   # (K, kk) batch positions
         units = acts.detach().float().transpose(0, 1)                          # (K, B, h, w)
         new_maps = units.gather(1, pos[..., None, None].expand(-1, -1, h, w))
         maps = torch.cat([self.maps, new_maps], 1)
-        values = torch.cat([self.values, rank.gather(1, pos)], 1)
+        values = torch.cat([self.values, peak.gather(1, pos)], 1)
         index = torch.cat([self.index, idx.gather(1, pos)], 1)
         self._select(values, index, lambda p: maps.gather(1, p[..., None, None].expand(-1, -1, h, w)))
 

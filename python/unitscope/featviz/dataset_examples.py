@@ -1,7 +1,7 @@
 """Dataset examples (Zeiler & Fergus 2014; the lecture's "approach 1"): the images of a dataset that
 activate each unit most and least, and the receptive-field patch around each one's peak. One pass
-over the data keeps O(units x k) state (dissect.topk.TopKImages); the few images shown are read back
-from the dataset when asked for."""
+over the data keeps O(units x k) state (dissect.topk.TopKImages, unchanged); the few images shown
+are read back from the dataset when asked for."""
 from __future__ import annotations
 
 import os
@@ -203,6 +203,13 @@ class DatasetExamples:
         return out
 
 
+def _ranked(a: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Maps (B, U, h, w) whose maximum is `score` (B, U) and sits where a's maximum does. TopKImages
+    ranks by a map's maximum, so each map is shifted by score - max (subtracting first, the shifted
+    maximum is the score exactly), and the kept maps still locate the peak."""
+    return (a - a.amax(dim=(2, 3), keepdim=True)) + score[..., None, None]
+
+
 def _boxes(maps: torch.Tensor, rf: dict, image_size) -> torch.Tensor:
     """Receptive-field boxes (U, k, 4) around each map's maximum, clipped to the image."""
     u, k, h, w = maps.shape
@@ -267,10 +274,10 @@ def dataset_examples(model, layer, dataset, k: int = 9, units=None, *, preproces
                 top = TopKImages(len(units), k, tuple(a.shape[-2:]), device=a.device)
                 bottom = TopKImages(len(units), k, tuple(a.shape[-2:]), device=a.device)
             a = a[:, units].float()
-            score = a.amax(dim=(2, 3)) if reduce == "max" else a.mean(dim=(2, 3))
             index = torch.arange(seen, seen + a.shape[0])
-            top.update(a, index, score)
-            bottom.update(-a, index, -score)
+            score = a.amax(dim=(2, 3)) if reduce == "max" else a.mean(dim=(2, 3))
+            top.update(_ranked(a, score), index)
+            bottom.update(_ranked(-a, -score), index)          # the lowest scores, around each trough
             seen += a.shape[0]
     if top is None:
         raise ValueError("dataset is empty")
