@@ -123,7 +123,8 @@ def against_lucent(lm, layer, channel, cfg):
         for p in frozen:
             p.requires_grad_(True)
     final = torch.from_numpy(images[-1]).permute(0, 3, 1, 2).float()
-    row["lucent_objective"] = featviz.score(model, obj.channel(layer, channel), final, preprocess=lm.preprocess)[0].item()
+    row["lucent_objective"] = featviz.score(model, obj.channel(layer, channel), final,
+                                            preprocess=lm.preprocess)[0].item()
     return row
 
 
@@ -196,7 +197,8 @@ def main(argv=None):
 
     r = result["how_far"] = how_far(lm, args.layer, cfg)
     print(f"\n3. {args.layer}, {r['size']}px, {r['steps']} steps, {r['images']} dataset images (mean over positions)")
-    print("   | channel | noise | best image | max render | worst image | min render |\n   |---|---:|---:|---:|---:|---:|")
+    print("   | channel | noise | best image | max render | worst image | min render |")
+    print("   |---|---:|---:|---:|---:|---:|")
     for row in r["rows"]:
         print(f"   | {row['channel']} | {row['noise']:.2f} | {row['best_image']:.2f} | {row['max_render']:.2f} | "
               f"{row['worst_image']:.2f} | {row['min_render']:.2f} |")

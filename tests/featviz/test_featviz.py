@@ -196,7 +196,7 @@ def _run_cli(*argv):
 def test_cli_rejects_bad_arguments_before_working(tmp_path):
     pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
     out = str(tmp_path / "fv")
-    with pytest.raises(ValueError, match=r"--channels \[1280\] out of range: layer '_blocks.6' has 80 channels"):
+    with pytest.raises(ValueError, match=r"channel 1280 is out of range for layer '_blocks.6' with 80 channels"):
         _run_cli("--layer", "_blocks.6", "--channels", "0,1280", "--out", out)
     with pytest.raises(ValueError, match="layer '_block.6' is not a module of the model; similar names: _blocks.6"):
         _run_cli("--layer", "_block.6", "--out", out)

@@ -77,7 +77,8 @@ def _check(args, model, preprocess, device) -> list[int]:
     num = cap.outputs[name].shape[1]
     bad = [c for c in channels if not 0 <= c < num]
     if bad:
-        raise ValueError(f"--channels {bad} out of range: layer {name!r} has {num} channels (0..{num - 1})")
+        raise ValueError(f"--channels: channel {bad[0]} is out of range for layer {name!r} with {num} channels "
+                         f"(0..{num - 1})")
     return channels
 
 

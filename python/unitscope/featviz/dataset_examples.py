@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from unitscope._progress import progress_bar
 from unitscope.dissect.topk import TopKImages
 from unitscope.featviz._loop import frozen, resolve_preprocess
 from unitscope.hooks import LayerCapture, resolve_layer
@@ -254,7 +254,8 @@ def dataset_examples(model, layer, dataset, k: int = 9, units=None, *, preproces
     top = bottom = None
     seen, image_size = 0, None
     with frozen(model), torch.no_grad(), LayerCapture(model, [name], detach=True) as cap:
-        for batch in tqdm(loader, desc=f"dataset examples {name}", unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc=f"dataset examples {name}", unit="batch", disable=not progress,
+                                  leave=False):
             x = _image_of(batch)
             if x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError(f"dataset batches must be images (B, 3, H, W), got shape {tuple(x.shape)}")
@@ -282,9 +283,10 @@ def dataset_examples(model, layer, dataset, k: int = 9, units=None, *, preproces
     if top is None:
         raise ValueError("dataset is empty")
     rf = receptive_field(model, name, image_size, preprocess=pre, device=device) if patch else None
-    boxes = (_boxes(top.maps, rf, image_size).cpu(), _boxes(bottom.maps, rf, image_size).cpu()) if patch else (None, None)
+    top_boxes = _boxes(top.maps, rf, image_size).cpu() if patch else None
+    bottom_boxes = _boxes(bottom.maps, rf, image_size).cpu() if patch else None
     return DatasetExamples(name, units, reduce, top.values.cpu(), top.index.cpu(), -bottom.values.cpu(),
-                           bottom.index.cpu(), boxes[0], boxes[1], rf, ds)
+                           bottom.index.cpu(), top_boxes, bottom_boxes, rf, ds)
 
 
 def _check_units(units, num: int, layer: str) -> list[int]:

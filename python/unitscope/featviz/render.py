@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from unitscope.featviz import transforms as T
+from unitscope._progress import progress_bar
 from unitscope.featviz._loop import frozen, resolve_preprocess
 from unitscope.featviz.objectives import Forward, Objective
 from unitscope.featviz.param import make_image
@@ -99,7 +99,7 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
     history = []
     with frozen(model):
         with LayerCapture(model, sorted(set(objective.layers))) as capture:
-            for _ in tqdm(range(steps), desc=objective.name[:60], disable=not progress, leave=False):
+            for _ in progress_bar(range(steps), desc=objective.name[:60], disable=not progress, leave=False):
                 optimizer.zero_grad(set_to_none=True)
                 capture.reset()
                 x = image()

@@ -75,7 +75,8 @@ def random_rotate(degrees):
         _check(im, generators)
         a = torch.tensor([math.radians(degrees[i]) for i in _draw(len(degrees), generators)], dtype=torch.float64)
         c, s = torch.cos(a), torch.sin(a)
-        theta = torch.stack([torch.stack([c, -s, torch.zeros_like(a)], 1), torch.stack([s, c, torch.zeros_like(a)], 1)], 1)
+        zero = torch.zeros_like(a)
+        theta = torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1)
         return _affine(im, theta.to(im.device, im.dtype))
     return t
 
