@@ -167,3 +167,19 @@ def test_smoothgrad_never_compiles_guided_backprop(monkeypatch):
     sg = saliency.SmoothGrad(saliency.GuidedBackprop(GapNet().eval()), n_samples=2, compile=True)
     sg(torch.rand(1, 3, 8, 8), target=0)
     assert not sg.method._runner.compiled
+
+
+@pytest.mark.parametrize("bad", ["two", -1, 1.5, True])
+def test_num_workers_checked(bad):
+    with pytest.raises(ValueError, match="num_workers must be 'auto' or an int >= 0"):
+        unitscope.dissect(torch.nn.Identity(), ["x"], "nowhere", num_workers=bad)
+
+
+def test_dissect_cli_compile_flags():
+    from unitscope.cli import build_parser
+    base = ["dissect", "--model", "m", "--layers", "a", "--dataset", ".", "--out", "o"]
+    p = build_parser()
+    assert p.parse_args(base).compile == "auto" and p.parse_args(base).workers == "auto"
+    assert p.parse_args(base + ["--compile"]).compile is True
+    assert p.parse_args(base + ["--no-compile", "--workers", "0"]).compile is False
+    assert p.parse_args(base + ["--workers", "3"]).workers == 3

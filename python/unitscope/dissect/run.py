@@ -54,7 +54,7 @@ def _merge_all(obj, world):
 
 
 def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache,
-                checkpoint_dir, checkpoint_every, compile):
+                checkpoint_dir, checkpoint_every, compile, num_workers):
     if not (isinstance(quantile, float) and 0.0 < quantile < 1.0):
         raise ValueError(f"quantile must be a float in (0, 1), got {quantile!r}")
     if not isinstance(iou_threshold, (int, float)) or not 0 <= iou_threshold <= 1:
@@ -78,6 +78,8 @@ def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_si
     if checkpoint_dir is not None and (not isinstance(checkpoint_dir, (str, os.PathLike)) or "\0" in str(checkpoint_dir)):
         raise ValueError(f"checkpoint_dir must be a folder path without NUL bytes, got {checkpoint_dir!r}")
     check_compile(compile)
+    if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+        raise ValueError(f"num_workers must be 'auto' or an int >= 0, got {num_workers!r}")
 
 
 def _as_dataset(dataset, categories) -> BrodenDataset:
@@ -136,7 +138,7 @@ class _Timer:
 def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, device=None,
             quantile: float = 0.995, iou_threshold: float = 0.04, categories=None, threshold_op: str = ">",
             union: str = "category", exact: bool = True, upsample: str = "bilinear", preprocess=None,
-            num_workers: int = 0, checkpoint_dir=None, checkpoint_every: int = 50, progress: bool = True,
+            num_workers="auto", checkpoint_dir=None, checkpoint_every: int = 50, progress: bool = True,
             topk: int = 8, tokens: bool = False, autocast=None, cache_activations="auto",
             sketch_size: int | None = None, backend: str | None = None, compile="auto") -> Dissection:
     """Network dissection of `layers` of `model` on a Broden-format `dataset`.
@@ -164,6 +166,9 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         autocast: None, torch.float16 or torch.bfloat16 for the forward only.
         cache_activations: keep pass-1 activations for pass 2 ('auto': when they need less than a
             third of the free memory) instead of running the model twice.
+        num_workers: DataLoader worker processes that decode and resize while the model runs;
+            'auto' uses up to half the CPUs (at most 4) for a pass of 256 images
+            or more and reads in this process below that (starting workers costs about a second).
         compile: run the model through torch.compile: 'auto' (after timing the first batch, when
             the batches to come save clearly more than the compile costs, about 40 s here), True
             or False (the exact eager path; compiled results may differ in the last float bits,
@@ -174,7 +179,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         Dissection with one LayerDissection per layer.
     """
     _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache_activations,
-                checkpoint_dir, checkpoint_every, compile)
+                checkpoint_dir, checkpoint_every, compile, num_workers)
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)
@@ -237,6 +242,11 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     return Dissection(results, timings=dict(timer.seconds), settings=meta)
 
 
+# num_workers="auto": a pass this long reads in worker processes (decoding a 224x224 image and its
+# label maps takes a few ms, starting a worker about a second)
+AUTO_WORKERS_MIN_IMAGES = 256
+
+
 def _tqdm_write(msg):
     from tqdm.auto import tqdm
     tqdm.write(msg)
@@ -260,8 +270,11 @@ class _Run:
         lo, hi = self.shard
         view = self.ds.with_fields(*fields)
         subset = torch.utils.data.Subset(view, range(lo + start, hi))
+        workers = self.num_workers
+        if workers == "auto":
+            workers = min(4, max(1, (os.cpu_count() or 1) // 2)) if len(subset) >= AUTO_WORKERS_MIN_IMAGES else 0
         loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, shuffle=False,
-                                             num_workers=self.num_workers, collate_fn=collate_broden,
+                                             num_workers=workers, collate_fn=collate_broden,
                                              pin_memory=self.device.type == "cuda")
         if self.progress:
             from unitscope._progress import progress_bar
