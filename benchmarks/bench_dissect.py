@@ -1,8 +1,10 @@
-"""End-to-end network dissection speed: unitscope.dissect vs a re-creation of NetDissect-Lite's
-pipeline (forward to a float memmap, NumPy quantile, per-image per-unit loop), on a generated
-Broden-format dataset with the real EfficientNet-Lite0 (two layers). Prints a table, writes JSON.
+"""End-to-end network dissection speed: unitscope.dissect eager, compiled (cold compile, then with
+torch's compile cache warm) and a re-creation of NetDissect-Lite's pipeline (forward to a float
+memmap, NumPy quantile, per-image per-unit loop), on a generated Broden-format dataset with the real
+EfficientNet-Lite0 (two layers); beside them the forward alone (eager, channels_last, compiled) and
+the data path alone (0-2 DataLoader workers). Prints a table, writes JSON.
 
-    python benchmarks/bench_dissect.py            # 2,000 images, 224x224 (labels 112x112)
+    python benchmarks/bench_dissect.py            # 2,000 images, 224x224 (labels 112x112), ~15 min on 2 cores
     python benchmarks/bench_dissect.py --quick    # 200 images
 """
 from __future__ import annotations
@@ -11,8 +13,12 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
+
+# a fresh inductor cache, so that the first compile below is a cold one (set before torch loads)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench_dissect_inductor_"))
 
 import numpy as np
 import torch
@@ -42,19 +48,6 @@ def load_efficientnet():
     block = next(n for n in names if n.endswith("_blocks.10"))
     act = next(n for n in names if n.endswith("_swish") and n.count(".") == block.count(".") - 1)
     return model.eval(), preprocess, [block, f"{act}@1"]
-
-
-def forward_only(model, preprocess, ds, batch_size, workers):
-    loader = torch.utils.data.DataLoader(ds.with_fields("image"), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=collate_broden)
-    t0, fwd = time.perf_counter(), 0.0
-    with torch.no_grad():
-        for b in loader:
-            t = time.perf_counter()
-            x = b["image"]
-            model(preprocess(x) if preprocess is not None else imagenet_preprocess(x))
-            fwd += time.perf_counter() - t
-    return time.perf_counter() - t0, fwd
 
 
 # ---- NetDissect-Lite, re-created (feature_operation.py: feature_extraction, quantile_threshold, tally)
@@ -134,15 +127,78 @@ def netdissect_lite(model, preprocess, layers, ds, batch_size, workers, quantile
     return times, thresholds, ious
 
 
+def forward_variants(model, preprocess, ds, batch_size, batches):
+    """images/s of the forward alone on the first `batches` batches (after one untimed batch, and
+    for the compiled variants after their compile, whose time is reported apart)."""
+    pre = preprocess if preprocess is not None else imagenet_preprocess
+    view = ds.with_fields("image")
+    xs = [view[i % len(ds)]["image"] for i in range(batch_size * (batches + 1))]
+    xs = torch.stack(xs).split(batch_size)
+
+    def eager(x):
+        return model(pre(x))
+
+    def eager_cl(x):
+        return model(pre(x).contiguous(memory_format=torch.channels_last))
+
+    out = {}
+    for name, fn, cl in (("eager", eager, False), ("eager, channels_last", eager_cl, True),
+                         ("compiled", torch.compile(eager, dynamic=True), False),
+                         ("compiled, channels_last", torch.compile(eager_cl, dynamic=True), True)):
+        model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        with torch.no_grad():
+            t = time.perf_counter()
+            fn(xs[0])
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            for x in xs[1:]:
+                fn(x)
+            out[name] = {"images_per_s": batch_size * batches / (time.perf_counter() - t), "first_call_s": first}
+    model.to(memory_format=torch.contiguous_format)
+    return out
+
+
+def data_path(ds, batch_size, workers, images):
+    """images/s of decoding and collating (images and labels) alone."""
+    sub = torch.utils.data.Subset(ds.with_fields("image", "labels"), range(min(images, len(ds))))
+    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, num_workers=workers, collate_fn=collate_broden)
+    t = time.perf_counter()
+    n = sum(b["index"].numel() for b in loader)
+    return n / (time.perf_counter() - t)
+
+
+def compare(a, b, layers):
+    """How far a compiled dissection b is from the eager one a: thresholds, IoU, detector sets."""
+    out = {}
+    for layer in layers:
+        ta, tb = np.asarray(a[layer].thresholds, np.float64), np.asarray(b[layer].thresholds, np.float64)
+        da = {(x["unit"], x["label"]) for x in a[layer].detectors()}
+        db = {(x["unit"], x["label"]) for x in b[layer].detectors()}
+        out[layer] = {"threshold_max_rel_diff": float(np.max(np.abs(ta - tb) / np.maximum(np.abs(ta), 1e-6))),
+                      "thresholds_differing": int((ta != tb).sum()), "units": int(ta.size),
+                      "iou_max_abs_diff": float(np.max(np.abs(np.asarray(a[layer].iou) - np.asarray(b[layer].iou)))),
+                      "detectors_eager": len(da), "detectors_compiled": len(db),
+                      "detectors_only_eager": sorted(da - db)[:10], "detectors_only_compiled": sorted(db - da)[:10],
+                      "detector_set_changes": len(da ^ db)}
+    return out
+
+
+def timed_dissect(model, layers, ds, args, preprocess, compile):
+    t = time.perf_counter()
+    d = unitscope.dissect(model, layers, ds, batch_size=args.batch_size, preprocess=preprocess,
+                          num_workers=args.workers, progress=False, compile=compile)
+    return time.perf_counter() - t, d
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="200 images instead of 2,000")
-    ap.add_argument("--images", type=int)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--skip-netdissect", action="store_true")
-    ap.add_argument("--json", default=str(HERE / "out" / "bench_dissect.json"))
+    ap.add_argument("--images", type=int, help="number of generated images (default 2000, --quick 200)")
+    ap.add_argument("--size", type=int, default=224, help="image size (default 224)")
+    ap.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the dissections (default 1)")
+    ap.add_argument("--skip-netdissect", action="store_true", help="leave out the NetDissect-Lite re-creation")
+    ap.add_argument("--json", default=str(HERE / "out" / "bench_dissect.json"), help="where the JSON goes")
     args = ap.parse_args()
     n = args.images or (200 if args.quick else 2000)
     work = HERE / "out" / f"concepts_{n}_{args.size}"
@@ -155,29 +211,31 @@ def main():
     t_pack = time.perf_counter() - t
     ds = BrodenDataset(work)
     model, preprocess, layers = load_efficientnet()
-    print(f"layers {layers}; torch threads {torch.get_num_threads()}; backends {unitscope.backends()}")
-
-    # warm up (first-call allocations, thread pools)
-    with torch.no_grad():
-        model(torch.rand(4, 3, args.size, args.size))
-
-    t_fwd_wall, t_fwd = forward_only(model, preprocess, ds, args.batch_size, args.workers)
-    t = time.perf_counter()
-    d = unitscope.dissect(model, layers, ds, batch_size=args.batch_size, preprocess=preprocess,
-                          num_workers=args.workers, progress=False)
-    t_ours = time.perf_counter() - t
-    tm = d.timings
-    overhead = (t_ours - tm["forward"]) / tm["forward"]
-    rows = [("forward only (no hooks)", t_fwd_wall, {"forward": t_fwd}),
-            ("unitscope.dissect", t_ours, tm)]
+    print(f"layers {layers}; torch threads {torch.get_num_threads()}; backends {unitscope.backends()}; "
+          f"inductor cache {os.environ['TORCHINDUCTOR_CACHE_DIR']}")
     result = {"images": n, "size": args.size, "label_size": args.size // 2, "layers": layers,
               "batch_size": args.batch_size, "workers": args.workers, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "pack_labels_s": t_pack, "forward_only_s": t_fwd_wall, "forward_only_compute_s": t_fwd,
-              "unitscope": {"wall_s": t_ours, **{f"{k}_s": v for k, v in tm.items()},
-                            "images_per_s": n / t_ours, "overhead_vs_own_forward": overhead,
-                            "overhead_vs_forward_only_wall": (t_ours - t_fwd_wall) / t_fwd_wall,
-                            "unique_detectors": d.unique_detectors()}}
+              "torch": torch.__version__, "pack_labels_s": t_pack}
+
+    # the dissections first, the cold compile before anything else has compiled
+    t_cold, d_cold = timed_dissect(model, layers, ds, args, preprocess, True)
+    torch._dynamo.reset()  # forget the compiled graph; torch's on-disk caches stay warm
+    t_warm, d_warm = timed_dissect(model, layers, ds, args, preprocess, True)
+    torch._dynamo.reset()
+    t_eager, d_eager = timed_dissect(model, layers, ds, args, preprocess, False)
+    rows = [("unitscope.dissect, eager", t_eager, d_eager.timings),
+            ("unitscope.dissect, compiled cold", t_cold, d_cold.timings),
+            ("unitscope.dissect, compiled warm", t_warm, d_warm.timings)]
+    result["unitscope"] = {name: {"wall_s": wall, **{f"{k}_s": v for k, v in tm.items()}, "images_per_s": n / wall}
+                           for name, wall, tm in rows}
+    result["speedup_compiled_cold"] = t_eager / t_cold
+    result["speedup_compiled_warm"] = t_eager / t_warm
+    result["overhead_vs_own_forward_eager"] = (t_eager - d_eager.timings["forward"]) / d_eager.timings["forward"]
+    result["compiled_vs_eager"] = compare(d_eager, d_cold, layers)
+    result["unique_detectors"] = {"eager": d_eager.unique_detectors(), "compiled": d_cold.unique_detectors()}
+    torch._dynamo.reset()
+
     if not args.skip_netdissect:
         wd = HERE / "out" / "netdissect_lite"
         wd.mkdir(parents=True, exist_ok=True)
@@ -186,22 +244,37 @@ def main():
         t_nd = time.perf_counter() - t
         rows.append(("NetDissect-Lite re-created", t_nd, nd_times))
         result["netdissect_lite"] = {"wall_s": t_nd, **{f"{k}_s": v for k, v in nd_times.items()},
-                                     "images_per_s": n / t_nd, "speedup_unitscope": t_nd / t_ours,
-                                     "threshold_max_rel_diff": {l: float(np.max(np.abs(nd_thr[l] - d[l].thresholds)
-                                                                                / np.maximum(np.abs(d[l].thresholds), 1e-6)))
+                                     "images_per_s": n / t_nd, "speedup_eager": t_nd / t_eager,
+                                     "speedup_compiled_cold": t_nd / t_cold, "speedup_compiled_warm": t_nd / t_warm,
+                                     "threshold_max_rel_diff": {l: float(np.max(np.abs(nd_thr[l] - d_eager[l].thresholds)
+                                                                                / np.maximum(np.abs(d_eager[l].thresholds), 1e-6)))
                                                                 for l in layers}}
         for f in wd.glob("*.mmap"):
             f.unlink()
+
+    fwd_batches = 4 if args.quick else 12
+    result["forward_variants"] = forward_variants(model, preprocess, ds, args.batch_size, fwd_batches)
+    torch._dynamo.reset()
+    result["data_path_images_per_s"] = {w: data_path(ds, args.batch_size, w, 20 * args.batch_size) for w in (0, 1, 2)}
+
     print(f"\n{n} images {args.size}x{args.size}, labels {args.size // 2}x{args.size // 2}, layers {layers}")
-    print(f"{'pipeline':28s} {'wall s':>8s} {'img/s':>7s}  parts (s)")
+    print(f"{'pipeline':34s} {'wall s':>8s} {'img/s':>7s}  parts (s)")
     for name, wall, parts in rows:
-        print(f"{name:28s} {wall:8.1f} {n / wall:7.1f}  " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
-    print(f"unitscope overhead (wall - forward) / forward = {overhead:.1%} (target < 25%); "
-          f"vs forward-only pass: {(t_ours - t_fwd_wall) / t_fwd_wall:+.1%}")
+        print(f"{name:34s} {wall:8.1f} {n / wall:7.1f}  " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+    print(f"compiled / eager: cold {result['speedup_compiled_cold']:.2f}x, warm {result['speedup_compiled_warm']:.2f}x")
     if "netdissect_lite" in result:
-        print(f"unitscope is {result['netdissect_lite']['speedup_unitscope']:.1f}x NetDissect-Lite's pipeline")
+        nd = result["netdissect_lite"]
+        print(f"vs NetDissect-Lite: eager {nd['speedup_eager']:.2f}x, compiled cold {nd['speedup_compiled_cold']:.2f}x, "
+              f"warm {nd['speedup_compiled_warm']:.2f}x")
+    for layer, c in result["compiled_vs_eager"].items():
+        print(f"compiled vs eager, {layer}: thresholds differ in {c['thresholds_differing']}/{c['units']} units "
+              f"(max rel {c['threshold_max_rel_diff']:.1e}), IoU max abs diff {c['iou_max_abs_diff']:.1e}, "
+              f"detectors {c['detectors_eager']} vs {c['detectors_compiled']} ({c['detector_set_changes']} changed)")
+    print("forward alone (img/s): " + ", ".join(f"{k} {v['images_per_s']:.1f} (first call {v['first_call_s']:.0f} s)"
+                                               for k, v in result["forward_variants"].items()))
+    print("data path alone (img/s): " + ", ".join(f"{w} workers {v:.0f}" for w, v in result["data_path_images_per_s"].items()))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {args.json}")
 
 

@@ -62,7 +62,7 @@ def captum_call(name, lm, cfg, x, target):
     import captum.attr as C
 
     net = nn.Sequential(lm.preprocess, lm.model).eval()
-    layer = lm.model.get_submodule(lm.cam_layer)
+    layer = lm.model.get_submodule(lm.cam_layer.split("@")[0])  # Captum hooks the last call: the head
     H, W = x.shape[-2:]
     if name == "gradient":
         return lambda: C.Saliency(net).attribute(x, target=target, abs=True)
@@ -249,7 +249,7 @@ def gradcam_top5(lm, X, top5, device, cfg):
         import captum.attr as C
 
         net = nn.Sequential(lm.preprocess, lm.model).eval()
-        lgc = C.LayerGradCam(net, lm.model.get_submodule(lm.cam_layer))
+        lgc = C.LayerGradCam(net, lm.model.get_submodule(lm.cam_layer.split("@")[0]))
         out["captum_five_calls_s"] = timed(lambda: [C.LayerAttribution.interpolate(
             lgc.attribute(X, target=top5[:, t], relu_attributions=True), (224, 224), interpolate_mode="bilinear")
             for t in range(5)], device, cfg["reps"])

@@ -4,29 +4,37 @@
 
 #include <string>
 
+#ifdef UNITSCOPE_WITH_CUDA
+#include "unitscope/cuda_probe.h"
+#endif
+
 namespace py = pybind11;
 
 namespace unitscope {
 #define US_OP(name) void register_##name(py::module_& m);
 #include "unitscope_ops.inc"
 #undef US_OP
-#ifdef UNITSCOPE_WITH_CUDA
-int cuda_device_count(std::string* why);
-#endif
 }  // namespace unitscope
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "unitscope compiled kernels (C++17 CPU, CUDA when built with nvcc)";
 #ifdef UNITSCOPE_WITH_CUDA
   m.def("cuda_compiled", []() { return true; });
-  m.def("cuda_device_count", []() {
-    std::string why;
-    const int n = unitscope::cuda_device_count(&why);
-    return py::make_tuple(n, why);
+  // a dict, so that the Python layer's reading of it can be tested with fakes on any machine
+  m.def("cuda_probe", []() {
+    const unitscope::CudaProbe p = unitscope::cuda_probe();
+    py::dict d;
+    d["count"] = p.count;
+    d["error"] = p.error;
+    d["error_name"] = p.error_name;
+    d["error_string"] = p.error_string;
+    d["driver_version"] = p.driver_version;
+    d["runtime_version"] = p.runtime_version;
+    d["toolkit_version"] = p.toolkit_version;
+    return d;
   });
 #else
   m.def("cuda_compiled", []() { return false; });
-  m.def("cuda_device_count", []() { return py::make_tuple(0, std::string("built without CUDA")); });
 #endif
 #ifdef _OPENMP
   m.attr("openmp") = true;

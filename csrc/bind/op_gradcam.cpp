@@ -48,12 +48,12 @@ void register_gradcam(py::module_& m) {
   m.def("gradcam_cuda",
         [](uintptr_t act, uintptr_t grad, uintptr_t weights, uintptr_t out, uintptr_t workspace,
            int dtype, int64_t B, int64_t T, int64_t K, int64_t h, int64_t w, int64_t H, int64_t W,
-           bool relu, bool align_corners, bool normalize, uintptr_t stream) {
+           bool relu, bool align_corners, bool normalize, int device, uintptr_t stream) {
           check_arg(workspace != 0, "gradcam_cuda: workspace must be given");
           GradcamArgs a = make_args(act, grad, weights, out, workspace, dtype, B, T, K, h, w, H, W,
                                     relu, align_corners, normalize, 0);
           py::gil_scoped_release release;
-          gradcam_cuda(a, reinterpret_cast<void*>(stream));
+          gradcam_cuda(a, device, reinterpret_cast<void*>(stream));
         });
 #endif
 }

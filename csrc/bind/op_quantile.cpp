@@ -64,23 +64,24 @@ void register_quantile(py::module_& m) {
 #ifdef UNITSCOPE_WITH_CUDA
   m.def("exact_quantile_update_cuda",
         [](uintptr_t x, int dtype, int64_t outer, int64_t K, int64_t inner, int64_t start, int64_t length,
-           uintptr_t buf, int64_t cap, uintptr_t fill, uintptr_t thr, uintptr_t nan, bool negate, uintptr_t stream) {
+           uintptr_t buf, int64_t cap, uintptr_t fill, uintptr_t thr, uintptr_t nan, bool negate, int device,
+           uintptr_t stream) {
           ExactQuantileArgs a = exact_args(x, dtype, outer, K, inner, buf, cap, 1, fill, thr, nan, negate);
           check_arg(start >= 0 && length >= 0 && start + length <= outer * inner,
                     "exact_quantile_update_cuda: chunk out of range");
           a.start = start; a.length = length;
           py::gil_scoped_release release;
-          exact_quantile_update_cuda(a, reinterpret_cast<void*>(stream));
+          exact_quantile_update_cuda(a, device, reinterpret_cast<void*>(stream));
         });
   m.def("quantile_sketch_update_cuda",
         [](uintptr_t x, int dtype, int64_t outer, int64_t K, int64_t inner, uintptr_t coarse, uintptr_t fine,
            uintptr_t top, uintptr_t zeros, uintptr_t nan, uintptr_t kmin, uintptr_t kmax, int64_t nb,
-           uintptr_t new_top, uintptr_t stream) {
+           uintptr_t new_top, int device, uintptr_t stream) {
           SketchArgs a = sketch_args(x, dtype, outer, K, inner, coarse, fine, top, zeros, nan, kmin, kmax, nb);
           check_arg(new_top != 0, "quantile_sketch_update_cuda: workspace must be given");
           a.new_top = reinterpret_cast<int64_t*>(new_top);
           py::gil_scoped_release release;
-          quantile_sketch_update_cuda(a, reinterpret_cast<void*>(stream));
+          quantile_sketch_update_cuda(a, device, reinterpret_cast<void*>(stream));
         });
 #endif
 }

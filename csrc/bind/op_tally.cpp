@@ -67,14 +67,14 @@ void register_tally(py::module_& m) {
            uintptr_t inter, uintptr_t activation, uintptr_t label, uintptr_t total, uintptr_t workspace,
            int act_dtype, int label_dtype, int image_label_dtype, int64_t B, int64_t K, int64_t h, int64_t w,
            int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t C, int64_t NC, bool align_corners, bool ge,
-           bool union_dataset, uintptr_t stream) {
+           bool union_dataset, int device, uintptr_t stream) {
           check_arg(workspace != 0, "tally_cuda: workspace must be given");
           TallyArgs a = make_args(act, thr, pix, img, annotated, label_category, inter, activation, label, total,
                                   act_dtype, label_dtype, image_label_dtype, B, K, h, w, Sh, Sw, L, L2, C, NC,
                                   align_corners, ge, union_dataset);
           a.workspace = reinterpret_cast<int32_t*>(workspace);
           py::gil_scoped_release release;
-          tally_cuda(a, reinterpret_cast<void*>(stream));
+          tally_cuda(a, device, reinterpret_cast<void*>(stream));
         });
 #endif
 }

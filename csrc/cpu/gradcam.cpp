@@ -49,8 +49,7 @@ void gradcam_cpu(const GradcamArgs& a) {
       }
       std::fill(cam.begin(), cam.end(), 0.0f);
       for (int64_t k = 0; k < a.K; ++k) {
-        const float wgt = wk[k];
-        if (wgt == 0.0f) continue;
+        const float wgt = wk[k];  // no skip for wgt == 0: 0 * NaN is NaN (the NaN policy)
         const int64_t off = act_base + k * hw;
         if (a.act_dtype == kFloat32) {
           const float* ak = static_cast<const float*>(a.activations) + off;
@@ -95,14 +94,14 @@ void gradcam_cpu(const GradcamArgs& a) {
           hi = out[i] > hi ? out[i] : hi;
         }
       }
-      if (a.normalize) {
+      if (a.normalize) {  // lo, hi: min and max of the non-NaN pixels (a NaN never wins a comparison)
         const float range = hi - lo;
         if (range > 0.0f && std::isfinite(range)) {
           // multiply by the reciprocal: within one float32 rounding of the reference's division
           const float inv = 1.0f / range;
           for (int64_t i = 0; i < HW; ++i) out[i] = (out[i] - lo) * inv;
-        } else {
-          std::fill(out, out + HW, 0.0f);  // constant map: 0, never NaN
+        } else {  // constant map (or none, or an infinite range): 0; a NaN pixel stays NaN
+          for (int64_t i = 0; i < HW; ++i) out[i] = std::isnan(out[i]) ? out[i] : 0.0f;
         }
       }
     }

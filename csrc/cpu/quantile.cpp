@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #ifdef _OPENMP
@@ -174,6 +175,11 @@ struct SketchChannel {
 // Each thread owns a contiguous range of channels and walks the input image by image: for a fixed
 // image o its channels' runs are adjacent in memory, so every thread reads one sequential stream.
 void exact_quantile_update_cpu(const ExactQuantileArgs& a) {
+  // the buffers' fill levels come from the caller's state: never write past a buffer on their word
+  for (int64_t k = 0; k < a.K; ++k)
+    check_arg(a.fill[k] >= 0 && a.fill[k] < a.cap,
+              "exact_quantile: fill[" + std::to_string(k) + "] = " + std::to_string(a.fill[k]) +
+                  " is outside [0, cap) = [0, " + std::to_string(a.cap) + ")");
   const int threads = (int)std::max<int64_t>(1, std::min<int64_t>(a.num_threads > 0 ? a.num_threads : 1, a.K));
 #pragma omp parallel num_threads(threads)
   {
@@ -213,6 +219,10 @@ void exact_quantile_update_cpu(const ExactQuantileArgs& a) {
 }
 
 void quantile_sketch_update_cpu(const SketchArgs& a) {
+  for (int64_t k = 0; k < a.K; ++k)  // the fine window's top comes from the caller's state
+    check_arg(a.top[k] >= -1 && a.top[k] < kSketchCoarse - 1,
+              "quantile_sketch: top[" + std::to_string(k) + "] = " + std::to_string(a.top[k]) +
+                  " is outside [-1, " + std::to_string(kSketchCoarse - 2) + "]");
   const int threads = a.num_threads > 0 ? a.num_threads : 1;
   const int64_t nf = a.nb * kSketchSub;
 #pragma omp parallel num_threads(threads)

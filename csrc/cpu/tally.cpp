@@ -17,6 +17,9 @@ namespace unitscope {
 
 namespace {
 
+// One image's L * S_h * S_w label cells are indexed with int32 below; tally_cpu refuses more.
+constexpr int64_t kMaxLabelCells = int64_t(1) << 31;
+
 // One image's pixel labels as intervals along rows: each row splits into maximal intervals
 // [start, end) over which every map's label is constant; an interval lists its labels once each,
 // without 0 and without the image's own image labels (counted for the whole mask elsewhere), so an
@@ -344,6 +347,10 @@ void tally_typed(const TallyArgs& a, int threads) {
 
 void tally_cpu(const TallyArgs& a) {
   const int threads = a.num_threads > 0 ? a.num_threads : 1;
+  check_arg(a.L < kMaxLabelCells && a.Sh * a.Sw < kMaxLabelCells && a.L * a.Sh * a.Sw < kMaxLabelCells,
+            "tally (cpp): one image's pixel labels must have L * S_h * S_w < 2^31 cells (the interval "
+            "tables index them with int32), got L = " + std::to_string(a.L) + ", S_h = " + std::to_string(a.Sh) +
+                ", S_w = " + std::to_string(a.Sw) + "; use fewer label maps, a smaller out_size, or the numba backend");
   for (int64_t c = 1; c < a.C; ++c)
     check_arg(a.label_category[c] >= 0 && a.label_category[c] < a.NC,
               "label_category must hold categories in [0, num_categories), got " +

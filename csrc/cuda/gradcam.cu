@@ -1,4 +1,4 @@
-// Grad-CAM on CUDA, four small launches on the caller's stream:
+// Grad-CAM on CUDA, four small launches on the caller's stream (on the buffers' device):
 //   1. weights[m,k] = spatial mean of G (one warp per (b,k)), skipped when weights are given;
 //   2. cam[m,p] = relu(sum_k weights[m,k] * A[b,k,p]) at layer resolution (thread per pixel);
 //   3. out = bilinear resize of cam (thread per output pixel);
@@ -100,13 +100,15 @@ __global__ void normalize_kernel(float* out, int64_t maps, int64_t HW, const flo
        idx += (int64_t)gridDim.x * blockDim.x) {
     const int64_t m = idx / HW;
     const float lo = minmax[2 * m], range = minmax[2 * m + 1] - lo;
-    out[idx] = (range > 0.0f && isfinite(range)) ? (out[idx] - lo) / range : 0.0f;
+    const float v = out[idx];  // lo, hi ignore NaN (fminf/fmaxf); a NaN pixel stays NaN (the NaN policy)
+    out[idx] = (range > 0.0f && isfinite(range)) ? (v - lo) / range : (isnan(v) ? v : 0.0f);
   }
 }
 
 }  // namespace
 
-void gradcam_cuda(const GradcamArgs& a, void* stream_ptr) {
+void gradcam_cuda(const GradcamArgs& a, int device, void* stream_ptr) {
+  DeviceGuard guard(device, "gradcam_cuda");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t hw = a.h * a.w, HW = a.H * a.W, maps = a.B * a.T;
   const bool resize = !(a.H == a.h && a.W == a.w);

@@ -1,4 +1,4 @@
-// CUDA kernels for streaming quantiles, on the caller's stream.
+// CUDA kernels for streaming quantiles, on the caller's stream (on the buffers' device).
 // ExactQuantile: one grid-stride pass appends every value above its channel's reject threshold to the
 //   candidate buffer (atomic slot per accepted value); the Python layer sizes each chunk so a buffer
 //   cannot overflow and cuts full buffers back with torch.topk between chunks.
@@ -132,13 +132,15 @@ __global__ void sketch_count_kernel(SketchArgs a) {
 
 }  // namespace
 
-void exact_quantile_update_cuda(const ExactQuantileArgs& a, void* stream) {
+void exact_quantile_update_cuda(const ExactQuantileArgs& a, int device, void* stream) {
+  DeviceGuard guard(device, "exact_quantile_update_cuda");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   exact_append_kernel<<<grid_size(a.K * a.length, kThreads), kThreads, 0, s>>>(a);
   check_launch("exact_quantile_update_cuda");
 }
 
-void quantile_sketch_update_cuda(const SketchArgs& a, void* stream) {
+void quantile_sketch_update_cuda(const SketchArgs& a, int device, void* stream) {
+  DeviceGuard guard(device, "quantile_sketch_update_cuda");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const unsigned runs = grid_size(a.outer * a.K, 1);
   sketch_scan_kernel<<<runs, kThreads, 0, s>>>(a);

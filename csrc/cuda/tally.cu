@@ -1,4 +1,5 @@
-// The IoU tally on CUDA, three launches on the caller's stream, no upsampled map stored:
+// The IoU tally on CUDA, three launches on the caller's stream (on the buffers' device), no upsampled
+// map stored:
 //   1. image labels: distinct nonzero labels per image, their label counts and categories;
 //   2. pixel labels (thread per pixel): each map's label, 0 where an earlier map or an image label
 //      has it ("kept"), label counts, categories present;
@@ -134,7 +135,8 @@ int64_t tally_cuda_workspace_ints(int64_t B, int64_t Sh, int64_t Sw, int64_t L, 
   return B * L * Sh * Sw + B * L2 + B * NC;
 }
 
-void tally_cuda(const TallyArgs& a, void* stream_ptr) {
+void tally_cuda(const TallyArgs& a, int device, void* stream_ptr) {
+  DeviceGuard guard(device, "tally_cuda");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t P = a.Sh * a.Sw;
   int32_t* kept = a.workspace;

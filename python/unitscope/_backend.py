@@ -51,6 +51,47 @@ def _numba_status() -> str:
     return ""
 
 
+def _cuda_version(v: int) -> str:
+    """CUDA's 1000*major + 10*minor as 'major.minor'."""
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_probe() -> dict | None:
+    """unitscope._C.cuda_probe() (csrc/include/unitscope/cuda_probe.h), None without a CUDA build."""
+    mod, _ = _compiled()
+    return mod.cuda_probe() if mod is not None and mod.cuda_compiled() else None
+
+
+def cuda_versions() -> dict:
+    """{'driver': ..., 'toolkit': ...}: the newest CUDA the installed NVIDIA driver supports
+    (cudaDriverGetVersion; 'none' without a driver) and the CUDA toolkit unitscope._C was compiled
+    with (CUDART_VERSION; 'none' for a build without CUDA), as 'major.minor' strings."""
+    p = _cuda_probe()
+    if p is None:
+        return {"driver": "unknown (unitscope._C has no CUDA)", "toolkit": "none"}
+    return {"driver": _cuda_version(p["driver_version"]) if p["driver_version"] else "none",
+            "toolkit": _cuda_version(p["toolkit_version"])}
+
+
+def describe_cuda_probe(p: dict) -> str:
+    """'' when the probe saw a device, else why not, in words: no driver or no GPU is "no CUDA
+    device"; a driver older than the toolkit names both versions."""
+    if p["count"] > 0:
+        return ""
+    driver, toolkit = p["driver_version"], p["toolkit_version"]
+    if driver == 0:  # the runtime reports a missing libcuda as cudaErrorInsufficientDriver
+        return "no CUDA device (no NVIDIA driver is installed)"
+    if p["error_name"] == "cudaErrorNoDevice" or not p["error"]:
+        return f"no CUDA device (the NVIDIA driver, CUDA {_cuda_version(driver)}, sees no GPU)"
+    if p["error_name"] == "cudaErrorInsufficientDriver":
+        return (f"the NVIDIA driver supports CUDA up to {_cuda_version(driver)}, older than the CUDA toolkit "
+                f"unitscope was built with ({_cuda_version(toolkit)}): update the driver, or rebuild unitscope "
+                f"with a CUDA toolkit <= {_cuda_version(driver)}")
+    return (f"CUDA error {p['error_name']}: {p['error_string']} (driver supports CUDA {_cuda_version(driver)}, "
+            f"unitscope built with CUDA toolkit {_cuda_version(toolkit)})")
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_status() -> str:
     mod, why = _compiled()
@@ -58,9 +99,9 @@ def _cuda_status() -> str:
         return why
     if not mod.cuda_compiled():
         return "unitscope._C was built without CUDA (no nvcc at build time; rebuild with UNITSCOPE_CUDA=ON)"
-    n, why = mod.cuda_device_count()
-    if n == 0:
-        return f"no usable CUDA device ({why})"
+    why = describe_cuda_probe(_cuda_probe())
+    if why:
+        return why
     if not torch.cuda.is_available():
         return "torch cannot see a CUDA device (a CPU-only torch build?)"
     return ""

@@ -75,6 +75,32 @@ def ptr(t: torch.Tensor | None) -> int:
     return t.data_ptr()
 
 
-def cuda_stream(device: torch.device) -> int:
-    """The current torch CUDA stream on `device`, as an integer handle for the compiled module."""
-    return torch.cuda.current_stream(device).cuda_stream
+def resolve_device(device, name: str = "device") -> torch.device:
+    """`device` as a torch.device with an explicit index for CUDA: a bare "cuda" means the current
+    device, torch.cuda.current_device(), when it is resolved. Every kernel front end resolves its
+    device once, when it is built, so that "cuda" and the "cuda:0" of the tensors it receives compare
+    equal (torch.device("cuda") != torch.device("cuda:0")). Without a usable CUDA, "cuda" stays as
+    it is, and the backend choice or torch says why it cannot be used.
+
+    Raises ValueError naming `name` for anything torch.device does not accept."""
+    try:
+        d = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch.device or a string such as 'cpu', 'cuda' or 'cuda:1', "
+                         f"got {device!r}") from None
+    if d.type == "cuda" and d.index is None and torch.cuda.is_available():
+        d = torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
+def state_device(device, backend) -> torch.device:
+    """Where a stateful kernel (IoUTally, ExactQuantile, QuantileSketch) keeps its state: `device`
+    resolved, by default the current CUDA device for backend="cuda" and the CPU otherwise."""
+    return resolve_device(device if device is not None else ("cuda" if backend == "cuda" else "cpu"))
+
+
+def cuda_launch(t: torch.Tensor) -> tuple[int, int]:
+    """(device index, stream handle) for a CUDA kernel over CUDA tensor `t`: the tensor's own device
+    and that device's current torch stream. The compiled entry points select the device, launch on
+    the stream and restore the caller's device (csrc/include/unitscope/cuda_check.h, DeviceGuard)."""
+    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream

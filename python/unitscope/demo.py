@@ -15,10 +15,12 @@ PHOTOS = ["chelsea", "coffee"]  # scikit-image's bundled photos: a cat and a cup
 
 
 def add_arguments(p):
-    p.add_argument("--out", default="unitscope-demo",
+    from unitscope import cli
+
+    p.add_argument("--out", default="unitscope-demo", type=cli.output_dir,
                    help="output folder, created; the full run writes about 50 MB (default: %(default)s)")
-    p.add_argument("--images", type=int, default=240, help="generated images to dissect (default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--images", type=cli.positive_int, default=240, help="generated images to dissect (default: %(default)s)")
+    p.add_argument("--device", type=cli.device, default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quick", action="store_true",
                    help="a smaller, faster run (a smoke test): 48 images, the report's first 128 units per layer, "
                         "short, small feature visualizations, 3 units per explanation (default: the full run)")
@@ -61,8 +63,6 @@ def run(args) -> int:
     from unitscope.dissect import dissect
     from unitscope.explain import explain
 
-    if args.images < 1:
-        raise ValueError(f"--images must be >= 1, got {args.images}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = not args.quiet
     out = Path(args.out)
@@ -126,17 +126,17 @@ def run(args) -> int:
         explanations.append((name, e, e.html_fragment(out / "explain" / name, f"explain/{name}")))
         print(f"{name}: {e.summary()}")
 
-    _write_page(out, renders, layer, photos, explanations, explained)
+    _write_page(out, renders, layer, photos, explanations, explained, result.file_stems())
     print(f"done in {time.time() - t0:.0f} s: open {out / 'index.html'}")
     return 0
 
 
-def _write_page(out: Path, renders, layer, photos, explanations, explained):
+def _write_page(out: Path, renders, layer, photos, explanations, explained, stems):
     esc = html.escape
     cells = "".join(f'<figure><img src="featviz/{esc(n)}" width=160 alt="unit {u["unit"]}"><figcaption>unit '
                     f'{u["unit"]}: {esc(u["label"])} (IoU {u["iou"]:.3f})</figcaption></figure>' for u, n in renders)
-    links = "".join(f'<li><a href="dissection/{esc(layer_)}.html">{esc(layer_)}</a>: every unit, its concept, IoU '
-                    f"and top images</li>" for layer_ in DEMO_LAYERS)
+    links = "".join(f'<li><a href="dissection/{esc(stem)}.html">{esc(layer_)}</a>: every unit, its concept, IoU '
+                    f"and top images</li>" for layer_, stem in stems.items())
     saliency = ""
     if photos:
         name = photos[0][0]

@@ -255,3 +255,153 @@ def test_primary_category_is_largest_coverage_among_selected(tmp_path, gen):
     assert BrodenDataset(root, categories=["color"]).label_category[win] == -1     # dropped
     it = BrodenDataset(root, categories=["color"])[0]
     assert (it["pixel_labels"] <= NUMBER["yellow-c"]).all()
+
+
+# ---- encodings, control characters, sizes ------------------------------------------------------
+def test_bom_index_is_read_and_non_utf8_is_a_clear_error(tmp_path, gen):
+    root = _copy(gen, tmp_path)
+    rows = [(r.image, r.pixel) for r in BrodenDataset(root).rows]
+    text = (root / "index.csv").read_text(encoding="utf-8")
+    (root / "index.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())        # Excel's UTF-8 with BOM
+    assert [(r.image, r.pixel) for r in BrodenDataset(root).rows] == rows
+    (root / "index.csv").write_bytes(text.replace("train", "tr\xe4in", 1).encode("latin-1"))
+    with pytest.raises(BrodenFormatError, match=r"index.csv: it is not UTF-8 text \(byte 0xe4 at offset \d+\)"):
+        BrodenDataset(root)
+    (root / "index.csv").write_text(text, encoding="utf-8")
+    (root / "label.csv").write_bytes(b"\xff\xfe" + (root / "label.csv").read_bytes())
+    with pytest.raises(BrodenFormatError, match="label.csv: it is not UTF-8"):
+        BrodenDataset(root)
+
+
+@pytest.mark.parametrize("where", ["image", "png"])
+def test_control_characters_in_paths_are_refused(tmp_path, gen, where):
+    root = _copy(gen, tmp_path)
+    lines = (root / "index.csv").read_text().splitlines()
+    cells = lines[1].split(",")
+    col = 0 if where == "image" else 7
+    cells[col] = cells[col].replace(".", "\x01.", 1)
+    lines[1] = ",".join(cells)
+    (root / "index.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BrodenFormatError, match=r"index.csv line 2 .*contains a control character"):
+        BrodenDataset(root)
+
+
+def test_nul_byte_is_a_clear_error(tmp_path, gen):
+    root = _copy(gen, tmp_path)
+    with pytest.raises(BrodenFormatError, match="NUL byte"):
+        BrodenDataset(str(root) + "\0x")
+    (root / "index.csv").write_text((root / "index.csv").read_text().replace(".jpg", "\0.jpg", 1))
+    with pytest.raises(BrodenFormatError, match=r"index.csv.*(NUL|control character)"):
+        BrodenDataset(root)
+
+
+@pytest.mark.parametrize("number", [str(10**12), str(10**7), "65536", "9" * 5000])
+def test_absurd_label_numbers_refused_before_allocating(tmp_path, gen, number):
+    root = _copy(gen, tmp_path)
+    with open(root / "label.csv", "a") as f:
+        f.write(f"{number},huge,object(1),1,0.1,\n")
+    with pytest.raises(BrodenFormatError, match=r"label.csv line \d+: column 'number' must (be <= 65535|be an int)"):
+        BrodenDataset(root)
+
+
+def test_largest_label_number_accepted(tmp_path, gen):
+    root = _copy(gen, tmp_path)
+    with open(root / "label.csv", "a") as f:
+        f.write("65535,last,object(1),1,0.1,\n")
+    assert BrodenDataset(root).num_labels == 65536
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.__setitem__(2, str(10**12)), r"column 'ih' must be <= 89478485"),
+    (lambda c: (c.__setitem__(2, "100000"), c.__setitem__(3, "100000")), r"ih \* iw = 10000000000 pixels"),
+    (lambda c: (c.__setitem__(4, "20000"), c.__setitem__(5, "20000")), r"sh \* sw = 400000000 pixels, more than"),
+    (lambda c: c.__setitem__(9, "1;" + "9" * 6000), r"column 'scene' has label\(s\) .* outside 0..65535"),
+    (lambda c: c.__setitem__(9, "70000"), r"column 'scene' has label\(s\) \[70000\] outside"),
+])
+def test_absurd_sizes_in_index_refused(tmp_path, gen, edit, match):
+    root = _copy(gen, tmp_path)
+    lines = (root / "index.csv").read_text().splitlines()
+    cells = lines[1].split(",")
+    edit(cells)
+    lines[1] = ",".join(cells)
+    (root / "index.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BrodenFormatError, match=r"index.csv line 2.*" + match):
+        BrodenDataset(root)
+
+
+@pytest.mark.parametrize("name", ["x/../../../outside", "..\\..\\outside", "a\x00b", "new\nline"])
+def test_category_names_never_become_paths(tmp_path, gen, name):
+    root = _copy(gen, tmp_path)
+    (tmp_path / "outside.csv").write_text("code,number,name,frequency,coverage\n")
+    text = (root / "category.csv").read_text().replace("\npart,", f"\n\"{name}\",", 1)
+    (root / "category.csv").write_text(text)
+    with pytest.raises(BrodenFormatError, match=r"category.csv (line \d+: category name .* cannot name a file"
+                                                r"|: line contains NUL|.*NUL)"):
+        BrodenDataset(root)
+
+
+def test_category_file_linking_outside_refused(tmp_path, gen):
+    root = _copy(gen, tmp_path)
+    outside = tmp_path / "elsewhere.csv"
+    shutil.copy(root / "c_part.csv", outside)
+    (root / "c_part.csv").unlink()
+    (root / "c_part.csv").symlink_to(outside)
+    with pytest.raises(BrodenFormatError, match="c_part.csv is a link that leads outside the dataset root"):
+        BrodenDataset(root)
+
+
+# ---- packed labels: checked against the PNGs they came from ----------------------------------
+def test_pack_stale_when_a_png_or_label_csv_changes(tmp_path, gen):
+    import os
+    root = _copy(gen, tmp_path)
+    pack_broden(root)
+    assert BrodenDataset(root)._packed_rows is not None
+    png = root / "images" / BrodenDataset(root).rows[0].pixel["object"][0]
+    st = png.stat()
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))     # re-encoded: same CSVs, new PNG
+    assert BrodenDataset(root)._packed_rows is None
+    with pytest.raises(ValueError, match="a label PNG changed .* since packing"):
+        BrodenDataset(root, packed=True)
+    pack_broden(root)
+    assert BrodenDataset(root, packed=True)._packed_rows is not None
+    (root / "label.csv").write_text((root / "label.csv").read_text() + "\n")
+    with pytest.raises(ValueError, match="label.csv changed since packing"):
+        BrodenDataset(root, packed=True)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "source.json").write_text("{not json"), "unreadable"),
+    (lambda d: (d / "source.json").write_bytes(b"\xff\xfe"), "unreadable"),
+    (lambda d: (d / "source.json").write_text("[1, 2]"), "not an object"),
+    (lambda d: (d / "paths.txt").write_text("a.png\n"), "paths.txt does not list"),
+    (lambda d: (d / "labels.npy").write_bytes(b"garbage"), "unreadable"),
+    (lambda d: np.save(d / "labels.npy", np.zeros((2, 3), np.float32)), "labels.npy holds float32"),
+    (lambda d: (d / "paths.txt").unlink(), "paths.txt is missing"),
+])
+def test_damaged_pack_is_not_used(tmp_path, gen, damage, match):
+    root = _copy(gen, tmp_path)
+    pack_broden(root)
+    damage(root / "packed")
+    assert BrodenDataset(root)._packed_rows is None
+    with pytest.raises(ValueError, match=match):
+        BrodenDataset(root, packed=True)
+
+
+def test_negative_packed_label_is_out_of_range(tmp_path, gen):
+    root = _copy(gen, tmp_path)
+    pack_broden(root)
+    arr = np.load(root / "packed" / "labels.npy", mmap_mode="r+")
+    arr[0, 2, 2] = -1                     # once read as the last label
+    arr.flush()
+    del arr
+    ds = BrodenDataset(root, packed=True)
+    with pytest.raises(BrodenFormatError, match=r"holds label -1, out of range"):
+        ds[0]
+
+
+def test_failed_pack_leaves_no_temporary_files(tmp_path, gen):
+    root = _copy(gen, tmp_path)
+    (root / "images" / BrodenDataset(root).rows[3].pixel["color"][0]).write_bytes(b"broken")
+    with pytest.raises(BrodenFormatError, match="cannot read label PNG"):
+        pack_broden(root)
+    assert not list((root / "packed").glob("*.tmp"))

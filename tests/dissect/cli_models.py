@@ -10,3 +10,15 @@ def tiny():
 
 def not_a_model():
     return 42
+
+
+class _Slow(torch.nn.Sequential):
+    def forward(self, x):
+        import time
+
+        time.sleep(0.15)  # slower than tqdm's default redraw interval: every batch would be drawn
+        return super().forward(x)
+
+
+def slow():
+    return _Slow(*tiny())

@@ -9,6 +9,7 @@ import torch
 import unitscope
 import unitscope.reference.dissect as ref
 from unitscope.data import BrodenDataset
+from unitscope.dissect.run import PROBE_IMAGES
 
 
 def tiny_cnn(seed=0):
@@ -112,7 +113,8 @@ def test_bad_layer_and_arguments(ds):
         unitscope.dissect(tiny_cnn(), ["6"], ds, progress=False)
     for kw, match in [({"quantile": 1.5}, "quantile must be"), ({"threshold_op": "<"}, "threshold_op must be"),
                       ({"union": "all"}, "union must be"), ({"upsample": "nearest"}, "upsample must be"),
-                      ({"batch_size": 0}, "batch_size must be")]:
+                      ({"batch_size": 0}, "batch_size must be"), ({"checkpoint_every": -1}, "checkpoint_every must be"),
+                      ({"checkpoint_dir": "ck\0pt"}, "without NUL bytes")]:
         with pytest.raises(ValueError, match=match):
             unitscope.dissect(tiny_cnn(), ["1"], ds, progress=False, **kw)
     with pytest.raises(TypeError, match="dataset must be a BrodenDataset"):
@@ -189,18 +191,19 @@ def test_resume_after_interruption_gives_the_same_result(concept_root, tmp_path,
     model.images = 0
     again = unitscope.dissect(model, ["net.1", "net.3"], flaky, batch_size=4, checkpoint_dir=tmp_path,
                               checkpoint_every=1, cache_activations=cache, progress=False)
+    P = PROBE_IMAGES            # a checkpointed run first runs the model on the probe images
     if fail_field == "image":   # pass 1 stopped at image 12: resumes there
-        assert first == 12 and model.images == 24 - 12 + 24
+        assert first == P + 12 and model.images == P + 24 - 12 + 24
     else:                       # pass 2 stopped: pass 1 not repeated, pass 2 resumes at image 12
-        assert model.images == 12
+        assert model.images == P + 12
     for layer in ("net.1", "net.3"):
         a, b = full[layer], again[layer]
         for name in ("thresholds", "iou", "intersection", "activation", "label_count", "topk_index", "topk_maps"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    # a finished checkpoint returns the result without running the model
+    # a finished checkpoint returns the result running the model on the probe images only
     model.images = 0
     done = unitscope.dissect(model, ["net.1", "net.3"], flaky, batch_size=4, checkpoint_dir=tmp_path, progress=False)
-    assert model.images == 0 and np.array_equal(done["net.3"].iou, full["net.3"].iou)
+    assert model.images == P and np.array_equal(done["net.3"].iou, full["net.3"].iou)
     assert not list(tmp_path.glob("*.tmp*"))
 
 
@@ -251,6 +254,15 @@ def test_exports_and_report(ds, tmp_path):
     page = (tmp_path / "report" / "3.html").read_text()
     assert index.is_file() and "unit_0000.jpg" in page and (tmp_path / "report" / "3_unique.png").stat().st_size > 1000
     assert len(list((tmp_path / "report" / "3").glob("unit_*.jpg"))) == ld.num_units
+    # detectors first, the other units collapsed below them
+    shown, rest = page.split("<details>")
+    det = {x["unit"] for x in ld.detectors()}
+    assert 0 < len(det) < ld.num_units and "</details>" in rest
+    assert all(f"<td>{k}</td>" in shown for k in det)
+    assert all(f"<tr class=\"{'dead' if ld.dead[k] else ''}\"><td>{k}</td>" in rest
+               for k in range(ld.num_units) if k not in det)
+    # CSV: units from 1 (NetDissect-Lite), unit_0based from 0
+    assert head[-1] == "unit_0based" and all(int(l.split(",")[0]) == int(l.split(",")[-1]) + 1 for l in lines[1:])
     paths = d.to_csv(tmp_path / "csv")
     assert [p.name for p in paths] == ["tally_1.csv", "tally_3.csv"]
     cmp = unitscope.compare(d, d, names=["a", "b"])
@@ -280,3 +292,13 @@ def test_corrupt_checkpoint_and_topk_zero(concept_root, tmp_path):
     assert d["1"].topk_index.shape == (8, 0)
     d.save_report(tmp_path / "r")
     assert (tmp_path / "r" / "1.html").is_file()
+
+
+def test_tallies_larger_than_free_memory_refused_before_work(ds, monkeypatch):
+    import importlib
+    run_module = importlib.import_module("unitscope.dissect.run")  # unitscope.dissect is also the function
+    monkeypatch.setattr(run_module, "_free_memory_bytes", lambda: 8 * 12 * ds.num_labels - 1)
+    with pytest.raises(ValueError, match=r"the IoU tallies need .* \(12 units x \d+ label numbers x 8 bytes\), more than"):
+        unitscope.dissect(tiny_cnn(), ["3"], ds, progress=False)
+    monkeypatch.setattr(run_module, "_free_memory_bytes", lambda: 8 * 12 * ds.num_labels)
+    assert unitscope.dissect(tiny_cnn(), ["3"], ds, batch_size=24, cache_activations=False, progress=False)["3"].images == 24

@@ -140,3 +140,29 @@ def test_planted_counts_by_hand(planted):
     assert d.activation_total[0] == above
     assert abs(d.iou[0, SPOT] - 118 / above) < 1e-12
     assert d.label_count[INDOOR] == 16 * S * S   # whole-image labels count every pixel
+
+
+class NaNUnits(Units):
+    """The planted units with unit 3 NaN everywhere (a broken channel)."""
+
+    def forward(self, x):
+        u = super().forward(x)
+        return torch.cat([u[:, :3], torch.full_like(u[:, 3:], float("nan"))], 1)
+
+
+class NaNUnit(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.units = NaNUnits()
+
+    def forward(self, x):
+        return self.units(x)
+
+
+def test_all_nan_unit_is_dead_not_a_crash(planted):
+    """NaN values are ignored by the quantile; a unit with nothing else has no threshold and never
+    fires, while the other units keep their answers."""
+    d = unitscope.dissect(NaNUnit(), ["units"], planted, batch_size=8, preprocess=identity, progress=False)["units"]
+    assert d.thresholds[3] == float("inf") and d.dead[3] and d.activation_total[3] == 0
+    assert 3 not in {x["unit"] for x in d.detectors()}
+    assert d.label_names[d.best_label[0]] == "spot" and d.best_iou[0] >= 0.9

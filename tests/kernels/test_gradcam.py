@@ -207,6 +207,7 @@ def test_cuda_runs_on_current_stream():
     A = torch.randn(4, 16, 7, 7, device="cuda")
     G = torch.randn(4, 16, 7, 7, device="cuda")
     s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())  # A and G were written on the default stream
     with torch.cuda.stream(s):
         out = gradcam(A, G, out_size=32, normalize=True, backend="cuda")
     s.synchronize()

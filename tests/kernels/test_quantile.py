@@ -13,7 +13,7 @@ import unitscope
 from unitscope.reference.quantile import INTERPOLATIONS, exact_quantile
 from unitscope.reference import quantile_sketch as ref_sketch
 
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS, device_of
 
 ALL = CPU_BACKENDS + ["torch"]
 QS = [0.0, 1e-6, 0.003, 0.25, 0.5, 0.9, 0.995, 0.999999, 1.0]
@@ -92,25 +92,27 @@ def test_exact_planted_and_large_stream(backend):
     K, N = 3, 200_000
     g = torch.Generator().manual_seed(0)
     x = torch.stack([torch.randperm(N, generator=g).float() for _ in range(K)], dim=1)  # (N, K)
-    e = unitscope.ExactQuantile(K, 0.995, N, dim=1, interpolation="lower", backend=backend)
-    for piece in x.split(5000):
+    dev = device_of(backend)
+    e = unitscope.ExactQuantile(K, 0.995, N, dim=1, interpolation="lower", device=dev, backend=backend)
+    for piece in x.to(dev).split(5000):
         e.update(piece)
-    assert torch.equal(e.result(), torch.full((K,), float(math.floor(0.995 * (N - 1)))))
-    lo = unitscope.ExactQuantile(K, 0.001, N, interpolation="linear", backend=backend)
-    for piece in x.split(7000):
+    assert torch.equal(e.result().cpu(), torch.full((K,), float(math.floor(0.995 * (N - 1)))))
+    lo = unitscope.ExactQuantile(K, 0.001, N, interpolation="linear", device=dev, backend=backend)
+    for piece in x.to(dev).split(7000):
         lo.update(piece)
-    assert_same(lo.result(), exact_quantile(x, 0.001, 1, "linear"))
+    assert_same(lo.result().cpu(), exact_quantile(x, 0.001, 1, "linear"))
     assert not lo.top and lo.m == math.ceil(0.001 * (N - 1)) + 2  # keeps the bottom ~200 values ...
     assert lo.memory_bytes < K * 4 * N // 10  # ... not the stream
 
 
 def test_exact_sorted_stream_and_bfloat16(backend):
     x = torch.linspace(-5, 5, 30_000).reshape(-1, 1, 100).expand(-1, 2, 100).contiguous()
+    dev = device_of(backend)
     for dtype in (torch.float32, torch.bfloat16):
-        e = unitscope.ExactQuantile(2, 0.995, 30_000, backend=backend)
-        for piece in x.to(dtype).split(3):
+        e = unitscope.ExactQuantile(2, 0.995, 30_000, device=dev, backend=backend)
+        for piece in x.to(dev, dtype).split(3):
             e.update(piece)
-        assert_same(e.result(), exact_quantile(x.to(dtype), 0.995))
+        assert_same(e.result().cpu(), exact_quantile(x.to(dtype), 0.995))
 
 
 @pytest.mark.parametrize("q", [0.995, 0.02])

@@ -10,9 +10,7 @@ import unitscope
 from unitscope.reference.bilinear import bilinear_resize
 from unitscope.reference.tally import tally_counts
 
-
-def device_of(backend):
-    return torch.device("cuda" if backend == "cuda" else "cpu")
+from conftest import device_of
 
 KEYS = ("intersection", "activation", "label", "activation_total")
 LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)

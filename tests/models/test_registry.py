@@ -35,7 +35,6 @@ def test_efficientnet_lite0_classifies_chelsea():
     lm = models.load("efficientnet_lite0")
     assert not lm.model.training
     assert lm.input_size == (224, 224) and len(lm.class_names) == 1000
-    lm.model.get_submodule(lm.cam_layer)
     x = models.load_image(skimage_chelsea := skdata.chelsea(), lm.input_size)
     assert x.shape == (1, 3, 224, 224) and 0 <= x.min() and x.max() <= 1
     logits = lm.predict(x)
@@ -63,3 +62,22 @@ def test_load_image_forms(tmp_path):
     assert models.load_image(arr[:, :, 0], (6, 5)).shape == (1, 3, 6, 5)
     with pytest.raises(ValueError, match="image must be"):
         models.load_image(np.zeros((2, 3, 4, 5)))
+
+
+def test_efficientnet_lite0_cam_layer_is_the_activated_head():
+    # the default CAM layer is the head's ReLU6 output, non-negative, and the logits are linear in its
+    # spatial mean: the signed Grad-CAM map there sums to the class logit minus the fc bias
+    from unitscope import saliency as S
+
+    lm = models.load("efficientnet_lite0")
+    assert lm.cam_layer == "_swish@1"
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), S.LayerCapture(lm.model, lm.cam_layer) as cap, S.LayerCapture(lm.model, "_bn1") as bn:
+        logits = lm.model(lm.preprocess(x))
+    A = cap.check()
+    assert A.shape == (2, 1280, 7, 7)
+    torch.testing.assert_close(A, bn.check().clamp(0, 6), rtol=0, atol=0)  # ReLU6 after _bn1
+    c = [285, 7]
+    cam = S.GradCAM(lm.model, lm.cam_layer, relu=False, upsample=False, preprocess=lm.preprocess)(x, c)
+    expect = logits[[0, 1], c] - lm.model._fc.bias.detach()[c]
+    torch.testing.assert_close(cam.sum(dim=(1, 2)), expect, rtol=1e-4, atol=1e-4)

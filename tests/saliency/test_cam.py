@@ -121,9 +121,43 @@ def test_resnet_layer4(tmp_path):
 
 def test_reused_layer_error_names_it_and_alternatives():
     m = ReusedConv().eval()
-    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv2d\) is called 2 times per forward pass.*pick a module"):
+    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv2d\) is called 2 times per forward pass.*pick one call "
+                                         r"with 'conv@k' \(k = 0..1\) or a module that runs once"):
         GradCAM(m, "conv")(torch.rand(1, 3, 5, 5))
     assert not m.conv._forward_hooks
+
+
+def test_call_number_picks_one_call_of_a_reused_module():
+    m = ReusedConv().eval()
+    x = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        first = m.conv(x)
+        second = m.conv(first)
+    W = m.fc.weight.detach()
+    # the second call feeds the average pool: Grad-CAM there is fc row / (h w) times the output
+    expect = torch.einsum("k,bkhw->bhw", W[1] / 30, second)
+    got = GradCAM(m, "conv@1", upsample=False, relu=False)(x, 1)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+    # the first call: dS/d(first) through the second conv, checked with autograd on the hand-made graph
+    a = first.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(m.fc(m.conv(a).mean(dim=(2, 3)))[:, 1].sum(), a)
+    expect0 = torch.einsum("bk,bkhw->bhw", g.mean(dim=(2, 3)), first)
+    torch.testing.assert_close(GradCAM(m, "conv@0", upsample=False, relu=False)(x, 1), expect0, rtol=1e-5, atol=1e-6)
+    assert GradCAM(m, "conv@1").layer_name == "conv@1"
+    with pytest.raises(ValueError, match=r"layer 'conv@2': module 'conv' \(Conv2d\) ran only 2 time\(s\)"):
+        GradCAM(m, "conv@2")(x, 1)
+    with pytest.raises(ValueError, match=r"the part after '@' must be a call number, got 'last'"):
+        GradCAM(m, "conv@last")
+    with pytest.raises(ValueError, match="layer 'conf' is not a module of the model"):
+        GradCAM(m, "conf@1")
+    assert not m.conv._forward_hooks
+
+
+def test_block_output_as_the_second_call_of_its_relu():
+    r = TinyResNet().eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    for cls in (GradCAM, GradCAMPlusPlus, HiResCAM):
+        torch.testing.assert_close(cls(r, "layer4.0.relu@1")(x, [1, 7]), cls(r, "layer4")(x, [1, 7]), rtol=0, atol=0)
 
 
 def test_layer_errors(net, x):

@@ -14,11 +14,12 @@ def test_cli_writes_overlays_and_html(tmp_path):
     Image.fromarray(skdata.chelsea()).save(img)
     out = tmp_path / "out"
     rc = cli.main(["saliency", "--model", "efficientnet_lite0", "--image", str(img), "--method", "gradcam,gradient,ig",
-                   "--steps", "4", "--target", "top2", "--out", str(out)])
+                   "--steps", "4", "--target", "top2", "--out", str(out), "--quiet"])
     assert rc == 0
     meta = json.loads((out / "targets.json").read_text())
     assert [t["class"] for t in meta["targets"]][0] == 285 and len(meta["targets"]) == 2
-    page = (out / "index.html").read_text()
+    page = (out / "saliency.html").read_text()
+    assert not (out / "index.html").exists()  # featviz and the dissect report keep their own pages
     assert "Egyptian cat" in page and "gradcam_285.png" in page
     for t in meta["targets"]:
         for m in ("gradcam", "gradient", "ig"):
@@ -27,14 +28,62 @@ def test_cli_writes_overlays_and_html(tmp_path):
     assert (out / "grid.png").exists() and (out / "image.png").exists()
 
 
+def _fails(argv, capsys, message):
+    """The command exits with code 2 and prints one line `unitscope saliency: error: ...message...`."""
+    try:
+        rc = cli.main(["saliency"] + argv)
+    except SystemExit as e:  # argparse's own exit for a bad argument value
+        rc = e.code
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err, err
+    assert last.startswith("unitscope saliency: error: ") and message in last, last
+
+
 def test_cli_bad_arguments(tmp_path, capsys):
     img = tmp_path / "cat.png"
     Image.fromarray(skdata.chelsea()[:50, :50]).save(img)
-    assert cli.main(["saliency", "--model", "efficientnet_lite0", "--image", str(img), "--method", "magic",
-                     "--out", str(tmp_path / "o")]) == 2
-    assert "--method: unknown magic" in capsys.readouterr().err
-    assert cli.main(["saliency", "--model", "efficientnet_lite0", "--image", str(img), "--target", "1000",
-                     "--method", "gradcam", "--out", str(tmp_path / "o")]) == 2
-    assert "--target classes must lie in [0, 1000)" in capsys.readouterr().err
-    assert cli.main(["saliency", "--model", "nope", "--image", str(img), "--out", str(tmp_path / "o")]) == 2
-    assert "unknown model 'nope'" in capsys.readouterr().err
+    ok = ["--model", "efficientnet_lite0", "--image", str(img), "--out", str(tmp_path / "o"), "--quiet"]
+    _fails(ok + ["--method", "magic"], capsys, "argument --method: unknown magic; choose among gradient")
+    _fails(ok + ["--target", "1000", "--method", "gradcam"], capsys, "--target classes must lie in [0, 1000)")
+    _fails(ok + ["--target", "top0"], capsys, "argument --target: top0: K must be at least 1")
+    _fails(ok + ["--target", "cat"], capsys, "argument --target: must be N, N,M,... or topK, got 'cat'")
+    _fails(["--model", "nope", "--image", str(img), "--out", str(tmp_path / "o")], capsys, "unknown model 'nope'")
+    _fails(ok + ["--samples", "0"], capsys, "argument --samples: must be a positive integer, got 0")
+    _fails(ok + ["--steps", "x"], capsys, "argument --steps: must be a positive integer, got 'x'")
+    _fails(ok + ["--samples", "1", "--method", "lime"], capsys, "--samples must be at least 2 for LIME")
+    _fails(ok + ["--alpha", "2"], capsys, "argument --alpha: must be a number in [0, 1], got 2")
+    _fails(ok + ["--device", "gpu7"], capsys, "argument --device: 'gpu7' is not a torch device")
+    # the misspelled CAM layer gets the close names, before any method runs
+    _fails(ok + ["--method", "gradcam", "--layer", "_block.10"], capsys, "similar names: _blocks.10")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_image_and_out(tmp_path, capsys):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    Image.fromarray(skdata.chelsea()).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:5000])
+    out = ["--out", str(tmp_path / "o")]
+    for name in ("empty.jpg", "notes.jpg", "cut.png"):
+        _fails(["--model", "efficientnet_lite0", "--image", str(tmp_path / name)] + out, capsys,
+               f"argument --image: cannot read image '{tmp_path / name}'")
+    _fails(["--model", "efficientnet_lite0", "--image", str(tmp_path / "missing.png")] + out, capsys, "does not exist")
+    _fails(["--model", "efficientnet_lite0", "--image", "skimage:dog"] + out, capsys, "unknown scikit-image photo 'dog'")
+    _fails(["--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--out", str(tmp_path / "whole.png")],
+           capsys, "argument --out: ")
+    _fails(["--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--out", str(tmp_path / "whole.png" / "x")],
+           capsys, "is a file")
+
+
+def test_cli_bundled_photo_and_progress(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["saliency", "--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--method", "ig",
+                     "--steps", "4", "--batch-size", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "ig: " in err and "batch" in err  # the tqdm bar of integrated gradients (4 steps in 2 batches)
+    meta = json.loads((out / "targets.json").read_text())
+    assert meta["image"] == "skimage:chelsea" and meta["targets"][0]["class"] == 285
+    assert cli.main(["saliency", "--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--method", "ig",
+                     "--steps", "4", "--out", str(out), "--quiet"]) == 0
+    assert "batch" not in capsys.readouterr().err

@@ -174,3 +174,19 @@ class ReusedConv(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(self.conv(x)).mean(dim=(2, 3)))
+
+
+class MixedActs(nn.Module):
+    """flatten -> l1 -> ReLU -> l2 -> ELU -> l3 -> GELU -> l4: a ReLU, another monotone activation and a
+    non-monotone one, for the guided-backprop conventions (which activations are guided)."""
+
+    def __init__(self, shape=(3, 4, 4), hidden=(8, 7, 6), classes=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        n = shape[0] * shape[1] * shape[2]
+        self.l1, self.l2 = nn.Linear(n, hidden[0]), nn.Linear(hidden[0], hidden[1])
+        self.l3, self.l4 = nn.Linear(hidden[1], hidden[2]), nn.Linear(hidden[2], classes)
+        self.relu, self.elu, self.gelu = nn.ReLU(), nn.ELU(), nn.GELU()
+
+    def forward(self, x):
+        return self.l4(self.gelu(self.l3(self.elu(self.l2(self.relu(self.l1(x.flatten(1))))))))

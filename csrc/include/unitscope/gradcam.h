@@ -18,6 +18,6 @@ struct GradcamArgs {
 };
 
 void gradcam_cpu(const GradcamArgs& a);
-void gradcam_cuda(const GradcamArgs& a, void* stream);  // stream: a cudaStream_t
+void gradcam_cuda(const GradcamArgs& a, int device, void* stream);  // stream: a cudaStream_t of `device`
 
 }  // namespace unitscope

@@ -55,8 +55,8 @@ struct SketchArgs {
 };
 
 void exact_quantile_update_cpu(const ExactQuantileArgs& a);
-void exact_quantile_update_cuda(const ExactQuantileArgs& a, void* stream);
+void exact_quantile_update_cuda(const ExactQuantileArgs& a, int device, void* stream);
 void quantile_sketch_update_cpu(const SketchArgs& a);
-void quantile_sketch_update_cuda(const SketchArgs& a, void* stream);
+void quantile_sketch_update_cuda(const SketchArgs& a, int device, void* stream);
 
 }  // namespace unitscope

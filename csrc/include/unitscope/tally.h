@@ -61,7 +61,7 @@ struct TallyArgs {
 };
 
 void tally_cpu(const TallyArgs& a);
-void tally_cuda(const TallyArgs& a, void* stream);
+void tally_cuda(const TallyArgs& a, int device, void* stream);  // stream: a cudaStream_t of `device`
 int64_t tally_cuda_workspace_ints(int64_t B, int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t NC);
 
 }  // namespace unitscope

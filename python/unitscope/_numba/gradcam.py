@@ -31,9 +31,7 @@ def gradcam_numba(act, grad, weights, use_grad, relu, out_h, out_w, align_corner
             wk[:] = weights[b, t]
         cam = np.zeros((h, w), np.float32)
         for k in range(K):
-            c = wk[k]
-            if c == 0.0:
-                continue
+            c = wk[k]  # no skip for c == 0: 0 * NaN is NaN (the NaN policy)
             for y in range(h):
                 for x in range(w):
                     cam[y, x] += c * act[b, k, y, x]
@@ -55,17 +53,18 @@ def gradcam_numba(act, grad, weights, use_grad, relu, out_h, out_w, align_corner
         else:
             o[:, :] = cam
         if normalize:
-            lo = np.inf
-            hi = -np.inf
+            lo = F32(np.inf)
+            hi = F32(-np.inf)
             for y in range(out_h):
-                for x in range(out_w):
-                    lo = min(lo, o[y, x])
-                    hi = max(hi, o[y, x])
+                for x in range(out_w):  # min and max of the non-NaN pixels (NaN fails both tests)
+                    if o[y, x] < lo:
+                        lo = o[y, x]
+                    if o[y, x] > hi:
+                        hi = o[y, x]
             rng = F32(hi - lo)
-            if rng > 0.0 and np.isfinite(rng):
-                for y in range(out_h):
-                    for x in range(out_w):
-                        o[y, x] = (o[y, x] - F32(lo)) / rng
-            else:
-                o[:, :] = 0.0
+            ok = rng > 0.0 and np.isfinite(rng)
+            for y in range(out_h):
+                for x in range(out_w):  # a NaN pixel stays NaN; a constant map becomes 0
+                    v = o[y, x]
+                    o[y, x] = F32(F32(v - lo) / rng) if ok else (v if np.isnan(v) else F32(0.0))
     return out

@@ -26,9 +26,25 @@ def _exact_push(v, buf, k, fill, thr, nan, m):
         fill[k] = f
 
 
-@njit(parallel=True, cache=True)
+def _check_state_size(name, values, lo, hi):
+    """The kernels index the state with these values: never trust one the caller's state holds."""
+    bad = np.nonzero((values < lo) | (values > hi))[0]
+    if len(bad):
+        raise ValueError(f"{name}[{bad[0]}] = {values[bad[0]]} is outside [{lo}, {hi}]")
+
+
 def exact_update(x, buf, fill, thr, nan, m, negate):
-    """x float32 (outer, K, inner); buf float32 (K, cap); fill/nan int64 (K,); thr float32 (K,)."""
+    """x float32 (outer, K, inner); buf float32 (K, cap); fill/nan int64 (K,); thr float32 (K,).
+    Raises ValueError (nothing changed) unless 0 <= fill < cap and the shapes agree."""
+    K, cap = buf.shape
+    if x.shape[1] != K or fill.shape != (K,) or thr.shape != (K,) or nan.shape != (K,) or not 1 <= m < cap:
+        raise ValueError(f"exact_update: inconsistent sizes x {x.shape}, buf {buf.shape}, m {m}")
+    _check_state_size("exact_quantile: fill", fill, 0, cap - 1)
+    _exact_update(x, buf, fill, thr, nan, m, negate)
+
+
+@njit(parallel=True, cache=True)
+def _exact_update(x, buf, fill, thr, nan, m, negate):
     outer, K, inner = x.shape
     for k in prange(K):
         for o in range(outer):
@@ -71,10 +87,21 @@ def _shift(k, c, top, coarse, fine, nb):
     top[k] = c
 
 
-@njit(parallel=True, cache=True)
 def sketch_update(bits, coarse, fine, top, zeros, nan, kmin, kmax, nb):
     """bits uint32 (outer, K, inner): float32 bit patterns. coarse int64 (K, 512); fine int64 (K, nb*128);
-    top int64 (K,) (-1 when empty); zeros/nan int64 (K,); kmin/kmax int64 (K,) order-preserving keys."""
+    top int64 (K,) (-1 when empty); zeros/nan int64 (K,); kmin/kmax int64 (K,) order-preserving keys.
+    Raises ValueError (nothing changed) unless -1 <= top <= 510 and the shapes agree."""
+    K = bits.shape[1]
+    if (coarse.shape != (K, COARSE) or not 1 <= nb < COARSE or fine.shape != (K, nb * SUB)
+            or any(a.shape != (K,) for a in (top, zeros, nan, kmin, kmax))):
+        raise ValueError(f"sketch_update: inconsistent sizes bits {bits.shape}, coarse {coarse.shape}, "
+                         f"fine {fine.shape}, nb {nb}")
+    _check_state_size("quantile_sketch: top", top, -1, COARSE - 2)
+    _sketch_update(bits, coarse, fine, top, zeros, nan, kmin, kmax, nb)
+
+
+@njit(parallel=True, cache=True)
+def _sketch_update(bits, coarse, fine, top, zeros, nan, kmin, kmax, nb):
     outer, K, inner = bits.shape
     for k in prange(K):
         lo_k = kmin[k]

@@ -6,9 +6,9 @@ PNGs (label = R + 256 * G) or their packed copy (pack.py), and gives one dict pe
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,9 @@ class BrodenDataset(torch.utils.data.Dataset):
         categories: categories to use (default: every category of category.csv that index.csv has a
             column for), in this order; `annotated` and `label_category` index into it.
         split: keep only rows whose `split` equals this ("train", "val"); None keeps all.
-        resolution: resize images to this size (int or (H, W)) with PIL bilinear; label maps keep
-            their own (sh, sw) size. None keeps the stored image size.
+        resolution: resize images to this size (int or (H, W)), bilinear with antialiasing
+            (models.images.resize_image); label maps keep their own (sh, sw) size. None keeps the
+            stored image size. Images of 8 or 16 bits are scaled by their bit depth (read_image).
         packed: use the packed label arrays written by `pack_broden(root)` when they are present and
             match index.csv ("auto"), always (True: error if absent/stale) or never (False).
 
@@ -45,6 +46,8 @@ class BrodenDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, *, categories=None, split=None, resolution=None, packed="auto"):
+        if "\0" in str(root):
+            raise BrodenFormatError(f"dataset root {str(root)!r} contains a NUL byte")
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise BrodenFormatError(f"dataset root {str(root)!r} is not a directory")
@@ -84,13 +87,10 @@ class BrodenDataset(torch.utils.data.Dataset):
     # ---- metadata ------------------------------------------------------------------------------
     def _index_header_categories(self) -> list[str]:
         path = self.root / "index.csv"
-        if not path.is_file():
-            raise BrodenFormatError(f"missing Broden file {path}")
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+        header = meta.read_header(path)
         if not header:
             raise BrodenFormatError(f"{path} is empty (expected a header {','.join(meta.INDEX_FIXED)},...)")
-        return [h.strip() for h in header if h.strip() not in meta.INDEX_FIXED]
+        return [h for h in header if h not in meta.INDEX_FIXED]
 
     def _primary_categories(self) -> np.ndarray:
         """Per label, the selected category where its coverage is largest (NetDissect's rule; ties go
@@ -103,15 +103,30 @@ class BrodenDataset(torch.utils.data.Dataset):
                     best[number], best_cov[number] = ci, cov
         return best
 
+    def files(self) -> list[str]:
+        """Every image and label PNG the selected rows read, relative to images/, in reading order."""
+        out = []
+        for row in self.rows:
+            out.append(row.image)
+            out += [p for c in self.categories for p in row.pixel.get(c, [])]
+        return out
+
     @property
     def fingerprint(self) -> str:
-        """sha256 over the metadata files and the selection (categories, split, resolution)."""
+        """sha256 over the metadata files' bytes, the selection (categories, split, resolution), the
+        size and modification time of every image and label PNG read (a re-encoded image changes it;
+        so does a copy that does not keep times) and of the packed labels when they are used.
+        Costs one stat per file (about a second for the real Broden's 63,305 rows)."""
         h = hashlib.sha256()
-        files = ["index.csv", "category.csv", "label.csv"] + [f"c_{c}.csv" for c in self.categories]
+        files = ["index.csv", "category.csv", "label.csv"] + [meta.category_file(self.root, c).name
+                                                              for c in self.categories]
         for name in files:
             h.update(name.encode())
             h.update((self.root / name).read_bytes())
         h.update(json.dumps([self.categories, self.split, self.resolution]).encode())
+        h.update(file_stamps(self.root / "images", self.files()).encode())
+        if self._packed_rows is not None:
+            h.update(file_stamps(self.root / PACKED_DIR, ["labels.npy", "paths.txt", "source.json"]).encode())
         return h.hexdigest()
 
     def with_fields(self, *fields) -> "BrodenDataset":
@@ -141,21 +156,18 @@ class BrodenDataset(torch.utils.data.Dataset):
         return path
 
     def _image(self, row: meta.IndexRow) -> torch.Tensor:
+        from unitscope.models.images import read_image, resize_image
+
         path = self._open_file(row.image, row)
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if im.size != (row.iw, row.ih):
-                    raise BrodenFormatError(f"{row.describe()}: image {path} is {im.size[1]}x{im.size[0]}, "
-                                            f"index.csv says ih={row.ih}, iw={row.iw}")
-                if self.resolution is not None and im.size != self.resolution[::-1]:
-                    im = im.resize(self.resolution[::-1], Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except BrodenFormatError:
-            raise
-        except Exception as e:  # PIL raises many types for broken files
-            raise BrodenFormatError(f"{row.describe()}: cannot read image {path}: {e}") from e
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+            arr = read_image(path)  # float32 (H, W, 3) in [0, 1], scaled by the file's bit depth
+        except (ValueError, OSError) as e:
+            raise BrodenFormatError(f"{row.describe()}: {e}") from e
+        if arr.shape[:2] != (row.ih, row.iw):
+            raise BrodenFormatError(f"{row.describe()}: image {path} is {arr.shape[0]}x{arr.shape[1]}, "
+                                    f"index.csv says ih={row.ih}, iw={row.iw}")
+        x = torch.from_numpy(arr).permute(2, 0, 1)
+        return resize_image(x[None], self.resolution)[0] if self.resolution is not None else x.contiguous()
 
     def _label_map(self, rel: str, row: meta.IndexRow) -> np.ndarray:
         if self._packed_rows is not None and rel in self._packed_rows:
@@ -167,10 +179,10 @@ class BrodenDataset(torch.utils.data.Dataset):
         if m.shape != (row.sh, row.sw):
             raise BrodenFormatError(f"{row.describe()}: label map {rel!r} is {m.shape[0]}x{m.shape[1]}, "
                                     f"index.csv says sh={row.sh}, sw={row.sw}")
-        top = int(m.max()) if m.size else 0
-        if top >= self.num_labels:
-            raise BrodenFormatError(f"{row.describe()}: label map {rel!r} holds label {top}, out of range: "
-                                    f"label.csv numbers 0..{self.num_labels - 1}")
+        low, top = (int(m.min()), int(m.max())) if m.size else (0, 0)
+        if low < 0 or top >= self.num_labels:
+            raise BrodenFormatError(f"{row.describe()}: label map {rel!r} holds label {low if low < 0 else top}, "
+                                    f"out of range: label.csv numbers 0..{self.num_labels - 1}")
         return self._lut[m]
 
     def __getitem__(self, i: int) -> dict:
@@ -195,21 +207,59 @@ class BrodenDataset(torch.utils.data.Dataset):
 
     # ---- packed labels -------------------------------------------------------------------------
     def _find_packed(self, packed):
-        folder = self.root / PACKED_DIR
+        """{png path: row of labels.npy} when the pack is usable, else None (packed="auto") or an error
+        (packed=True) saying why. Usable: written for this index.csv and label.csv, every PNG it came
+        from unchanged (size and modification time), the array's header and paths.txt consistent."""
         if packed is False:
             return None
-        source = folder / "source.json"
-        fresh = False
-        if source.is_file() and (folder / "labels.npy").is_file() and (folder / "paths.txt").is_file():
-            info = json.loads(source.read_text())
-            fresh = info.get("index_sha256") == _sha256(self.root / "index.csv")
-        if not fresh:
-            if packed is True:
-                raise ValueError(f"packed=True but {folder} is absent or older than index.csv; "
-                                 "run unitscope.data.pack_broden(root) first")
-            return None
-        paths = (folder / "paths.txt").read_text(encoding="utf-8").splitlines()
-        return {p: k for k, p in enumerate(paths)}
+        why, rows = self._check_packed()
+        if why is None:
+            return rows
+        if packed is True:
+            raise ValueError(f"packed=True but the packed labels in {self.root / PACKED_DIR} cannot be used: "
+                             f"{why}; run unitscope.data.pack_broden(root) again")
+        return None
+
+    def _check_packed(self):
+        """(None, {path: row}) for a usable pack, else (why, None)."""
+        folder = self.root / PACKED_DIR
+        try:
+            info = json.loads((folder / "source.json").read_text(encoding="utf-8"))
+            paths = (folder / "paths.txt").read_text(encoding="utf-8").splitlines()
+            arr = np.load(folder / "labels.npy", mmap_mode="r")
+        except FileNotFoundError as e:
+            return f"{Path(e.filename).name} is missing", None
+        except (OSError, ValueError) as e:  # also JSON and .npy header errors, non-UTF-8 text
+            return f"unreadable ({type(e).__name__}: {str(e)[:120]})", None
+        if not isinstance(info, dict):
+            return "source.json is not an object", None
+        if info.get("index_sha256") != _sha256(self.root / "index.csv"):
+            return "index.csv changed since packing", None
+        if info.get("label_sha256") != _sha256(self.root / "label.csv"):
+            return "label.csv changed since packing (or the pack is from an older unitscope)", None
+        if info.get("count") != len(paths) or len(set(paths)) != len(paths):
+            return "paths.txt does not list count distinct paths", None
+        if info.get("pngs") != file_stamps(self.root / "images", paths):
+            return "a label PNG changed (size or modification time) since packing", None
+        sizes = {(r.sh, r.sw) for r in self.rows}
+        if arr.dtype not in (np.int16, np.int32) or arr.ndim != 3 or arr.shape[0] != len(paths) or \
+                (len(sizes) == 1 and arr.shape[1:] != next(iter(sizes))):
+            return f"labels.npy holds {arr.dtype} {arr.shape}, not int16/int32 ({len(paths)}, sh, sw)", None
+        return None, {p: k for k, p in enumerate(paths)}
+
+
+def file_stamps(folder: Path, rels) -> str:
+    """sha256 over (path, size, modification time in ns) of each file under `folder` (a missing or
+    unreadable file counts as such, so that reading it later gives its own error)."""
+    h = hashlib.sha256()
+    for rel in rels:
+        try:
+            st = os.stat(folder / rel)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except (OSError, ValueError) as e:
+            stamp = type(e).__name__
+        h.update(f"{rel}\0{stamp}\0".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def decode_label_png(path: Path, where: str = "") -> np.ndarray:

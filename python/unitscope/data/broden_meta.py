@@ -1,7 +1,9 @@
 """Parsing of the Broden metadata files: index.csv, category.csv, label.csv, c_<category>.csv.
 
 Every error names the file and its line (the header is line 1) and what was wrong, so a broken
-dataset is fixed in one look. Paths in index.csv are checked to stay inside `<root>/images`.
+dataset is fixed in one look. Paths in index.csv are checked to stay inside `<root>/images`; names
+are data (a category name never becomes a path outside the root); sizes are bounded before anything
+is allocated (MAX_LABEL_NUMBER, MAX_PIXELS).
 """
 from __future__ import annotations
 
@@ -14,6 +16,14 @@ from pathlib import Path
 INDEX_FIXED = ("image", "split", "ih", "iw", "sh", "sw")
 _INT_LIST = re.compile(r"^\s*-?\d+(\s*;\s*-?\d+)*\s*$")
 _CAT_COUNT = re.compile(r"^([^()]+)\((\d+)\)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Label numbers are stored in PNGs as R + 256 * G with 8-bit channels, so no pixel label can exceed
+# 65535; larger numbers (and the tables of that many labels they would make) are refused.
+MAX_LABEL_NUMBER = 65535
+# Image and label-map areas (ih * iw, sh * sw): PIL's default decompression-bomb limit, past which PIL
+# would refuse the image anyway; checked before a batch of that size is allocated.
+MAX_PIXELS = 89_478_485
 
 
 class BrodenFormatError(ValueError):
@@ -41,7 +51,7 @@ def _read_csv(path: Path, required: tuple) -> tuple[list[str], list[tuple[int, d
     if not path.is_file():
         raise BrodenFormatError(f"missing Broden file {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a leading BOM is dropped
             reader = csv.reader(f)
             try:
                 header = [h.strip() for h in next(reader)]
@@ -58,20 +68,41 @@ def _read_csv(path: Path, required: tuple) -> tuple[list[str], list[tuple[int, d
                         f"got {len(cells)}: {cells!r}")
                 rows.append((line, dict(zip(header, cells))))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise BrodenFormatError(f"cannot read {path}: {e}") from e
+        raise _read_error(path, e) from e
     missing = [c for c in required if c not in header]
     if missing:
         raise BrodenFormatError(f"{path.name} lacks column(s) {missing}; its header is {header}")
     return header, rows
 
 
-def _int(value: str, fname: str, line: int, column: str, minimum: int | None = None) -> int:
+def _read_error(path: Path, e: Exception) -> BrodenFormatError:
+    if isinstance(e, UnicodeDecodeError):
+        return BrodenFormatError(f"cannot read {path}: it is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                                 f"offset {e.start}); save it as UTF-8")
+    return BrodenFormatError(f"cannot read {path}: {e}")
+
+
+def read_header(path: Path) -> list[str]:
+    """The first row of a CSV file (stripped cells); [] for an empty file."""
+    if not path.is_file():
+        raise BrodenFormatError(f"missing Broden file {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise _read_error(path, e) from e
+
+
+def _int(value: str, fname: str, line: int, column: str, minimum: int | None = None,
+         maximum: int | None = None) -> int:
     try:
         v = int(value.strip())
     except ValueError:
         raise BrodenFormatError(f"{fname} line {line}: column {column!r} must be an integer, got {value!r}") from None
     if minimum is not None and v < minimum:
         raise BrodenFormatError(f"{fname} line {line}: column {column!r} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise BrodenFormatError(f"{fname} line {line}: column {column!r} must be <= {maximum}, got {v}")
     return v
 
 
@@ -87,30 +118,49 @@ def safe_relpath(rel: str, where: str) -> str:
     rel = rel.strip()
     if not rel:
         raise BrodenFormatError(f"{where}: empty path")
+    if _CONTROL.search(rel):
+        raise BrodenFormatError(f"{where}: path {rel!r} contains a control character (NUL, newline, ...)")
     norm = os.path.normpath(rel.replace("\\", "/"))
     if os.path.isabs(rel) or os.path.isabs(norm) or norm == ".." or norm.startswith("../") or re.match(r"^[A-Za-z]:", rel):
         raise BrodenFormatError(f"{where}: path {rel!r} escapes the dataset's images/ folder")
     return norm
 
 
+def category_file(root: Path, category: str) -> Path:
+    """root / c_<category>.csv, refused when the name would make it a path outside the root (a
+    separator, a control character, or a link that leads out)."""
+    if not category or "/" in category or "\\" in category or _CONTROL.search(category):
+        raise BrodenFormatError(f"category name {category!r} cannot name a file c_<category>.csv inside the "
+                                "dataset (it is empty or holds a path separator or a control character)")
+    path = root / f"c_{category}.csv"
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        raise BrodenFormatError(f"{path} is a link that leads outside the dataset root {root}")
+    return path
+
+
 def read_categories(root: Path) -> list[str]:
-    """Category names in category.csv order."""
+    """Category names in category.csv order (each must be usable in the file name c_<category>.csv)."""
     _, rows = _read_csv(root / "category.csv", ("name",))
     names = [r["name"].strip() for _, r in rows]
     for (line, _), n in zip(rows, names):
         if not n:
             raise BrodenFormatError(f"category.csv line {line}: empty category name")
+        try:
+            category_file(root, n)
+        except BrodenFormatError as e:
+            raise BrodenFormatError(f"category.csv line {line}: {e}") from None
     if len(set(names)) != len(names):
         raise BrodenFormatError(f"category.csv lists a category twice: {names}")
     return names
 
 
 def read_labels(root: Path) -> tuple[list[str], dict[int, dict[str, int]]]:
-    """(names indexed by label number, number -> {category: count} from the category column)."""
+    """(names indexed by label number, number -> {category: count} from the category column).
+    Numbers above MAX_LABEL_NUMBER are refused (the tables are sized by the largest number)."""
     _, rows = _read_csv(root / "label.csv", ("number", "name", "category"))
     entries = {}
     for line, r in rows:
-        number = _int(r["number"], "label.csv", line, "number", minimum=0)
+        number = _int(r["number"], "label.csv", line, "number", minimum=0, maximum=MAX_LABEL_NUMBER)
         if number in entries:
             raise BrodenFormatError(f"label.csv line {line}: label number {number} appears twice")
         cats = {}
@@ -133,8 +183,9 @@ def read_labels(root: Path) -> tuple[list[str], dict[int, dict[str, int]]]:
 
 def read_category_codes(root: Path, category: str, num_labels: int) -> dict[int, float]:
     """c_<category>.csv: global label number -> coverage of the label in this category."""
-    fname = f"c_{category}.csv"
-    _, rows = _read_csv(root / fname, ("code", "number", "coverage"))
+    path = category_file(root, category)
+    fname = path.name
+    _, rows = _read_csv(path, ("code", "number", "coverage"))
     coverage = {}
     for line, r in rows:
         _int(r["code"], fname, line, "code", minimum=0)
@@ -158,18 +209,26 @@ def read_index(root: Path, categories: list[str], split: str | None) -> list[Ind
         if split is not None and r["split"].strip() != split:
             continue
         where = f"index.csv line {line} (image {r['image'].strip()!r})"
+        ih, iw, sh, sw = (_int(r[c], "index.csv", line, c, 1, MAX_PIXELS) for c in ("ih", "iw", "sh", "sw"))
+        for what, area in (("ih * iw", ih * iw), ("sh * sw", sh * sw)):
+            if area > MAX_PIXELS:
+                raise BrodenFormatError(f"{where}: {what} = {area} pixels, more than the limit "
+                                        f"{MAX_PIXELS} (PIL's decompression-bomb bound)")
         row = IndexRow(line=line, image=safe_relpath(r["image"], where), split=r["split"].strip(),
-                       ih=_int(r["ih"], "index.csv", line, "ih", 1), iw=_int(r["iw"], "index.csv", line, "iw", 1),
-                       sh=_int(r["sh"], "index.csv", line, "sh", 1), sw=_int(r["sw"], "index.csv", line, "sw", 1))
+                       ih=ih, iw=iw, sh=sh, sw=sw)
         for cat in categories:
             cell = r[cat].strip()
             if not cell:
                 continue
             if _INT_LIST.match(cell):
-                nums = [int(p) for p in cell.split(";")]
-                bad = [n for n in nums if n < 0]
+                try:
+                    nums = [int(p) for p in cell.split(";")]
+                except ValueError:  # more digits than Python converts
+                    nums = [MAX_LABEL_NUMBER + 1]
+                bad = [n for n in nums if not 0 <= n <= MAX_LABEL_NUMBER]
                 if bad:
-                    raise BrodenFormatError(f"{where}: column {cat!r} has negative label(s) {bad}")
+                    raise BrodenFormatError(f"{where}: column {cat!r} has label(s) {bad} outside "
+                                            f"0..{MAX_LABEL_NUMBER}")
                 row.scalar[cat] = nums
             else:
                 parts = [p.strip() for p in cell.split(";") if p.strip()]

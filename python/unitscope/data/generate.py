@@ -172,26 +172,36 @@ def _png_bytes(labels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_concept_dataset(root, n_images: int, *, size: int = 224, seed: int = 0) -> Path:
+def make_concept_dataset(root, n_images: int, *, size: int = 224, seed: int = 0, progress: bool = True) -> Path:
     """Write `n_images` generated images with Broden-format labels under `root`; returns root.
 
     Images are size x size JPEGs; label maps are (size // 2) x (size // 2) like broden1_224.
     Categories: color, object (backgrounds and objects), part, scene and texture (whole-image labels;
     texture is annotated in about 70% of images, part only where an object with parts is visible).
     The same (n_images, size, seed) always gives the same files, byte for byte.
+    progress: show a tqdm bar of the images written (on by default).
     """
     if not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive int, got {n_images!r}")
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size must be an int >= 16, got {size!r}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"root {str(root)!r} is a file, expected a folder")
     (root / "images" / "generated").mkdir(parents=True, exist_ok=True)
     label_size = size // 2
     freq = np.zeros(len(VOCAB), dtype=np.int64)
     cover = np.zeros(len(VOCAB), dtype=np.float64)
     cat_freq = {c: 0 for c in CATEGORIES}
     rows = []
-    for i in range(n_images):
+    numbers = range(n_images)
+    if progress:
+        from unitscope._progress import progress_bar
+
+        numbers = progress_bar(numbers, desc="concept dataset", unit="image")
+    for i in numbers:
         img, maps, scene, texture, is_val = _make_image(i, size, label_size, seed)
         stem = f"generated/{i:06d}"
         buf = io.BytesIO()

@@ -2,22 +2,22 @@
 (`<root>/packed/labels.npy`, memory-mapped by BrodenDataset), so passes skip PNG decoding."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from unitscope.data.broden import PACKED_DIR, BrodenDataset, decode_label_png
+from unitscope.data.broden import PACKED_DIR, BrodenDataset, _sha256, decode_label_png, file_stamps
 from unitscope.data.broden_meta import BrodenFormatError
 
 
 def pack_broden(root, *, progress: bool = False) -> Path:
     """Decode every label PNG named in index.csv once into `<root>/packed/labels.npy`
     (int16 or int32 [M, sh, sw], raw label numbers) with `paths.txt` (one PNG path per row) and
-    `source.json` (index.csv's sha256; a changed index makes the pack stale and unused).
-    All label maps must share one size. Files are written to temporaries and renamed at the end."""
+    `source.json` (sha256 of index.csv and label.csv, and a digest of each PNG's size and modification
+    time: a changed index, label list or PNG makes the pack stale and unused). All label maps must
+    share one size. Files are written to temporaries and renamed at the end; a failure removes them."""
     ds = BrodenDataset(root, packed=False)
     paths, sizes, where = [], set(), {}
     for row in ds.rows:
@@ -32,27 +32,31 @@ def pack_broden(root, *, progress: bool = False) -> Path:
     sh, sw = sizes.pop() if sizes else (1, 1)
     out = ds.root / PACKED_DIR
     out.mkdir(exist_ok=True)
-    tmp = out / "labels.npy.tmp"
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=ds.label_dtype, shape=(len(paths), sh, sw))
-    it = paths
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(paths, desc="pack labels", unit="png")
-    for k, p in enumerate(it):
-        row = where[p]
-        m = decode_label_png(ds._open_file(p, row), row.describe())
-        if m.shape != (sh, sw):
-            raise BrodenFormatError(f"{row.describe()}: label map {p!r} is {m.shape}, index.csv says {(sh, sw)}")
-        if m.size and int(m.max()) >= ds.num_labels:
-            raise BrodenFormatError(f"{row.describe()}: label map {p!r} holds label {int(m.max())}, out of "
-                                    f"range: label.csv numbers 0..{ds.num_labels - 1}")
-        arr[k] = m
-    arr.flush()
-    del arr
-    (out / "paths.txt.tmp").write_text("".join(p + "\n" for p in paths), encoding="utf-8")
-    digest = hashlib.sha256((ds.root / "index.csv").read_bytes()).hexdigest()
-    (out / "source.json.tmp").write_text(json.dumps({"index_sha256": digest, "count": len(paths)}))
-    os.replace(tmp, out / "labels.npy")
-    os.replace(out / "paths.txt.tmp", out / "paths.txt")
-    os.replace(out / "source.json.tmp", out / "source.json")
+    temps = [out / "labels.npy.tmp", out / "paths.txt.tmp", out / "source.json.tmp"]
+    source = {"index_sha256": _sha256(ds.root / "index.csv"), "label_sha256": _sha256(ds.root / "label.csv"),
+              "count": len(paths), "pngs": file_stamps(ds.root / "images", paths)}  # before reading them
+    try:
+        arr = np.lib.format.open_memmap(temps[0], mode="w+", dtype=ds.label_dtype, shape=(len(paths), sh, sw))
+        it = paths
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(paths, desc="pack labels", unit="png")
+        for k, p in enumerate(it):
+            row = where[p]
+            m = decode_label_png(ds._open_file(p, row), row.describe())
+            if m.shape != (sh, sw):
+                raise BrodenFormatError(f"{row.describe()}: label map {p!r} is {m.shape}, index.csv says {(sh, sw)}")
+            if m.size and int(m.max()) >= ds.num_labels:
+                raise BrodenFormatError(f"{row.describe()}: label map {p!r} holds label {int(m.max())}, out of "
+                                        f"range: label.csv numbers 0..{ds.num_labels - 1}")
+            arr[k] = m
+        arr.flush()
+        del arr
+        temps[1].write_text("".join(p + "\n" for p in paths), encoding="utf-8")
+        temps[2].write_text(json.dumps(source))
+        for tmp in temps:
+            os.replace(tmp, out / tmp.stem)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return out

@@ -15,9 +15,10 @@ Choices where the reference tools differ (see BRODEN notes), made deliberately:
 - a dead unit (constant activation) is never a detector, whatever the mask rule.
 """
 from unitscope.dissect.capture import LayerCapture
+from unitscope.dissect.checkpoint import CheckpointError
 from unitscope.dissect.report import Comparison, compare, save_report
 from unitscope.dissect.result import Dissection, LayerDissection
 from unitscope.dissect.run import dissect, imagenet_preprocess
 
-__all__ = ["Comparison", "compare", "save_report", "Dissection", "LayerCapture", "LayerDissection", "dissect",
-           "imagenet_preprocess"]
+__all__ = ["CheckpointError", "Comparison", "compare", "save_report", "Dissection", "LayerCapture",
+           "LayerDissection", "dissect", "imagenet_preprocess"]

@@ -11,22 +11,11 @@ import math
 
 import torch
 
-from unitscope.hooks import resolve_layer
+from unitscope.hooks import parse_layer, resolve_layer
 
 
 class _Done(Exception):
     """Raised from the last hook of a forward to skip the rest of the network."""
-
-
-def parse_layer(spec: str) -> tuple[str, int | None]:
-    if not isinstance(spec, str) or not spec:
-        raise TypeError(f"a layer must be a module name string, got {spec!r}")
-    if "@" in spec:
-        name, _, call = spec.rpartition("@")
-        if not call.isdigit():
-            raise ValueError(f"layer {spec!r}: the part after '@' must be a call number, got {call!r}")
-        return name, int(call)
-    return spec, None
 
 
 def tokens_to_map(x: torch.Tensor, layer: str) -> torch.Tensor:
@@ -65,6 +54,7 @@ class LayerCapture:
         self._calls = {}
         self._out = {}
         self._stop_after = None  # cut the forward short once all layers are captured (after a full first run)
+        self._full = False       # set while full() runs: no early exit (torch.compile traces full())
 
     def __enter__(self):
         for spec, (module, name, call) in self._specs.items():
@@ -83,7 +73,7 @@ class LayerCapture:
             self._calls[spec] = n + 1
             if (call is None and n == 0) or call == n:
                 self._out[spec] = self._as_map(spec, output)
-            if self._stop_after is not None and len(self._out) == len(self._specs):
+            if self._stop_after is not None and not self._full and len(self._out) == len(self._specs):
                 raise _Done()
         return hook
 
@@ -101,6 +91,7 @@ class LayerCapture:
         return out
 
     def __call__(self, x: torch.Tensor) -> dict:
+        self._full = False
         self._calls.clear()
         self._out.clear()
         first = self._stop_after is None
@@ -123,4 +114,13 @@ class LayerCapture:
         missing = [s for s in self._specs if s not in self._out]
         if missing:
             raise RuntimeError(f"layers {missing} were not captured in this forward")
+        return {spec: self._out[spec] for spec in self.layers}
+
+    def full(self, x: torch.Tensor) -> dict:
+        """Like cap(x) after the first call, but runs the whole forward without the exception that
+        cuts it short: the form torch.compile traces (unitscope._compile.Runner(cap, traced=cap.full))."""
+        self._full = True  # (cap(x) sets it back)
+        self._calls.clear()
+        self._out.clear()
+        self.model(x)
         return {spec: self._out[spec] for spec in self.layers}

@@ -1,19 +1,73 @@
-"""Dissection checkpoints: a key naming everything the result depends on, atomic writes, and a
-refusal that says which parts of the key differ when a checkpoint belongs to another run."""
+"""Dissection checkpoints: a key naming everything the result depends on (settings, the model's
+weights, code and behaviour, the preprocess, the files read), atomic writes, and a loader that
+validates every field before use and refuses, with a CheckpointError saying why, anything else.
+"""
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import os
+import re
 from pathlib import Path
 
 import torch
 
+FORMAT = "unitscope.dissect checkpoint"
+VERSION = 2
+STAGES = ("threshold", "tally", "done")
+_FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers", "compiled"}
+# what each layer entry holds at each stage (a mid-pass tally checkpoint adds "tally")
+_LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally"}),
+                 "done": ({"thresholds", "topk", "tally"}, set())}
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the class, every state_dict entry's name/shape/dtype, and a strided sample of up
-    to 4096 values per tensor plus its float64 sum (cheap; changes when any weight changes)."""
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<function f at 0x7f..>" in a repr differs in every process
+
+
+def _repr(obj) -> str:
+    return _ADDRESS.sub("", repr(obj))
+
+
+class CheckpointError(ValueError):
+    """A dissection checkpoint is unreadable, malformed, tampered with, or belongs to another run."""
+
+
+# ---- fingerprints ------------------------------------------------------------------------------
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _source_digest(obj) -> str:
+    """A digest of obj's source code, or '?' where Python cannot find it (built-ins, REPL classes)."""
+    try:
+        return _digest(inspect.getsource(obj))
+    except (OSError, TypeError):
+        return "?"
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    if torch.nn.parameter.is_lazy(t):
+        return "uninitialized"
+    t = t.detach().to("cpu")
+    return _digest(f"{tuple(t.shape)}:{t.dtype}", t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                   if t.numel() else b"")
+
+
+def model_fingerprint(model: torch.nn.Module) -> dict:
+    """{'weights': a digest of every state_dict entry (name, shape, dtype, strided sample of up to
+    4096 values and the float64 sum; 'uninitialized' for lazy parameters), 'code': a digest of the
+    module tree's repr (types and their settings: ReLU vs LeakyReLU(0.2)) and of each module class's
+    source where Python can find it}."""
     h = hashlib.sha256(type(model).__qualname__.encode())
     for name, t in model.state_dict().items():
+        if torch.nn.parameter.is_lazy(t):
+            h.update(f"{name}:uninitialized".encode())
+            continue
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         flat = t.detach().reshape(-1)
         if flat.numel() == 0:
@@ -23,43 +77,265 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(sample.numpy().tobytes())
         if flat.is_floating_point():
             h.update(repr(float(flat.double().sum())).encode())
-    return h.hexdigest()
+    types = sorted({type(m) for m in model.modules()}, key=lambda c: (c.__module__, c.__qualname__))
+    code = _digest(_repr(model), *(f"{c.__module__}.{c.__qualname__}:{_source_digest(c)}" for c in types))
+    return {"weights": h.hexdigest(), "code": code}
 
 
+def _value_digest(v, depth: int = 0) -> str:
+    """A stable description of a value captured by a preprocess (no memory addresses)."""
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+        return repr(v)
+    if isinstance(v, torch.Tensor):
+        return _tensor_digest(v)
+    if depth < 4 and isinstance(v, (tuple, list)):
+        return "(" + ",".join(_value_digest(x, depth + 1) for x in v) + ")"
+    if depth < 4 and isinstance(v, dict):
+        return "{" + ",".join(f"{_value_digest(k, depth + 1)}:{_value_digest(x, depth + 1)}" for k, x in v.items()) + "}"
+    if depth < 4 and callable(v):
+        return describe_callable(v, depth + 1)
+    return type(v).__qualname__
+
+
+def _code_digest(code) -> str:
+    consts = [_code_digest(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]
+    return _digest(code.co_code, consts, code.co_names)
+
+
+def describe_callable(fn, depth: int = 0) -> str:
+    """A stable description of a preprocess: modules by type, repr, source and tensors; functions and
+    lambdas by qualified name, bytecode, defaults and captured values; None is the default ('imagenet')."""
+    if fn is None:
+        return "imagenet"
+    if isinstance(fn, torch.nn.Module):
+        tensors = [_tensor_digest(t) for t in list(fn.parameters()) + list(fn.buffers())]
+        return f"{type(fn).__module__}.{type(fn).__qualname__}:{_digest(_repr(fn), _source_digest(type(fn)), *tensors)}"
+    if isinstance(fn, functools.partial):
+        return f"partial({describe_callable(fn.func, depth + 1)},{_value_digest(fn.args, depth + 1)}," \
+               f"{_value_digest(fn.keywords, depth + 1)})"
+    if inspect.ismethod(fn):
+        return f"{describe_callable(fn.__func__, depth + 1)}@{_value_digest(fn.__self__, depth + 1)}"
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object or a built-in
+        return f"{name}:{_source_digest(type(fn))}"
+    cells = [c.cell_contents if _cell_full(c) else "<empty>" for c in (fn.__closure__ or ())]
+    return f"{name}:{_digest(_code_digest(code), _value_digest(fn.__defaults__, depth), _value_digest(cells, depth))}"
+
+
+def _cell_full(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def probe_stats(acts: dict) -> dict:
+    """{layer: float64[K, 4]}: each unit's mean, standard deviation, minimum and maximum over the
+    probe batch: the model's behaviour at the dissected layers, compared with a tolerance."""
+    out = {}
+    for layer, a in acts.items():
+        a = a.detach().to("cpu", torch.float64).transpose(0, 1).reshape(a.shape[1], -1)
+        out[layer] = torch.stack([a.mean(1), a.std(1, correction=0), a.amin(1), a.amax(1)], 1)
+    return out
+
+
+def _probe_differs(saved, now, tol: float) -> list[str]:
+    """Layers whose probe statistics differ by more than tol times the layer's largest magnitude."""
+    bad = []
+    for layer, b in now.items():
+        a = saved[layer]
+        both = torch.cat([a, b])
+        finite = both[torch.isfinite(both)]
+        scale = float(finite.abs().max()) if finite.numel() else 0.0
+        close = torch.isclose(a, b, rtol=0.0, atol=tol * scale, equal_nan=True) | (a == b)
+        if not bool(close.all()):
+            bad.append(layer)
+    return bad
+
+
+# ---- files -------------------------------------------------------------------------------------
 def checkpoint_path(directory, rank: int, world: int) -> Path:
     return Path(directory) / (f"dissect-rank{rank}of{world}.pt" if world > 1 else "dissect.pt")
 
 
+def prepare_checkpoint_dir(path: Path) -> None:
+    """Before any work: the checkpoint's folder exists (created) and is a writable folder; temporary
+    files left by a killed save of this checkpoint (their process gone) are removed."""
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"checkpoint_dir {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint_dir {str(folder)!r} cannot be created: {e.strerror or e}") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(f"checkpoint_dir {str(folder)!r} is not writable")
+    for tmp in folder.glob(path.name + ".tmp*"):
+        pid = tmp.name[len(path.name) + 4:]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def content_digest(obj, depth: int = 0) -> str:
+    """sha256 over a canonical walk of a checkpoint's content (dict keys sorted; tensors by dtype,
+    shape and bytes). Stored in the checkpoint, it catches a corrupted or hand-edited file before any
+    field is used; it is no defence against a forger, which is why every field is validated too."""
+    h = hashlib.sha256()
+    _walk(obj, h, depth)
+    return h.hexdigest()
+
+
+def _walk(v, h, depth):
+    if depth > 16:
+        raise CheckpointError("nested more than 16 levels deep")
+    if isinstance(v, torch.Tensor):
+        if v.layout != torch.strided or v.is_quantized:
+            raise CheckpointError(f"holds a {v.layout} tensor")
+        t = v.detach().to("cpu").reshape(-1).contiguous()
+        h.update(f"T{t.dtype}{tuple(v.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(v, dict):
+        h.update(f"D{len(v)}:".encode())
+        for k in sorted(v, key=lambda k: (type(k).__name__, repr(k))):
+            _walk(k, h, depth + 1)
+            _walk(v[k], h, depth + 1)
+    elif isinstance(v, (list, tuple)):
+        h.update(f"{type(v).__name__[0]}{len(v)}:".encode())
+        for x in v:
+            _walk(x, h, depth + 1)
+    else:
+        h.update(f"{type(v).__name__}:{v!r};".encode("utf-8", "surrogatepass"))
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace (atomic)."""
+    """torch.save to a temporary file in the same folder, fsync, then os.replace (atomic); the
+    temporary file is removed if anything fails. Adds format, version and the content digest."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    state = dict(state, format=FORMAT, version=VERSION)
+    state["digest"] = content_digest(state)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, key: dict) -> dict | None:
-    """The saved state when `path` exists and was written under `key`; None when absent.
-    A checkpoint with another key raises ValueError naming each differing field."""
+# ---- loading and validation --------------------------------------------------------------------
+def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance: float,
+                    shard_images: int) -> dict | None:
+    """The saved state when `path` exists, was written under `key`, and every field of its envelope
+    is well formed; None when absent. Checks: format and version; the content digest; key equal field by field (the
+    differing fields are named); the probe statistics within `tolerance`; stage; done in
+    [0, shard_images]; shapes equal `shapes` ({layer: (K, h, w)}, the probe's); per layer exactly the entries of its stage;
+    thresholds float32 (K,) without NaN. The kernel states inside are checked by their own
+    load_state_dict (and the cross-field counts by dissect). Raises CheckpointError."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return None
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file; delete it to start over")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # torch raises many types for a broken or foreign file
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"checkpoint {path} is unreadable ({first}); delete it to start over") from e
-    saved = state.get("key", {}) if isinstance(state, dict) else {}
+        raise CheckpointError(f"checkpoint {path} is unreadable ({first}); delete it to start over") from e
+
+    def bad(what):
+        return CheckpointError(f"checkpoint {path} is invalid: {what}; delete it to start over")
+
+    if not isinstance(state, dict) or type(state.get("format")) is not str or state["format"] != FORMAT:
+        raise bad("not a unitscope dissection checkpoint")
+    if type(state.get("version")) is not int or state["version"] != VERSION:
+        raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads {VERSION}")
+    if set(state) != _FIELDS:
+        raise bad(f"fields {sorted(map(str, state))}, expected {sorted(_FIELDS)}")
+    try:
+        digest = content_digest({k: v for k, v in state.items() if k != "digest"})
+    except CheckpointError as e:
+        raise bad(str(e)) from None
+    if not isinstance(state["digest"], str) or state["digest"] != digest:
+        raise bad("its content does not match its digest (the file is corrupted or was edited)")
+    saved = state["key"]
+    if not isinstance(saved, dict) or not all(isinstance(k, str) for k in saved) or not _plain(saved):
+        raise bad("its key is not a dict of plain values")
     diff = [k for k in sorted(set(saved) | set(key)) if saved.get(k) != key.get(k)]
     if diff:
         lines = "; ".join(f"{k}: checkpoint has {_short(saved.get(k))}, this run has {_short(key.get(k))}" for k in diff)
-        raise ValueError(f"checkpoint {path} belongs to another dissection ({lines}). "
-                         f"Use another checkpoint_dir or delete the file to start over.")
-    return state
+        raise CheckpointError(f"checkpoint {path} belongs to another dissection ({lines}). "
+                              f"Use another checkpoint_dir or delete the file to start over.")
+    sp = state["probe"]
+    if not isinstance(sp, dict) or set(sp) != set(probe):
+        raise bad(f"probe must hold the layers {sorted(probe)}")
+    for layer, now in probe.items():
+        t = sp[layer]
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float64 or tuple(t.shape) != tuple(now.shape):
+            raise bad(f"probe[{layer!r}] must be a float64 tensor of shape {tuple(now.shape)}, got {_kind(t)}")
+    differs = _probe_differs(sp, probe, tolerance)
+    if differs:
+        raise CheckpointError(
+            f"checkpoint {path} belongs to another dissection: the model's outputs at {differs} on the probe "
+            f"images differ from the checkpoint's by more than {tolerance} of their scale (other code, "
+            "preprocess or data). Use another checkpoint_dir or delete the file to start over.")
+    stage, done = state["stage"], state["done"]
+    if type(stage) is not str or stage not in STAGES:
+        raise bad(f"stage must be one of {STAGES}, got {_short(stage)}")
+    if type(done) is not int or not 0 <= done <= shard_images:
+        raise bad(f"done must be an int in [0, {shard_images}], got {_short(done)}")
+    if type(state["compiled"]) is not bool:
+        raise bad(f"compiled must be a bool (was the model compiled), got {_short(state['compiled'])}")
+    want = {layer: tuple(shape) for layer, shape in shapes.items()}
+    got = state["shapes"]
+    if not isinstance(got, dict) or set(got) != set(want) or \
+            any(not isinstance(got[l], (tuple, list)) or any(type(x) is not int for x in got[l])
+                or tuple(got[l]) != want[l] for l in want):
+        raise bad(f"shapes must be {want}, got {_short(got)}")
+    layers = state["layers"]
+    if not isinstance(layers, dict) or set(layers) != set(want):
+        raise bad(f"layers must hold the entries of {sorted(want)}")
+    need, optional = _LAYER_FIELDS[stage]
+    for layer, entry in layers.items():
+        if not isinstance(entry, dict) or not need <= set(entry) <= need | optional:
+            raise bad(f"layers[{layer!r}] must hold {sorted(need)}" + (f" and optionally {sorted(optional)}" if optional
+                                                                        else "") + f" at stage {stage!r}")
+        if "thresholds" in entry:
+            t, K = entry["thresholds"], want[layer][0]
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != (K,):
+                raise bad(f"layers[{layer!r}]['thresholds'] must be float32 of shape ({K},), got {_kind(t)}")
+            if bool(t.isnan().any()):
+                raise bad(f"layers[{layer!r}]['thresholds'] holds NaN")
+    return {k: state[k] for k in ("stage", "done", "shapes", "layers", "compiled")}
+
+
+def _plain(v, depth: int = 0) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if depth < 8 and isinstance(v, (list, tuple)):
+        return all(_plain(x, depth + 1) for x in v)
+    if depth < 8 and isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _kind(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"{v.dtype} {tuple(v.shape)}"
+    return type(v).__name__
 
 
 def _short(v) -> str:

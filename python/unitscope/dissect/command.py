@@ -10,69 +10,129 @@ from pathlib import Path
 
 import torch
 
+REPORT_PAGE = "index.html"  # the report's own folder (OUT/report/) keeps it apart from saliency.html / featviz.html
+
+def _workers(text: str):
+    from unitscope import cli
+    return "auto" if text == "auto" else cli.nonnegative_int(text)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from unitscope import cli
+
     p.add_argument("--model", required=True,
-                   help="a registry name (e.g. efficientnet_lite0) or MODULE:FACTORY, a function returning an nn.Module")
-    p.add_argument("--weights", help="state_dict file for the model (loaded with torch.load(weights_only=True))")
+                   help="a registry name (e.g. efficientnet_lite0) or MODULE:FACTORY, a function returning an "
+                        "nn.Module; MODULE is imported from the installed packages or, failing that, from the "
+                        "working directory (which never shadows an installed package)")
+    p.add_argument("--weights", type=cli.existing_file,
+                   help="state_dict file for the model, loaded with torch.load(weights_only=True) "
+                        "(default: the factory's or registry's own weights)")
     p.add_argument("--layers", required=True, help="comma-separated module names, e.g. layer3,layer4")
-    p.add_argument("--dataset", required=True, help="Broden-format dataset folder")
-    p.add_argument("--out", required=True, help="output folder (tally_<layer>.csv, dissection.json, report/)")
+    p.add_argument("--dataset", required=True, type=cli.existing_dir,
+                   help="Broden-format dataset folder (`unitscope data concepts DIR` generates one)")
+    p.add_argument("--out", required=True, type=cli.output_dir,
+                   help=f"output folder: tally_<layer>.csv, dissection.json, report/{REPORT_PAGE}")
     p.add_argument("--categories", help="comma-separated categories (default: all of the dataset's)")
-    p.add_argument("--split", help="only rows of this split (train, val)")
-    p.add_argument("--resolution", type=int, help="resize images to this size")
-    p.add_argument("--quantile", type=float, default=0.995)
-    p.add_argument("--iou-threshold", type=float, default=0.04)
-    p.add_argument("--threshold-op", choices=[">", ">="], default=">")
-    p.add_argument("--union", choices=["category", "dataset"], default="category")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--split", help="only rows of this split, e.g. train or val (default: every row)")
+    p.add_argument("--resolution", type=cli.positive_int,
+                   help="resize images to this size (default: the dataset's own size)")
+    p.add_argument("--quantile", type=cli.float_in(0, 1, open_lo=True, open_hi=True), default=0.995,
+                   help="per-unit activation quantile used as the unit's threshold")
+    p.add_argument("--iou-threshold", type=cli.float_in(0, 1), default=0.04,
+                   help="IoU above which a unit counts as a detector of its best concept")
+    p.add_argument("--threshold-op", choices=[">", ">="], default=">",
+                   help="a unit's mask is upsampled activation OP threshold")
+    p.add_argument("--union", choices=["category", "dataset"], default="category",
+                   help="'category': activations count only in images annotated for the concept's category "
+                        "(the original Network Dissection); 'dataset': in every image")
+    p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="DataLoader worker processes, 0 to read in this process (default: auto: up to half the "
+                        "CPUs, at most 4, for a pass of 256 images or more, else 0)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default="auto",
+                   help="run the model through torch.compile (about 2x on a CPU, 30-60 s to compile; results may "
+                        "differ from eager in the last float bits); --no-compile is the exact eager path "
+                        "(default: auto: compile when the dataset is large enough for the compile to pay off)")
+    p.add_argument("--device", type=cli.device, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--exact", dest="exact", action="store_true", default=True, help="exact quantiles (default)")
-    mode.add_argument("--sketch", dest="exact", action="store_false", help="bounded-memory quantile sketch")
-    p.add_argument("--topk", type=int, default=8, help="top images per unit in the report")
-    p.add_argument("--checkpoint-dir", help="checkpoints (default: OUT/checkpoints); a rerun resumes from them")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    p.add_argument("--report-units", type=int, help="at most this many units per layer page")
-    p.add_argument("--tokens", action="store_true", help="rearrange (B, T, C) token outputs into maps")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    mode.add_argument("--exact", dest="exact", action="store_true", default=True, help="exact quantiles (the default)")
+    mode.add_argument("--sketch", dest="exact", action="store_false",
+                      help="bounded-memory quantile sketch instead of exact quantiles")
+    p.add_argument("--topk", type=cli.positive_int, default=8, help="top images per unit in the report")
+    p.add_argument("--checkpoint-dir", type=cli.output_dir,
+                   help="checkpoints; a rerun resumes from them (default: OUT/checkpoints)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report (written by default)")
+    p.add_argument("--report-units", type=cli.positive_int,
+                   help="at most this many units per layer page (default: every unit)")
+    p.add_argument("--tokens", action="store_true",
+                   help="rearrange (B, T, C) token outputs (ViT) into maps (default: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they are on by default)")
+
+
+def import_factory(spec: str):
+    """The callable named by MODULE:FACTORY.
+
+    MODULE is imported as usual when it is importable; otherwise from the working directory, whose
+    folder is appended to sys.path (after every installed package) only while MODULE is imported and
+    removed afterwards: a module file lying in the working directory never shadows a library (a stray
+    matplotlib.py is not run), and the rest of the process never imports from there.
+    """
+    mod_name, _, factory = spec.partition(":")
+    if not mod_name or not factory or not all(part.isidentifier() for part in mod_name.split(".") + [factory]):
+        raise ValueError(f"--model {spec!r}: expected MODULE:FACTORY with dotted Python names, e.g. mynets:resnet")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"--model {spec}: cannot import module {mod_name!r} ({e})") from e
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    fn = getattr(mod, factory, None)
+    if not callable(fn):
+        raise ValueError(f"--model {spec}: module {mod_name!r} ({getattr(mod, '__file__', '?')}) has no callable {factory!r}")
+    return fn
 
 
 def load_model(spec: str, weights: str | None):
     """(model, preprocess or None) from a registry name or MODULE:FACTORY, weights applied."""
     preprocess = None
     if ":" in spec:
-        mod_name, _, factory = spec.partition(":")
-        sys.path.insert(0, os.getcwd())
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise SystemExit(f"--model {spec}: cannot import module {mod_name!r} ({e})") from e
-        fn = getattr(mod, factory, None)
-        if not callable(fn):
-            raise SystemExit(f"--model {spec}: module {mod_name!r} has no callable {factory!r}")
-        model = fn()
+        model = import_factory(spec)()
     else:
         from unitscope import models
-        try:
-            loaded = models.load(spec)
-        except (KeyError, ValueError) as e:
-            raise SystemExit(f"--model {spec}: {e}") from e
+        model_names = models.names()
+        if spec.lower().replace("-", "_") not in model_names:
+            raise ValueError(f"--model {spec!r}: not a registered model ({', '.join(model_names)}) "
+                             "nor MODULE:FACTORY")
+        loaded = models.load(spec)
         model, preprocess = loaded.model, loaded.preprocess
     if not isinstance(model, torch.nn.Module):
-        raise SystemExit(f"--model {spec} gave a {type(model).__name__}, not a torch.nn.Module")
+        raise TypeError(f"--model {spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if weights:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load raises pickle, zip and runtime errors for a bad file
+            raise ValueError(f"--weights {weights}: cannot load ({type(e).__name__}: {e})") from e
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
-        model.load_state_dict(state)
+        if not isinstance(state, dict):
+            raise ValueError(f"--weights {weights}: expected a state_dict, got {type(state).__name__}")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:  # missing/unexpected keys, shape mismatches
+            raise ValueError(f"--weights {weights} does not fit --model {spec}: {e}") from e
     return model, preprocess
 
 
 def run(args) -> int:
     import unitscope
     from unitscope.data import BrodenDataset
+    from unitscope.dissect.capture import parse_layer
+    from unitscope.hooks import resolve_layer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -81,14 +141,18 @@ def run(args) -> int:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, preprocess = load_model(args.model, args.weights)
-    cats = args.categories.split(",") if args.categories else None
+    layers = [l.strip() for l in args.layers.split(",") if l.strip()]
+    if not layers:
+        raise ValueError(f"--layers must name at least one module, got {args.layers!r}")
+    for spec in layers:  # a misspelled layer fails before any work, with the close names
+        resolve_layer(model, parse_layer(spec)[0])
+    cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     ds = BrodenDataset(args.dataset, categories=cats, split=args.split, resolution=args.resolution)
     out = Path(args.out)
-    layers = [l for l in args.layers.split(",") if l]
     result = unitscope.dissect(
         model, layers, ds, batch_size=args.batch_size, device=device, quantile=args.quantile,
         iou_threshold=args.iou_threshold, threshold_op=args.threshold_op, union=args.union, exact=args.exact,
-        preprocess=preprocess, num_workers=args.workers, topk=args.topk, tokens=args.tokens,
+        preprocess=preprocess, num_workers=args.workers, topk=args.topk, tokens=args.tokens, compile=args.compile,
         checkpoint_dir=args.checkpoint_dir or out / "checkpoints", progress=not args.quiet)
     result.name = args.model
     if rank == 0:

@@ -1,5 +1,6 @@
-"""The HTML report of a dissection (a page per layer: units by IoU with their top images, the
-activated region outlined, and a chart of unique detectors per category) and compare()."""
+"""The HTML report of a dissection (a page per layer: detectors by IoU with their top images, the
+activated region outlined, the other units collapsed, and a chart of unique detectors per category)
+and compare(). Names are data: HTML-escaped, never mathtext, never a formula in a CSV cell."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unitscope.dissect.result import Dissection, LayerDissection, _safe
+from unitscope.dissect.result import Dissection, LayerDissection, csv_cell
 from unitscope.reference.bilinear import bilinear_resize
 
 THUMB = 112
@@ -66,15 +67,17 @@ def _bar_chart(path: Path, groups: dict, title: str) -> None:
     cats = list(next(iter(groups.values())).keys()) if groups else []
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(cats) * max(1, len(groups)) ** 0.5), 3.2))
     width = 0.8 / max(1, len(groups))
+    # names are plain text: parse_math=False keeps a '$' in a name from starting mathtext
     for s, (name, counts) in enumerate(groups.items()):
         xs = np.arange(len(cats)) + s * width
         bars = ax.bar(xs, [counts.get(c, 0) for c in cats], width, label=name)
         ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2, cats)
+    ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2, cats, parse_math=False)
     ax.set_ylabel("unique detectors")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, parse_math=False)
     if len(groups) > 1:
-        ax.legend(fontsize=7)
+        for text in ax.legend(fontsize=7).get_texts():
+            text.set_parse_math(False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -86,50 +89,65 @@ td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-ali
 .dead{{color:#999}}</style></head><body>{body}</body></html>"""
 
 
+def _unit_row(ld, u, name, out, root, cache) -> str:
+    k = u["unit"]
+    strip = _strip(ld, k, root, cache)
+    img = ""
+    if strip is not None:
+        strip.save(out / name / f"unit_{k:04d}.jpg", quality=88)
+        img = f'<img src="{name}/unit_{k:04d}.jpg" alt="unit {k}" loading="lazy">'
+    dead = bool(ld.dead[k])
+    label = "(dead unit)" if dead else html.escape(u["label"])
+    return (f'<tr class="{"dead" if dead else ""}"><td>{k}</td><td>{label}</td>'
+            f'<td>{html.escape(u["category"])}</td><td>{u["iou"]:.3f}</td>'
+            f'<td>{u["threshold"]:.4g}</td><td>{img}</td></tr>')
+
+
+_HEAD = ("<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th><th>threshold</th>"
+         "<th>top images (activated region outlined)</th></tr>")
+
+
 def save_report(dissection: Dissection, directory, *, max_units: int | None = None, dataset_root=None,
                 progress: bool = False) -> Path:
-    """Write index.html, a page per layer (<layer>.html, units sorted by IoU with label, category,
-    IoU and a strip of top images with the activated region outlined) and a chart of unique
-    detectors per category (<layer>_unique.png). Images are read from the dataset the dissection
-    ran on (or `dataset_root`). Returns the index.html path."""
+    """Write index.html, a page per layer (<stem>.html: the detectors by IoU with label, category,
+    IoU and a strip of top images with the activated region outlined, then the other units in a
+    collapsed section) and a chart of unique detectors per category (<stem>_unique.png); stems from
+    Dissection.file_stems() (safe, distinct file names). Images are read from the dataset the
+    dissection ran on (or `dataset_root`). Returns the index.html path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     index_rows, cache = [], {}
+    stems = dissection.file_stems()
     for ld in dissection:
-        name = _safe(ld.layer)
+        name = stems[ld.layer]
         root = Path(dataset_root or ld.settings.get("dataset_root", "."))
         (out / name).mkdir(exist_ok=True)
         unique = ld.unique_detectors()
+        thr = ld.settings.get("iou_threshold", 0.04)
         _bar_chart(out / f"{name}_unique.png", {ld.layer: unique}, f"{ld.layer}: unique detectors per category "
-                   f"(IoU > {ld.settings.get('iou_threshold', 0.04)})")
+                   f"(IoU > {thr})")
         units = ld.units()[: max_units or None]
+        detector = {d["unit"] for d in ld.detectors()}
+        it = units
         if progress:
             from tqdm.auto import tqdm
-            units = tqdm(units, desc=f"report {ld.layer}", unit="unit")
-        rows = []
-        for u in units:
-            k = u["unit"]
-            strip = _strip(ld, k, root, cache)
-            img = ""
-            if strip is not None:
-                strip.save(out / name / f"unit_{k:04d}.jpg", quality=88)
-                img = f'<img src="{html.escape(name)}/unit_{k:04d}.jpg" alt="unit {k}">'
-            dead = bool(ld.dead[k])
-            label = "(dead unit)" if dead else html.escape(u["label"])
-            rows.append(f'<tr class="{"dead" if dead else ""}"><td>{k}</td><td>{label}</td>'
-                        f'<td>{html.escape(u["category"])}</td><td>{u["iou"]:.3f}</td>'
-                        f'<td>{u["threshold"]:.4g}</td><td>{img}</td></tr>')
-        n_det = len(ld.detectors())
-        body = (f"<h1>{html.escape(ld.layer)}</h1><p>{ld.num_units} units, {n_det} detectors (IoU &gt; "
-                f"{ld.settings.get('iou_threshold', 0.04)}), {ld.images} images; quantile "
-                f"{ld.settings.get('quantile')}, mask {html.escape(str(ld.settings.get('threshold_op')))} threshold, "
-                f"union '{ld.settings.get('union')}'.</p><img src=\"{html.escape(name)}_unique.png\" alt=\"chart\">"
-                "<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th><th>threshold</th>"
-                "<th>top images (activated region outlined)</th></tr>" + "".join(rows) + "</table>"
-                '<p><a href="index.html">all layers</a></p>')
-        (out / f"{name}.html").write_text(_PAGE.format(title=html.escape(ld.layer), body=body), encoding="utf-8")
+            it = tqdm(units, desc=f"report {ld.layer}", unit="unit")
+        rows = {True: [], False: []}
+        for u in it:
+            rows[u["unit"] in detector].append(_unit_row(ld, u, name, out, root, cache))
+        n_det = len(detector)
+        e = lambda v: html.escape(str(v))  # noqa: E731
+        body = (f"<h1>{e(ld.layer)}</h1><p>{ld.num_units} units, {n_det} detectors (IoU &gt; {e(thr)}), "
+                f"{ld.images} images; quantile {e(ld.settings.get('quantile'))}, mask "
+                f"{e(ld.settings.get('threshold_op'))} threshold, union '{e(ld.settings.get('union'))}'.</p>"
+                f'<img src="{name}_unique.png" alt="chart"><h2>Detectors ({len(rows[True])})</h2>'
+                + (_HEAD + "".join(rows[True]) + "</table>" if rows[True] else "<p>none</p>")
+                + (f"<details><summary>Other units ({len(rows[False])}, IoU at most {e(thr)})</summary>"
+                   + _HEAD + "".join(rows[False]) + "</table></details>" if rows[False] else "")
+                + '<p><a href="index.html">all layers</a></p>')
+        (out / f"{name}.html").write_text(_PAGE.format(title=e(ld.layer), body=body), encoding="utf-8")
         cells = "".join(f"<td>{unique[c]}</td>" for c in ld.categories)
-        index_rows.append(f'<tr><td><a href="{html.escape(name)}.html">{html.escape(ld.layer)}</a></td>'
+        index_rows.append(f'<tr><td><a href="{name}.html">{html.escape(ld.layer)}</a></td>'
                           f"<td>{ld.num_units}</td><td>{n_det}</td>{cells}</tr>")
     cats = next(iter(dissection)).categories if len(dissection) else []
     head = "".join(f"<th>unique {html.escape(c)}</th>" for c in cats)
@@ -160,11 +178,11 @@ class Comparison:
         """compare.csv and compare.png (grouped bars of unique detectors per category)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "compare.csv", "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["name", "layer", "units", "detectors"] + self.categories + ["unique_total"])
+        with open(out / "compare.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)  # CRLF lines: a CR or LF inside a name is quoted
+            w.writerow(["name", "layer", "units", "detectors"] + [csv_cell(c) for c in self.categories] + ["unique_total"])
             for r in self.rows:
-                w.writerow([r["name"], r["layer"], r["units"], r["detectors"]]
+                w.writerow([csv_cell(r["name"]), csv_cell(r["layer"]), r["units"], r["detectors"]]
                            + [r["unique"].get(c, 0) for c in self.categories] + [r["unique_total"]])
         _bar_chart(out / "compare.png", {f"{r['name']}:{r['layer']}": r["unique"] for r in self.rows},
                    "unique detectors per category")

@@ -1,8 +1,11 @@
 """Dissection results: per layer, each unit's threshold, best concept and IoU, detectors, unique
-detectors per category, and exports (NetDissect-Lite's tally.csv columns, JSON)."""
+detectors per category, and exports (NetDissect-Lite's tally.csv columns, JSON). Names from the
+dataset or the model are data: CSV cells are escaped against formulas, file names are made safe and
+distinct."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -135,27 +138,32 @@ class LayerDissection:
         return rows
 
     def to_csv(self, path=None) -> str:
-        """NetDissect-Lite's tally.csv: unit (from 1), category, label, score, then per category
-        <cat>-label, <cat>-truth (label pixels), <cat>-activation (the unit's mask pixels in that
-        category's union), <cat>-intersect, <cat>-iou; rows sorted by score. Returns the text."""
+        """NetDissect-Lite's tally.csv: unit (numbered from 1, NetDissect-Lite's convention), category,
+        label, score, then per category <cat>-label, <cat>-truth (label pixels), <cat>-activation (the
+        unit's mask pixels in that category's union), <cat>-intersect, <cat>-iou; then unit_0based
+        (the unit numbered from 0, as in the HTML report, JSON, console and Python); rows sorted by
+        score. Text cells starting with = + - @ tab or CR get a leading ' (no spreadsheet formulas);
+        lines end in CRLF (RFC 4180), so that a CR or LF inside a name is quoted. Returns the text."""
         labels, ious = self.best_in_category()
         best, iou, cat = self.best_label, self.best_iou, self.best_category
         header = ["unit", "category", "label", "score"]
         for c in self.categories:
             header += [f"{c}-label", f"{c}-truth", f"{c}-activation", f"{c}-intersect", f"{c}-iou"]
+        header.append("unit_0based")
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(header)
+        w = csv.writer(buf)
+        w.writerow([csv_cell(h) for h in header])
         for k in np.argsort(-iou, kind="stable"):
-            row = [k + 1, self.categories[cat[k]], self.label_names[best[k]], f"{iou[k]:.6f}"]
+            row = [k + 1, csv_cell(self.categories[cat[k]]), csv_cell(self.label_names[best[k]]), f"{iou[k]:.6f}"]
             for ci in range(len(self.categories)):
                 lab = labels[ci, k]
-                row += [self.label_names[lab], int(self.label_count[lab]), int(self.activation[k, ci]),
+                row += [csv_cell(self.label_names[lab]), int(self.label_count[lab]), int(self.activation[k, ci]),
                         int(self.intersection[k, lab]), f"{ious[ci, k]:.6f}"]
+            row.append(int(k))
             w.writerow(row)
         text = buf.getvalue()
         if path is not None:
-            Path(path).write_text(text)
+            Path(path).write_text(text, encoding="utf-8", newline="")
         return text
 
     def to_dict(self, full: bool = False) -> dict:
@@ -198,13 +206,18 @@ class Dissection:
     def unique_detectors(self, iou_threshold=None, rule="category") -> dict:
         return {l.layer: l.unique_detectors(iou_threshold, rule) for l in self}
 
+    def file_stems(self) -> dict:
+        """{layer: the name its files get} (file_stems(): safe and distinct, see there)."""
+        return file_stems(list(self.layers))
+
     def to_csv(self, directory) -> list[Path]:
-        """One tally_<layer>.csv per layer in `directory`; returns the paths."""
+        """One tally_<stem>.csv per layer in `directory` (stem: file_stems()); returns the paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
+        stems = self.file_stems()
         for l in self:
-            p = directory / f"tally_{_safe(l.layer)}.csv"
+            p = directory / f"tally_{stems[l.layer]}.csv"
             l.to_csv(p)
             paths.append(p)
         return paths
@@ -213,7 +226,7 @@ class Dissection:
         text = json.dumps({"name": self.name, "timings": self.timings,
                            "layers": [l.to_dict(full) for l in self]}, indent=1)
         if path is not None:
-            Path(path).write_text(text)
+            Path(path).write_text(text, encoding="utf-8")
         return text
 
     def save_report(self, directory, **kw):
@@ -221,5 +234,38 @@ class Dissection:
         return save_report(self, directory, **kw)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_RESERVED = {"index", "compare"}  # the report's own page and the comparison's files
+
+
+def csv_cell(value):
+    """A text cell that a spreadsheet shows as text: a leading ' before = + - @ tab or CR when more
+    follows (the usual defence against formula injection; a lone '-', Broden's name of label 0, stays);
+    other values unchanged."""
+    if isinstance(value, str) and len(value) > 1 and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    """Letters, digits, '-', '_' and '.' kept, the rest '_'; no leading '.'; at most 80 characters;
+    a digest of the name appended when anything was changed (so different names stay different)."""
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in name)
+    safe = ("_" + safe[1:] if safe.startswith(".") else safe)[:80] or "_"
+    if safe != name or safe.lower() in _RESERVED:
+        safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return safe
+
+
+def file_stems(names) -> dict:
+    """{name: file stem}: _safe(name), made distinct also where file systems ignore case (a
+    numbered suffix for the rare names whose stems still coincide)."""
+    out, taken = {}, set()
+    for name in names:
+        stem, n = _safe(name), 1
+        while stem.lower() in taken:
+            n += 1
+            stem = f"{_safe(name)}-{n}"
+        taken.add(stem.lower())
+        out[name] = stem
+    return out

@@ -3,21 +3,30 @@
 Pass 1 runs the model once per batch (all layers at once) and feeds ExactQuantile (or
 QuantileSketch) and each unit's top-k images; pass 2 feeds IoUTally with the thresholds. When the
 activations of pass 1 fit in memory they are kept, and pass 2 reads them instead of running the
-model again. Checkpoints after each pass and every `checkpoint_every` batches; under
-torch.distributed each rank takes a contiguous shard and states are combined with all_merge.
+model again. Checkpoints after each pass and every `checkpoint_every` batches (checkpoint.py says
+what they fingerprint and validate); under torch.distributed each rank takes a contiguous shard,
+states are combined with all_merge, and the ranks agree on where to resume before any collective.
+
+torchrun sets OMP_NUM_THREADS=1 in each process unless it is set. Counts never depend on threads,
+but the model's float forward (convolutions) may round differently with another thread count, so
+thresholds under torchrun can differ in the last bits from one multi-threaded process; set
+OMP_NUM_THREADS (or torch.set_num_threads) the same in both for bit-identical thresholds.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import time
+import warnings
 
 import torch
 
 import unitscope
+from unitscope._compile import Runner, check_compile
 from unitscope.data import BrodenDataset, collate_broden
 from unitscope.dissect.capture import LayerCapture
-from unitscope.dissect.checkpoint import checkpoint_path, load_checkpoint, model_fingerprint, save_checkpoint
+from unitscope.dissect.checkpoint import (CheckpointError, checkpoint_path, describe_callable, load_checkpoint,
+                                          model_fingerprint, prepare_checkpoint_dir, probe_stats, save_checkpoint)
 from unitscope.dissect.result import Dissection, LayerDissection
 from unitscope.dissect.topk import TopKImages
 from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
@@ -26,20 +35,8 @@ UPSAMPLE = {"bilinear": False, "bilinear-align-corners": True}
 
 # the default preprocess: (B, 3, H, W) float in [0, 1] -> ImageNet mean/std normalized
 imagenet_preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-
-
-def _describe(fn) -> str:
-    """A stable description of a preprocess callable for the checkpoint key (modules: their type
-    and a digest of their tensors)."""
-    if fn is None:
-        return "imagenet"
-    if isinstance(fn, torch.nn.Module):
-        import hashlib
-        h = hashlib.sha256()
-        for t in list(fn.parameters()) + list(fn.buffers()):
-            h.update(t.detach().cpu().double().numpy().tobytes())
-        return f"{type(fn).__module__}.{type(fn).__qualname__}:{h.hexdigest()[:16]}"
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+PROBE_IMAGES = 4      # the dataset's first images: the model's behaviour recorded in a checkpoint
+_ORDER = {"none": 0, "threshold": 1, "tally": 2, "done": 3}
 
 
 def _dist() -> tuple[int, int]:
@@ -56,7 +53,8 @@ def _merge_all(obj, world):
     return obj if merged is None else merged
 
 
-def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache):
+def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache,
+                checkpoint_dir, checkpoint_every, compile, num_workers):
     if not (isinstance(quantile, float) and 0.0 < quantile < 1.0):
         raise ValueError(f"quantile must be a float in (0, 1), got {quantile!r}")
     if not isinstance(iou_threshold, (int, float)) or not 0 <= iou_threshold <= 1:
@@ -75,6 +73,13 @@ def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_si
         raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, got {autocast!r}")
     if cache not in ("auto", True, False):
         raise ValueError(f"cache_activations must be 'auto', True or False, got {cache!r}")
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be an int >= 0 (0: only after each pass), got {checkpoint_every!r}")
+    if checkpoint_dir is not None and (not isinstance(checkpoint_dir, (str, os.PathLike)) or "\0" in str(checkpoint_dir)):
+        raise ValueError(f"checkpoint_dir must be a folder path without NUL bytes, got {checkpoint_dir!r}")
+    check_compile(compile)
+    if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+        raise ValueError(f"num_workers must be 'auto' or an int >= 0, got {num_workers!r}")
 
 
 def _as_dataset(dataset, categories) -> BrodenDataset:
@@ -103,6 +108,17 @@ def _free_memory_bytes() -> int:
         return 0
 
 
+def _check_tally_memory(shapes, num_labels, device) -> None:
+    """Refuse, before anything is allocated, IoU tallies (int64 [K, C] per layer) larger than the
+    free memory of their device (when it is known): a label.csv with large label numbers makes C large."""
+    need = sum(K for K, _, _ in shapes.values()) * num_labels * 8
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_memory_bytes()
+    if free and need > free:
+        raise ValueError(f"the IoU tallies need {need / 2**30:.1f} GiB ({sum(K for K, _, _ in shapes.values())} units x "
+                         f"{num_labels} label numbers x 8 bytes), more than the {free / 2**30:.1f} GiB free on {device}; "
+                         "dissect fewer layers or renumber the dataset's labels densely")
+
+
 class _Timer:
     def __init__(self, device):
         self.sync = device.type == "cuda"
@@ -122,9 +138,9 @@ class _Timer:
 def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, device=None,
             quantile: float = 0.995, iou_threshold: float = 0.04, categories=None, threshold_op: str = ">",
             union: str = "category", exact: bool = True, upsample: str = "bilinear", preprocess=None,
-            num_workers: int = 0, checkpoint_dir=None, checkpoint_every: int = 50, progress: bool = True,
+            num_workers="auto", checkpoint_dir=None, checkpoint_every: int = 50, progress: bool = True,
             topk: int = 8, tokens: bool = False, autocast=None, cache_activations="auto",
-            sketch_size: int | None = None, backend: str | None = None) -> Dissection:
+            sketch_size: int | None = None, backend: str | None = None, compile="auto") -> Dissection:
     """Network dissection of `layers` of `model` on a Broden-format `dataset`.
 
     Args:
@@ -141,16 +157,29 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         exact: ExactQuantile (True) or the bounded-memory QuantileSketch (False, size=sketch_size).
         upsample: 'bilinear' (align_corners=False) or 'bilinear-align-corners'.
         preprocess: maps a (B, 3, H, W) [0, 1] batch to the model input; default ImageNet mean/std.
-        checkpoint_dir: where checkpoints go; a run finding its own checkpoint there resumes.
+        checkpoint_dir: where checkpoints go; a run finding its own checkpoint there resumes. The
+            checkpoint records the settings, the model's weights, code and outputs at `layers` on the
+            dataset's first images, the preprocess and the files read; a checkpoint that differs in
+            any of them, or fails validation, raises CheckpointError (a ValueError) before any work.
         topk: images kept per unit (by max activation) with their maps for the report.
         tokens: rearrange (B, T, C) outputs (ViT) into (B, C, s, s) maps.
         autocast: None, torch.float16 or torch.bfloat16 for the forward only.
         cache_activations: keep pass-1 activations for pass 2 ('auto': when they need less than a
             third of the free memory) instead of running the model twice.
+        num_workers: DataLoader worker processes that decode and resize while the model runs;
+            'auto' uses up to half the CPUs (at most 4) for a pass of 256 images
+            or more and reads in this process below that (starting workers costs about a second).
+        compile: run the model through torch.compile: 'auto' (after timing the first batch, when
+            the batches to come save clearly more than the compile costs, about 40 s here), True
+            or False (the exact eager path; compiled results may differ in the last float bits,
+            which can move a threshold and a few pixels). A model that cannot be compiled runs
+            eagerly after a one-line warning. Checkpoints record whether the run was compiled, and a
+            resumed 'auto' run follows that record.
     Returns:
         Dissection with one LayerDissection per layer.
     """
-    _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache_activations)
+    _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache_activations,
+                checkpoint_dir, checkpoint_every, compile, num_workers)
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)
@@ -163,68 +192,93 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    model.to(device)
-    preprocess_fn = preprocess or imagenet_preprocess
     rank, world = _dist()
     N = len(ds)
     lo, hi = rank * N // world, (rank + 1) * N // world
-    key = {"model": model_fingerprint(model), "layers": layers, "dataset": ds.fingerprint, "images": N,
-           "quantile": quantile, "threshold_op": threshold_op, "union": union, "exact": exact,
-           "sketch_size": sketch_size, "upsample": upsample, "preprocess": _describe(preprocess),
-           "topk": topk, "tokens": tokens, "autocast": str(autocast), "world_size": world, "rank": rank}
     ckpt = checkpoint_path(checkpoint_dir, rank, world) if checkpoint_dir is not None else None
-    state = load_checkpoint(ckpt, key) if ckpt is not None else None
-    if state is None:
-        state = {"key": key, "stage": "threshold", "done": 0, "shapes": None, "layers": {}}
+    if ckpt is not None:
+        prepare_checkpoint_dir(ckpt)
+    model.to(device)
+    settings = {"quantile": quantile, "threshold_op": threshold_op, "union": union, "exact": exact,
+                "sketch_size": sketch_size, "upsample": upsample, "topk": topk, "tokens": tokens,
+                "autocast": str(autocast), "compile": compile}
     timer = _Timer(device)
     was_training = model.training
     model.eval()
-    run = _Run(model, layers, ds, device, preprocess_fn, autocast, tokens, batch_size, num_workers,
-               progress and rank == 0, timer, (lo, hi), backend)
+    run = _Run(model, layers, ds, device, preprocess or imagenet_preprocess, autocast, tokens, batch_size,
+               num_workers, progress and rank == 0, timer, (lo, hi), backend, settings, out_size)
     try:
         with torch.no_grad(), LayerCapture(model, layers, tokens=tokens) as capture:
             run.capture = capture
+            log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
+            run.runner = Runner(capture, compile, traced=capture.full, log=log)
+            state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
+            if ckpt is not None:
+                state = run.resume(ckpt, dict(settings, dataset=ds.fingerprint, preprocess=describe_callable(preprocess),
+                                              layers=layers, images=N, world_size=world, rank=rank, shard=[lo, hi]),
+                                   rank, world)
+                if compile == "auto" and (state["done"] or state["stage"] != "threshold"):
+                    run.runner.setting = state["compiled"]  # one result never mixes eager and compiled
             if state["stage"] == "threshold":
-                run.threshold_pass(state, ckpt, checkpoint_every, N, quantile, exact, sketch_size, topk, cache_activations)
-                state = run.finish_threshold(state, ckpt, quantile, exact, topk, world)
+                run.threshold_pass(state, ckpt, checkpoint_every, cache_activations)
+                state = run.finish_threshold(state, ckpt, world)
             if state["stage"] == "tally":
-                run.tally_pass(state, ckpt, checkpoint_every, threshold_op, union, UPSAMPLE[upsample], out_size)
+                run.tally_pass(state, ckpt, checkpoint_every)
                 state = run.finish_tally(state, ckpt, world)
     finally:
         model.train(was_training)
-    settings = {k: key[k] for k in ("quantile", "threshold_op", "union", "exact", "upsample", "topk")}
-    settings.update(iou_threshold=iou_threshold, images=N, dataset_root=str(ds.root))
+    meta = {k: settings[k] for k in ("quantile", "threshold_op", "union", "exact", "upsample", "topk")}
+    meta.update(iou_threshold=iou_threshold, images=N, dataset_root=str(ds.root), compiled=bool(state["compiled"]))
     results = {}
     for layer in layers:
         ls = state["layers"][layer]
+        t = run.tally[layer]
+        counts = {"intersection": t.intersection.cpu(), "activation": t.activation.cpu(), "label": t.label.cpu(),
+                  "activation_total": t.activation_total.cpu(), "images": int(t.images), "iou": t.iou().cpu()}
         results[layer] = LayerDissection.from_counts(
-            layer, ls["thresholds"], ls["tally"], ls["topk"], label_names=ds.label_names,
+            layer, ls["thresholds"], counts, ls["topk"], label_names=ds.label_names,
             categories=ds.categories, label_category=ds.label_category,
-            image_paths=[ds.rows[i].image for i in range(N)], settings=settings)
-    return Dissection(results, timings=dict(timer.seconds), settings=settings)
+            image_paths=[ds.rows[i].image for i in range(N)], settings=meta)
+    return Dissection(results, timings=dict(timer.seconds), settings=meta)
+
+
+# num_workers="auto": a pass this long reads in worker processes (decoding a 224x224 image and its
+# label maps takes a few ms, starting a worker about a second)
+AUTO_WORKERS_MIN_IMAGES = 256
+
+
+def _tqdm_write(msg):
+    from tqdm.auto import tqdm
+    tqdm.write(msg)
 
 
 class _Run:
-    """The passes' shared machinery: loaders, the forward, the per-layer states."""
+    """The passes' shared machinery: loaders, the forward, the per-layer states, resuming."""
 
     def __init__(self, model, layers, ds, device, preprocess, autocast, tokens, batch_size, num_workers,
-                 progress, timer, shard, backend):
+                 progress, timer, shard, backend, settings, out_size):
         self.model, self.layers, self.ds, self.device = model, layers, ds, device
         self.preprocess, self.autocast, self.batch_size, self.num_workers = preprocess, autocast, batch_size, num_workers
         self.progress, self.timer, self.shard, self.backend = progress, timer, shard, backend
+        self.settings, self.out_size = settings, out_size
         self.quant, self.topk, self.tally, self.cache = {}, {}, {}, None
         self.capture = None
+        self.runner = None  # unitscope._compile.Runner over the capture: eager or compiled
+        self.envelope = None  # key and probe statistics written with every checkpoint
 
     def _loader(self, start, fields, desc):
         lo, hi = self.shard
         view = self.ds.with_fields(*fields)
         subset = torch.utils.data.Subset(view, range(lo + start, hi))
+        workers = self.num_workers
+        if workers == "auto":
+            workers = min(4, max(1, (os.cpu_count() or 1) // 2)) if len(subset) >= AUTO_WORKERS_MIN_IMAGES else 0
         loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, shuffle=False,
-                                             num_workers=self.num_workers, collate_fn=collate_broden,
+                                             num_workers=workers, collate_fn=collate_broden,
                                              pin_memory=self.device.type == "cuda")
         if self.progress:
-            from tqdm.auto import tqdm
-            return tqdm(loader, desc=desc, unit="batch", total=len(loader))
+            from unitscope._progress import progress_bar
+            return progress_bar(loader, desc=desc, unit="batch", total=len(loader))
         return loader
 
     def _batches(self, start, fields, desc):
@@ -236,42 +290,179 @@ class _Run:
                 return
             yield batch
 
-    def forward(self, images):
+    def forward(self, images, eager=False):
         with self.timer("forward"):
             x = self.preprocess(images.to(self.device, non_blocking=True))
             ctx = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
             with ctx:
-                acts = self.capture(x)
+                acts = self.capture(x) if eager else self.runner(x)
             return {k: (v.float() if v.dtype != torch.float32 else v) for k, v in acts.items()}
 
-    def _make_threshold_states(self, shapes, total_images, quantile, exact, sketch_size, topk):
+    # ---- states ----------------------------------------------------------------------------------
+    def _make_threshold_states(self, shapes):
+        s, total = self.settings, len(self.ds)
         for layer in self.layers:
             K, h, w = shapes[layer]
-            if exact:
-                self.quant[layer] = unitscope.ExactQuantile(K, quantile, total_images * h * w, dim=1,
+            if s["exact"]:
+                self.quant[layer] = unitscope.ExactQuantile(K, s["quantile"], total * h * w, dim=1,
                                                             device=self.device, backend=self.backend)
             else:
-                kw = {} if sketch_size is None else {"size": sketch_size}
-                self.quant[layer] = unitscope.QuantileSketch(K, dim=1, device=self.device, seed=0, **kw)
-            self.topk[layer] = TopKImages(K, topk, (h, w), device=self.device)
+                kw = {} if s["sketch_size"] is None else {"size": s["sketch_size"]}
+                self.quant[layer] = unitscope.QuantileSketch(K, dim=1, device=self.device, seed=0,
+                                                             backend=self.backend, **kw)
+            self.topk[layer] = TopKImages(K, s["topk"], (h, w), device=self.device)
+
+    def _make_tallies(self, shapes):
+        s = self.settings
+        lc = torch.from_numpy(self.ds.label_category.clip(min=0)).to(self.device)
+        for layer in self.layers:
+            self.tally[layer] = unitscope.IoUTally(
+                shapes[layer][0], self.ds.num_labels, label_category=lc, num_categories=len(self.ds.categories),
+                out_size=self.out_size, align_corners=UPSAMPLE[s["upsample"]], threshold_op=s["threshold_op"],
+                union=s["union"], device=self.device, backend=self.backend)
+
+    def _batches_left(self, done):
+        """Batches of this rank's shard after `done` images."""
+        lo, hi = self.shard
+        return -(-max(hi - lo - done, 0) // self.batch_size)
 
     def _save(self, state, ckpt):
+        state["compiled"] = state["compiled"] or self.runner.compiled
         if ckpt is not None:
-            save_checkpoint(ckpt, state)
+            save_checkpoint(ckpt, dict(state, **self.envelope))
 
-    def threshold_pass(self, state, ckpt, every, total_images, quantile, exact, sketch_size, topk, cache):
-        if state["shapes"] is not None:
-            self._make_threshold_states(state["shapes"], total_images, quantile, exact, sketch_size, topk)
+    # ---- resuming --------------------------------------------------------------------------------
+    def resume(self, ckpt, key, rank, world) -> dict:
+        """Probe the model, load and validate this rank's checkpoint, agree with the other ranks;
+        returns the state to continue from (a fresh one when there is nothing to resume)."""
+        fresh = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
+        view = self.ds.with_fields("image")
+        acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"],
+                            eager=True)  # the probe is the eager model's behaviour, and no batch to time
+        probe = probe_stats(acts)
+        shapes = {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
+        _check_tally_memory(shapes, self.ds.num_labels, self.device)
+        fp = model_fingerprint(self.model)  # after a forward: lazy modules are initialized by now
+        key.update(model=fp["weights"], model_code=fp["code"], probe_tolerance=1e-3 if self.autocast is None else 3e-2)
+        self.envelope = {"key": key, "probe": probe}
+        state, error = None, None
+        try:
+            state = load_checkpoint(ckpt, key, probe, shapes, key["probe_tolerance"], self.shard[1] - self.shard[0])
+            if state is not None:
+                self._restore(state, ckpt)
+        except CheckpointError as e:
+            error = e
+        if world > 1:
+            state = self._agree(state, error, rank, world)
+        elif error is not None:
+            raise error
+        if state is None:
+            self.quant, self.topk, self.tally = {}, {}, {}
+            return fresh
+        return state
+
+    def _restore(self, state, ckpt):
+        """Build the kernel states from a validated envelope (their load_state_dict checks their own
+        fields) and check the counts against `done`: images tallied, top-k indices in range."""
+        lo, hi = self.shard
+        stage, done, shapes = state["stage"], state["done"], state["shapes"]
+        try:
+            if stage == "threshold":
+                self._make_threshold_states(shapes)
+                for layer in self.layers:
+                    K, h, w = shapes[layer]
+                    q = self.quant[layer]
+                    q.load_state_dict(state["layers"][layer]["quantile"])
+                    seen = q.count.cpu()  # with or without NaN, by kernel: accept either
+                    if bool((seen != done * h * w).any()) and bool((seen + q.nan_count.cpu() != done * h * w).any()):
+                        raise CheckpointError(f"layer {layer!r}: the quantile state counted {seen.tolist()[:4]}... "
+                                              f"values per unit, expected done * h * w = {done * h * w}")
+                    self.topk[layer].load_state_dict(state["layers"][layer]["topk"])
+                    self._check_topk(layer, lo, lo + done)
+                return
             for layer in self.layers:
-                self.quant[layer].load_state_dict(state["layers"][layer]["quantile"])
+                K, h, w = shapes[layer]
+                self.topk[layer] = TopKImages(K, self.settings["topk"], (h, w), device=self.device)
                 self.topk[layer].load_state_dict(state["layers"][layer]["topk"])
+                self._check_topk(layer, 0, len(self.ds))
+                state["layers"][layer]["topk"] = self.topk[layer].state_dict()
+            with_tally = [layer for layer in self.layers if "tally" in state["layers"][layer]]
+            if with_tally and len(with_tally) != len(self.layers):
+                raise CheckpointError(f"only layers {with_tally} have a tally")
+            if not with_tally and done != 0:
+                raise CheckpointError(f"done is {done} but no tally was saved")
+            if with_tally:
+                self._make_tallies(shapes)
+                images = len(self.ds) if stage == "done" else done
+                for layer in self.layers:
+                    self.tally[layer].load_state_dict(state["layers"][layer]["tally"])
+                    if self.tally[layer].images != images:
+                        raise CheckpointError(f"layer {layer!r}: the tally counted {self.tally[layer].images} "
+                                              f"images, expected {images}")
+        except Exception as e:  # the kernels' own checks (ValueError/TypeError) and anything else
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise CheckpointError(f"checkpoint {ckpt} is invalid: {first}; delete it to start over") from e
+
+    def _check_topk(self, layer, start, stop):
+        t = self.topk[layer]
+        index = t.index.cpu()
+        if index.dtype != torch.int64:
+            raise CheckpointError(f"layer {layer!r}: top-k index must be int64, got {index.dtype}")
+        kept = index >= 0
+        if bool(((index < -1) | (kept & ((index < start) | (index >= stop)))).any()):
+            raise CheckpointError(f"layer {layer!r}: top-k image indices must be -1 or in [{start}, {stop})")
+        want = min(t.k, stop - start)
+        if bool((kept.sum(1) != want).any()):
+            raise CheckpointError(f"layer {layer!r}: every unit must keep {want} top-k images")
+        s = torch.where(kept, index, -1 - torch.arange(index.shape[1]).expand_as(index)).sort(1).values
+        if index.shape[1] > 1 and bool((s[:, 1:] == s[:, :-1]).any()):
+            raise CheckpointError(f"layer {layer!r}: a unit keeps an image twice in its top-k")
+
+    def _agree(self, state, error, rank, world):
+        """Every rank learns every rank's checkpoint status before any collective: a refused checkpoint
+        stops all ranks; in the first pass each rank goes on from where it is (its shard is its own
+        until the merge); at differing stages the ranks ahead fall back (a finished rank redoes its
+        share of the second pass) or, when some rank has not finished the first pass, all restart."""
+        infos = [None] * world
+        torch.distributed.all_gather_object(infos, (state["stage"] if state else "none",
+                                                    None if error is None else str(error)))
+        refused = [(r, e) for r, (_, e) in enumerate(infos) if e is not None]
+        if refused:
+            if error is not None:
+                raise error
+            r, e = refused[0]
+            raise CheckpointError(f"rank {r} refused its checkpoint, so every rank stops: {e}")
+        stages = [s for s, _ in infos]
+        if len({"threshold" if s == "none" else s for s in stages}) == 1:
+            return state  # the same stage (no checkpoint = pass 1 from its start): each rank goes on
+        lowest = min(stages, key=_ORDER.get)
+        said = ", ".join(f"rank {r}: {s}" for r, s in enumerate(stages))
+        if lowest == "tally":
+            if rank == 0:
+                warnings.warn(f"dissect: the ranks' checkpoints are at different stages ({said}); ranks that "
+                              "had finished redo their share of the second pass", stacklevel=3)
+            if state["stage"] == "done":
+                state.update(stage="tally", done=0)
+                for entry in state["layers"].values():
+                    entry.pop("tally", None)
+                self.tally = {}
+            return state
+        if rank == 0:
+            warnings.warn(f"dissect: the ranks' checkpoints are at different stages ({said}); every rank "
+                          "restarts from the first pass", stacklevel=3)
+        return None
+
+    # ---- the passes ------------------------------------------------------------------------------
+    def threshold_pass(self, state, ckpt, every, cache):
         lo, hi = self.shard
         want_cache = cache is not False and state["done"] == 0
         for nb, batch in enumerate(self._batches(state["done"], ("image",), "dissect: thresholds"), 1):
             acts = self.forward(batch["image"])
             if state["shapes"] is None:
                 state["shapes"] = {k: tuple(v.shape[1:]) for k, v in acts.items()}
-                self._make_threshold_states(state["shapes"], total_images, quantile, exact, sketch_size, topk)
+                _check_tally_memory(state["shapes"], self.ds.num_labels, self.device)
+            if not self.quant:
+                self._make_threshold_states(state["shapes"])
             if want_cache and self.cache is None:
                 self.cache = self._alloc_cache(state["shapes"], hi - lo, cache)
                 want_cache = self.cache is not None
@@ -286,6 +477,7 @@ class _Run:
                         pos = state["done"]
                         self.cache[layer][pos:pos + a.shape[0]].copy_(a)
             state["done"] += batch["index"].numel()
+            self.runner.plan(self._batches_left(state["done"]) + (0 if self.cache is not None else self._batches_left(0)))
             if every and nb % every == 0:
                 for layer in self.layers:
                     state["layers"][layer] = {"quantile": self.quant[layer].state_dict(),
@@ -298,28 +490,24 @@ class _Run:
             return None
         return {layer: torch.empty((n,) + tuple(shapes[layer]), dtype=torch.float32) for layer in self.layers}
 
-    def finish_threshold(self, state, ckpt, quantile, exact, topk, world):
+    def finish_threshold(self, state, ckpt, world):
+        s = self.settings
         with self.timer("threshold"):
             layers = {}
             for layer in self.layers:
                 q = _merge_all(self.quant[layer], world)
                 t = _merge_all(self.topk[layer], world)
-                thr = q.result() if exact else q.quantile(quantile)
-                layers[layer] = {"thresholds": thr.detach().float().cpu(), "topk": t.state_dict()}
-        state = {"key": state["key"], "stage": "tally", "done": 0, "shapes": state["shapes"], "layers": layers}
+                thr = q.result() if s["exact"] else q.quantile(s["quantile"])
+                # a unit whose every activation is NaN has no quantile: it never fires (a dead unit)
+                thr = torch.nan_to_num(thr.detach().float().cpu(), nan=float("inf"))
+                layers[layer] = {"thresholds": thr, "topk": t.state_dict()}
+        state = {"stage": "tally", "done": 0, "shapes": state["shapes"], "layers": layers, "compiled": state["compiled"]}
         self._save(state, ckpt)
         return state
 
-    def tally_pass(self, state, ckpt, every, threshold_op, union, align_corners, out_size):
-        lc = torch.from_numpy(self.ds.label_category.clip(min=0))
-        for layer in self.layers:
-            K = state["shapes"][layer][0]
-            self.tally[layer] = unitscope.IoUTally(
-                K, self.ds.num_labels, label_category=lc.to(self.device), num_categories=len(self.ds.categories),
-                out_size=out_size, align_corners=align_corners, threshold_op=threshold_op, union=union,
-                device=self.device, backend=self.backend)
-            if "tally" in state["layers"][layer]:
-                self.tally[layer].load_state_dict(state["layers"][layer]["tally"])
+    def tally_pass(self, state, ckpt, every):
+        if not self.tally:
+            self._make_tallies(state["shapes"])
         thresholds = {layer: state["layers"][layer]["thresholds"].to(self.device) for layer in self.layers}
         cached = self.cache is not None
         fields = ("labels",) if cached else ("image", "labels")
@@ -336,6 +524,8 @@ class _Run:
                 for layer, a in acts.items():
                     self.tally[layer].update(a, thresholds[layer], labels, scalars, annotated)
             state["done"] += batch["index"].numel()
+            if not cached:
+                self.runner.plan(self._batches_left(state["done"]))
             if every and nb % every == 0:
                 for layer in self.layers:
                     state["layers"][layer]["tally"] = self.tally[layer].state_dict()
@@ -344,11 +534,8 @@ class _Run:
     def finish_tally(self, state, ckpt, world):
         with self.timer("tally"):
             for layer in self.layers:
-                t = _merge_all(self.tally[layer], world)
-                state["layers"][layer]["tally"] = {
-                    "intersection": t.intersection.cpu(), "activation": t.activation.cpu(),
-                    "label": t.label.cpu(), "activation_total": t.activation_total.cpu(),
-                    "images": int(t.images), "iou": t.iou().cpu()}
+                self.tally[layer] = _merge_all(self.tally[layer], world)
+                state["layers"][layer]["tally"] = self.tally[layer].state_dict()
         state["stage"] = "done"
         self._save(state, ckpt)
         return state

@@ -3,21 +3,29 @@
 Mergeable like the kernels' states (update / merge / state_dict / load_state_dict), so
 unitscope.distributed.all_merge combines it across processes. Ties in the maximum go to the lower
 image index, so the result never depends on batch size, order or the number of processes.
+NaN positions are ignored (the NaN policy in unitscope.kernels): an image's score is the maximum of
+its map's non-NaN values, and a map with no value above -inf (e.g. all NaN) is never kept.
 """
 from __future__ import annotations
 
 import torch
 
+from unitscope.kernels import _state as S
+
 
 class TopKImages:
     """values (K, k) float32 (-inf = empty slot), index (K, k) int64 (-1 = empty), maps (K, k, h, w);
-    also each unit's overall minimum and maximum (K,) (a unit with minimum == maximum is dead)."""
+    also each unit's overall minimum and maximum (K,) of its non-NaN values (a unit with minimum ==
+    maximum is dead; inf and -inf when it has none)."""
 
     def __init__(self, num_units: int, k: int, map_size: tuple[int, int], device=None):
         if k < 0:
             raise ValueError(f"topk must be >= 0, got {k}")
+        if num_units < 1 or min(map_size) < 1:
+            raise ValueError(f"num_units and map_size must be positive, got {num_units} and {tuple(map_size)}")
         self.k = k
         h, w = map_size
+        self.num_units, self.map_size = num_units, (h, w)
         self.values = torch.full((num_units, k), float("-inf"), device=device)
         self.index = torch.full((num_units, k), -1, dtype=torch.int64, device=device)
         self.maps = torch.zeros((num_units, k, h, w), device=device)
@@ -38,10 +46,16 @@ class TopKImages:
     def update(self, acts: torch.Tensor, image_index: torch.Tensor) -> None:
         """acts (B, K, h, w) float; image_index (B,) int64 dataset indices of the batch."""
         B, K, h, w = acts.shape
-        flat = acts.detach().reshape(B, K, h * w)
-        low, peak = torch.aminmax(flat, dim=2)                                 # (B, K) each
-        peak = torch.nan_to_num(peak.float(), nan=float("-inf")).T.contiguous()  # (K, B)
-        low = torch.nan_to_num(low.float(), nan=float("inf")).T
+        if (K, h, w) != (self.num_units, *self.map_size):
+            raise ValueError(f"acts must have shape (B, K, h, w) = (B, {self.num_units}, {self.map_size[0]}, "
+                             f"{self.map_size[1]}), got {tuple(acts.shape)}")
+        if image_index.dtype != torch.int64 or tuple(image_index.shape) != (B,) or bool((image_index < 0).any()):
+            raise ValueError(f"image_index must be a (B,) = ({B},) int64 tensor of indices >= 0, got "
+                             f"{image_index.dtype} of shape {tuple(image_index.shape)}")
+        flat = acts.detach().reshape(B, K, h * w).float()
+        nan = torch.isnan(flat)                                                # NaN positions are ignored
+        peak = torch.where(nan, float("-inf"), flat).amax(dim=2).T.contiguous()  # (K, B); all NaN: -inf
+        low = torch.where(nan, float("inf"), flat).amin(dim=2).T
         self.maximum = torch.maximum(self.maximum, peak.max(dim=1).values)
         self.minimum = torch.minimum(self.minimum, low.min(dim=1).values)
         if self.k == 0:
@@ -70,10 +84,51 @@ class TopKImages:
         return self
 
     def state_dict(self) -> dict:
-        return {"values": self.values.cpu(), "index": self.index.cpu(), "maps": self.maps.cpu(),
-                "minimum": self.minimum.cpu(), "maximum": self.maximum.cpu()}
+        """{values, index, maps, minimum, maximum: CPU tensors, digest (kernels/_state.py)}."""
+        return S.with_digest({"values": self.values.cpu(), "index": self.index.cpu(), "maps": self.maps.cpu(),
+                              "minimum": self.minimum.cpu(), "maximum": self.maximum.cpu()})
 
     def load_state_dict(self, state: dict) -> None:
-        dev = self.values.device
-        self.values, self.index, self.maps = (state["values"].to(dev), state["index"].to(dev), state["maps"].to(dev))
-        self.minimum, self.maximum = state["minimum"].to(dev), state["maximum"].to(dev)
+        """Replace the state by a state_dict() of a TopKImages of the same (num_units, k, map_size).
+        Every field is checked (ValueError/TypeError naming it) before any is used: keys, dtypes,
+        shapes, devices, index >= -1 and distinct per unit, -1 exactly where the value is -inf, no
+        NaN value, slots in order (value descending, lower index first), each kept value the maximum
+        of its map's non-NaN values, empty slots' maps 0, minimum/maximum bracketing the kept maps,
+        then the digest."""
+        what = "TopKImages"
+        S.check_keys(state, ("values", "index", "maps", "minimum", "maximum"), what)
+        K, k, (h, w), dev = self.num_units, self.k, self.map_size, self.values.device
+        f32 = torch.float32
+        values = S.tensor(state, "values", what, (K, k), f32, dev)
+        index = S.tensor(state, "index", what, (K, k), torch.int64, dev)
+        maps = S.tensor(state, "maps", what, (K, k, h, w), f32, dev)
+        low = S.tensor(state, "minimum", what, (K,), f32, dev)
+        high = S.tensor(state, "maximum", what, (K,), f32, dev)
+        S.check_range(index, "index", what, -1, None)
+        empty = index == -1
+        checks = [("values", torch.isnan(values), "is NaN"),
+                  ("values", empty != (values == float("-inf")), "must be -inf exactly where index is -1")]
+        if k > 1:  # slot j + 1 must come after slot j: lower value, or the same value and a higher index
+            v0, v1, i0, i1 = values[:, :-1], values[:, 1:], index[:, :-1], index[:, 1:]
+            order = (v0 > v1) | ((v0 == v1) & (i0 < i1)) | empty[:, 1:]
+            checks.append(("index", torch.nn.functional.pad(~order, (1, 0)),
+                           "is out of order (value descending, then lower image index first)"))
+            srt = torch.sort(torch.where(empty, -1 - torch.arange(k)[None, :], index), dim=1).values
+            checks.append(("index", srt[:, 1:] == srt[:, :-1], "repeats an image"))
+        if k:
+            nan = torch.isnan(maps)
+            peak = torch.where(nan, float("-inf"), maps).amax(dim=(2, 3))
+            lows = torch.where(nan | empty[..., None, None], float("inf"), maps).flatten(1).amin(1)
+            checks += [("maps", ~empty & (peak != values), "must have its slot's value as its maximum"),
+                       ("maps", empty & (maps != 0).flatten(2).any(2), "of an empty slot must be 0"),
+                       ("minimum", low > lows, "is above a kept map's minimum"),
+                       ("maximum", high < values.amax(1), "is below a kept value")]
+        checks += [("minimum", torch.isnan(low), "is NaN"), ("maximum", torch.isnan(high), "is NaN"),
+                   ("minimum", (low > high) & ~((low == float("inf")) & (high == float("-inf"))), "is above maximum")]
+        for key, bad, message in checks:
+            pos = S.first_bad(bad)
+            if pos is not None:
+                S.fail(what, key, message, pos)
+        S.check_digest(state, what)
+        self.values, self.index, self.maps = values.to(dev), index.to(dev), maps.to(dev)
+        self.minimum, self.maximum = low.to(dev), high.to(dev)

@@ -89,7 +89,7 @@ def from_json(path, layer: str) -> UnitConcepts:
     by save_report) are used when present."""
     from PIL import Image
 
-    from unitscope.dissect.result import _safe
+    from unitscope.dissect.result import file_stems
 
     path = Path(path)
     if not path.is_file():
@@ -126,8 +126,10 @@ def from_json(path, layer: str) -> UnitConcepts:
         if not isinstance(lab, str) or not isinstance(cat, str):
             raise ValueError(f"{where}: unit {k}'s label and category must be strings, got {lab!r}, {cat!r}")
         thresholds[k], iou[k], labels[k], cats[k] = t, v, lab, cat
-    # the report sits beside the JSON (save_report(dir)) or in report/ (`unitscope dissect --out dir`)
-    strips = [path.parent / _safe(layer), path.parent / "report" / _safe(layer)]
+    # the report sits beside the JSON (save_report(dir)) or in report/ (`unitscope dissect --out dir`),
+    # its folders named as save_report names them
+    stem = file_stems([str(l.get("layer")) for l in layers])[layer]
+    strips = [path.parent / stem, path.parent / "report" / stem]
 
     def top_images(k):
         p = next((d / f"unit_{k:04d}.jpg" for d in strips if (d / f"unit_{k:04d}.jpg").is_file()), None)

@@ -1,56 +1,154 @@
-"""`unitscope featviz`: render what channels of a layer respond to, as PNGs and a small HTML page."""
+"""`unitscope featviz`: for each channel of a layer, the image that maximizes it and the one that
+minimizes it (several channels per optimization) and, with --dataset, its most and least activating
+dataset images; one grid PNG per channel and a page OUT/featviz.html (images under OUT/featviz/)."""
 from __future__ import annotations
 
 import html
 import os
 
+import torch
+
 from unitscope.featviz import objectives
+from unitscope.featviz.dataset_examples import dataset_examples
+from unitscope.featviz._loop import frozen
 from unitscope.featviz.render import render
-from unitscope.viz import save_image, to_image_array
+from unitscope.hooks import LayerCapture, resolve_layer
+from unitscope.viz import save_grid, save_image, to_image_array
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="registry name (see unitscope.models.names())")
-    p.add_argument("--layer", required=True, help="module name as in model.named_modules()")
-    p.add_argument("--channels", default="0,1,2,3", help="comma-separated channel indices")
-    p.add_argument("--objective", choices=["channel", "neuron"], default="channel")
-    p.add_argument("--minimize", action="store_true", help="render what lowers the channel instead")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--param", choices=["fourier", "pixel"], default="fourier")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--layer", required=True, help="module name as in model.named_modules(), e.g. _blocks.6")
+    p.add_argument("--channels", default="0,1,2,3",
+                   help="comma-separated channel indices, or a range START-END (inclusive) (default: %(default)s)")
+    p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
+                   help="channel: the channel's mean over all positions; neuron: its value at the centre "
+                        "position (default: %(default)s)")
+    p.add_argument("--size", type=int, default=128, help="rendered image size in pixels (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=256, help="optimization steps per render (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
+                   help="image parameterization: a frequency-scaled spectrum or plain pixels (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=8,
+                   help="channels rendered together in one optimization; each image is the one rendered "
+                        "alone, to float precision (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of every render (default: %(default)s)")
+    p.add_argument("--dataset", default=None,
+                   help="a Broden folder or a folder of images: adds each channel's most and least activating "
+                        "images (their receptive-field patches) to its grid (default: none)")
+    p.add_argument("--examples", type=int, default=9,
+                   help="dataset images shown per channel, each way (default: %(default)s)")
+    p.add_argument("--reduce", choices=["mean", "max"], default="mean",
+                   help="how a dataset image's activation map becomes the channel's score: mean over positions "
+                        "(as the channel objective) or max (default: %(default)s)")
+    p.add_argument("--dataset-size", type=int, default=224,
+                   help="dataset images are resized to this size (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-channel lines (default: off)")
+    p.add_argument("--out", required=True, help="output folder; writes featviz.html and featviz/*.png there")
+
+
+def _channels(spec: str) -> list[int]:
+    try:
+        if "-" in spec.strip()[1:]:
+            lo, hi = spec.split("-", 1)
+            return list(range(int(lo), int(hi) + 1))
+        channels = [int(c) for c in spec.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--channels must be comma-separated integers or START-END, got {spec!r}") from None
+    if not channels:
+        raise ValueError(f"--channels names no channel: {spec!r}")
+    return list(dict.fromkeys(channels))
+
+
+def _check(args, model, preprocess, device) -> list[int]:
+    """Validate every argument before any long step; returns the channels."""
+    for name, low in (("size", 16), ("steps", 1), ("batch", 1), ("examples", 1), ("dataset_size", 16)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.dataset is not None and not os.path.isdir(args.dataset):
+        raise ValueError(f"--dataset {args.dataset!r} is not a folder")
+    channels = _channels(args.channels)
+    name, _ = resolve_layer(model, args.layer)
+    with frozen(model), torch.no_grad(), LayerCapture(model, [name], detach=True) as cap:
+        model(preprocess(torch.full((1, 3, args.size, args.size), 0.5, device=device)))
+    num = cap.outputs[name].shape[1]
+    bad = [c for c in channels if not 0 <= c < num]
+    if bad:
+        raise ValueError(f"--channels: channel {bad[0]} is out of range for layer {name!r} with {num} channels "
+                         f"(0..{num - 1})")
+    return channels
+
+
+def _caption(values) -> str:
+    return ", ".join(f"{v:.2f}" for v in values.tolist())
 
 
 def run(args) -> int:
     from unitscope import models
 
-    try:
-        channels = [int(c) for c in args.channels.split(",") if c.strip()]
-    except ValueError:
-        raise SystemExit(f"--channels must be comma-separated integers, got {args.channels!r}")
     loaded = models.load(args.model, device=args.device)
-    os.makedirs(args.out, exist_ok=True)
-    rows = []
-    for c in channels:
-        make = objectives.channel if args.objective == "channel" else objectives.neuron
-        objective = make(args.layer, c)
-        if args.minimize:
-            objective = -objective
-        r = render(loaded.model, objective, size=args.size, steps=args.steps, lr=args.lr, param=args.param,
-                   preprocess=loaded.preprocess, device=args.device, seed=args.seed, progress=True)
-        name = f"{args.layer.replace('.', '_')}_{args.objective}{c}{'_min' if args.minimize else ''}.png"
-        save_image(to_image_array(r.images[0]), os.path.join(args.out, name))
-        rows.append((c, name, r.history[-1]))
-        print(f"{objective.name}: final objective {r.history[-1]:.3f} -> {name}")
-    cells = "\n".join(f'<figure><img src="{html.escape(n)}" width="{args.size}"><figcaption>{args.objective} {c}'
-                      f"<br>objective {v:.3f}</figcaption></figure>" for c, n, v in rows)
-    page = (f"<!doctype html><meta charset=utf-8><title>{html.escape(args.model)} {html.escape(args.layer)}</title>"
-            "<style>figure{display:inline-block;margin:6px;font:12px sans-serif;text-align:center}</style>"
-            f"<h1>{html.escape(args.model)} / {html.escape(args.layer)}</h1>{cells}\n")
-    with open(os.path.join(args.out, "index.html.tmp"), "w") as f:
-        f.write(page)
-    os.replace(os.path.join(args.out, "index.html.tmp"), os.path.join(args.out, "index.html"))
+    device = torch.device(args.device) if args.device else torch.device("cpu")
+    channels = _check(args, loaded.model, loaded.preprocess, device)
+    folder = os.path.join(args.out, "featviz")
+    os.makedirs(folder, exist_ok=True)
+    say = (lambda *a: None) if args.quiet else print
+    make = objectives.channel if args.objective == "channel" else objectives.neuron
+    opts = dict(size=args.size, steps=args.steps, lr=args.lr, param=args.param, preprocess=loaded.preprocess,
+                device=device, progress=not args.quiet)
+    ex = None
+    if args.dataset is not None:
+        ex = dataset_examples(loaded.model, args.layer, args.dataset, k=args.examples, units=channels,
+                              preprocess=loaded.preprocess, reduce=args.reduce, size=args.dataset_size,
+                              device=device, progress=not args.quiet)
+    stem = args.layer.replace(".", "_")
+    cells = []
+    for start in range(0, len(channels), args.batch):
+        chunk = channels[start:start + args.batch]
+        seeds = [args.seed] * len(chunk)  # each channel's image as if rendered alone with --seed
+        high = render(loaded.model, make(args.layer, chunk), seed=seeds, **opts)
+        low = render(loaded.model, -make(args.layer, chunk), seed=seeds, **opts)
+        for i, c in enumerate(chunk):
+            base = f"{stem}_{args.objective}{c}"
+            save_image(to_image_array(high.images[i]), os.path.join(folder, f"{base}_max.png"))
+            save_image(to_image_array(low.images[i]), os.path.join(folder, f"{base}_min.png"))
+            top_row, bottom_row = [high.images[i]], [low.images[i]]
+            titles_top, titles_bottom = ["max"], ["min"]
+            text = f"max render {high.values[i]:.2f}, min render {-low.values[i]:.2f}"
+            if ex is not None:
+                top_row += ex.patches(c, "top", size=args.size)
+                bottom_row += ex.patches(c, "bottom", size=args.size)
+                titles_top += [f"{v:.2f}" for v in ex.values(c, "top")]
+                titles_bottom += [f"{v:.2f}" for v in ex.values(c, "bottom")]
+                text += (f"; dataset ({args.reduce}) top {_caption(ex.values(c, 'top')[:3])}..., "
+                         f"bottom {_caption(ex.values(c, 'bottom')[:3])}...")
+            grid = save_grid([to_image_array(t) for t in top_row + bottom_row], os.path.join(folder, f"{base}.png"),
+                             titles=titles_top + titles_bottom, ncols=len(top_row))
+            cells.append((c, os.path.basename(grid), text))
+            say(f"{args.objective} {c}: {text} -> {grid}")
+    _page(args, cells, ex)
+    say(f"wrote {os.path.join(args.out, 'featviz.html')}")
     return 0
+
+
+def _page(args, cells, ex):
+    rf = ""
+    if ex is not None and ex.receptive_field is not None:
+        y0, x0, y1, x1 = ex.receptive_field["box"]
+        rf = (f"<p>Dataset patches: the receptive field ({y1 - y0}x{x1 - x0} pixels of a {args.dataset_size}px "
+              f"image, measured by {ex.receptive_field['method']}) around the channel's peak (top) or trough "
+              "(bottom) position.</p>")
+    rows = "\n".join(f'<figure><img src="featviz/{html.escape(n)}" alt="{args.objective} {c}">'
+                     f"<figcaption>{args.objective} {c}: {html.escape(t)}</figcaption></figure>" for c, n, t in cells)
+    page = (f"<!doctype html><meta charset=utf-8><title>featviz {html.escape(args.model)} {html.escape(args.layer)}"
+            "</title><style>figure{margin:10px 0;font:13px sans-serif}</style>"
+            f"<h1>{html.escape(args.model)} / {html.escape(args.layer)}</h1>"
+            f"<p>Each row pair: the image that maximizes the {args.objective} (top row, then the dataset images that "
+            f"activate it most) and the one that minimizes it (bottom row, then the least activating images). "
+            f"{args.steps} steps, {args.param} parameterization, seed {args.seed}.</p>{rf}\n{rows}\n")
+    tmp = os.path.join(args.out, f"featviz.html.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(page)
+    os.replace(tmp, os.path.join(args.out, "featviz.html"))

@@ -14,6 +14,16 @@ _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.0
 COLOR_CORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 
 
+def randn(shape, generator=None) -> torch.Tensor:
+    """Normal noise of `shape` (B, ...). `generator` is one torch.Generator for the whole batch or a
+    list of B, one per image: then image i's draw does not depend on the batch size."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"one generator per image: batch {shape[0]}, got {len(generator)} generators")
+        return torch.cat([torch.randn(1, *shape[1:], generator=g) for g in generator])
+    return torch.randn(*shape, generator=generator)
+
+
 def _to_rgb(x: torch.Tensor, decorrelate: bool) -> torch.Tensor:
     if decorrelate:
         x = torch.einsum("bchw,dc->bdhw", x, COLOR_CORRELATION.to(x.device, x.dtype))
@@ -28,7 +38,7 @@ class PixelImage(nn.Module):
         super().__init__()
         h, w = size
         self.decorrelate = decorrelate
-        self.pixels = nn.Parameter(torch.randn(batch, 3, h, w, generator=generator) * std)
+        self.pixels = nn.Parameter(randn((batch, 3, h, w), generator) * std)
 
     def forward(self) -> torch.Tensor:
         return _to_rgb(self.pixels, self.decorrelate)
@@ -49,7 +59,7 @@ class FourierImage(nn.Module):
         freq = torch.sqrt(fx ** 2 + fy ** 2)
         scale = 1.0 / torch.clamp(freq, min=1.0 / max(h, w)) ** decay_power
         self.register_buffer("scale", scale * math.sqrt(h * w))
-        self.spectrum = nn.Parameter(torch.randn(batch, 3, h, w // 2 + 1, 2, generator=generator) * std)
+        self.spectrum = nn.Parameter(randn((batch, 3, h, w // 2 + 1, 2), generator) * std)
 
     def forward(self) -> torch.Tensor:
         spec = torch.view_as_complex(self.spectrum) * self.scale

@@ -10,6 +10,7 @@ import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
+from unitscope.kernels import _state as S
 from unitscope.reference import quantile as ref
 
 _VERSION = 1
@@ -68,6 +69,9 @@ class ExactQuantile:
 
     ``merge(other)`` adds another ExactQuantile with the same (num_channels, q, total, interpolation)
     fed with other data: the result is that of one stream with both parts (counts add).
+
+    ``device``: where the state lives and the inputs must be (default: cpu, cuda for backend="cuda");
+    a bare "cuda" means the current CUDA device when the ExactQuantile is built.
     """
 
     def __init__(self, num_channels, q, total, *, dim=1, interpolation="linear", device=None, backend=None):
@@ -80,7 +84,7 @@ class ExactQuantile:
         if interpolation not in ref.INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {ref.INTERPOLATIONS}, got {interpolation!r}")
         self.interpolation = interpolation
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "ExactQuantile")
         self._num_threads = None
         self.top, self.m, self.cap = ref.candidate_sizes(self.q, self.total)
@@ -97,9 +101,9 @@ class ExactQuantile:
         t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
         if t.device != self.device:
             raise ValueError(f"x must be on {self.device} (this ExactQuantile's device), got {t.device}")
-        self._count += outer * inner
         if outer * inner:
             self._feed(t, outer, inner)
+        self._count += outer * inner
         return self
 
     def _feed(self, t, outer, inner):
@@ -134,7 +138,7 @@ class ExactQuantile:
             C.exact_quantile_update_cuda(
                 T.ptr(t), T.DTYPE_CODE[t.dtype], outer, self.num_channels, inner, start, length,
                 T.ptr(self._buf), self.cap, T.ptr(self._fill), T.ptr(self._thr), T.ptr(self._nan),
-                not self.top, T.cuda_stream(self.device))
+                not self.top, *T.cuda_launch(t))
 
     def _compact(self):
         cand, fill = ref.canonical(self._buf, self._fill, self.m)
@@ -180,28 +184,47 @@ class ExactQuantile:
     def state_dict(self) -> dict:
         """Backend-independent state: config, candidates (K, m) float32 on the CPU (the kept extreme
         values in their original sign, most extreme first; entries at or past fill[k] are padding),
-        fill, count, nan_count (K,) int64."""
+        fill, count, nan_count (K,) int64, and a digest of all of it (kernels/_state.py)."""
         cand, fill = ref.canonical(self._buf, self._fill, self.m)
-        return {"kind": "ExactQuantile", "version": _VERSION, **self._config(), "dim": self.dim,
-                "candidates": (cand if self.top else -cand).cpu(), "fill": fill.cpu(),
-                "count": self._count.cpu(), "nan_count": self._nan.cpu()}
+        return S.with_digest({"kind": "ExactQuantile", "version": _VERSION, **self._config(), "dim": self.dim,
+                              "candidates": (cand if self.top else -cand).cpu(), "fill": fill.cpu(),
+                              "count": self._count.cpu(), "nan_count": self._nan.cpu()})
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("kind") != "ExactQuantile":
-            raise ValueError(f"state must be a dict from ExactQuantile.state_dict(), got {type(state).__name__}"
-                             f" with kind={state.get('kind') if isinstance(state, dict) else None!r}")
-        mine = self._config()
-        theirs = {k: state.get(k) for k in mine}
-        if theirs != mine:
-            raise ValueError(f"state was saved with {theirs}, this ExactQuantile has {mine}")
-        cand = state["candidates"].to(self.device, torch.float32)
-        K = self.num_channels
-        if tuple(cand.shape) != (K, self.m):
-            raise ValueError(f"state['candidates'] must have shape (K, m) = ({K}, {self.m}), got {tuple(cand.shape)}")
-        self._buf[:, : self.m] = cand if self.top else -cand
-        self._fill.copy_(state["fill"].to(self.device, torch.int64))
-        self._count.copy_(state["count"].to(self.device, torch.int64))
-        self._nan.copy_(state["nan_count"].to(self.device, torch.int64))
+        """Replace the state by one from state_dict() of an ExactQuantile with the same (num_channels,
+        q, total, interpolation). Every field is checked (ValueError/TypeError naming it) before any
+        is used: keys, types, shapes, dtypes, devices, 0 <= nan_count <= count <= 2^62, fill = min(count
+        - nan_count, m), the first fill[k] candidates non-NaN and sorted, and the digest."""
+        what = "ExactQuantile"
+        S.check_keys(state, ("kind", "version", "num_channels", "q", "total", "interpolation", "dim",
+                             "candidates", "fill", "count", "nan_count"), what)
+        S.check_config(state, {"kind": "ExactQuantile", "version": _VERSION}, what)
+        S.check_config(state, self._config(), what)
+        S.check_int_field(state, "dim", what)
+        K, m, dev = self.num_channels, self.m, self.device
+        cand = S.tensor(state, "candidates", what, (K, m), torch.float32, dev)
+        fill, count, nan = (S.tensor(state, k, what, (K,), torch.int64, dev) for k in ("fill", "count", "nan_count"))
+        S.check_range(count, "count", what, 0, S.MAX_COUNT)
+        S.check_range(nan, "nan_count", what, 0, None)
+        S.check_range(count - nan, "count - nan_count", what, 0, None)
+        want = torch.clamp(count - nan, max=m)
+        bad = S.first_bad(fill != want)
+        if bad is not None:
+            S.fail(what, "fill", f"must be min(count - nan_count, m) = {int(want[bad])}, got {int(fill[bad])}", bad)
+        stored = cand if self.top else -cand  # descending in stored sign
+        used = torch.arange(m)[None, :] < fill[:, None]
+        bad = S.first_bad(used & torch.isnan(stored))
+        if bad is not None:
+            S.fail(what, "candidates", "is NaN (NaN values are counted, never kept)", bad)
+        bad = S.first_bad(used[:, 1:] & (stored[:, 1:] > stored[:, :-1]))
+        if bad is not None:
+            S.fail(what, "candidates", f"is out of order: the first fill[k] entries must be sorted "
+                   f"{'descending' if self.top else 'ascending'}", (bad[0], bad[1] + 1))
+        S.check_digest(state, what)
+        self._buf[:, :m] = stored.to(dev)
+        self._fill.copy_(fill)
+        self._count.copy_(count)
+        self._nan.copy_(nan)
         self._thr.fill_(math.nan)
 
     def merge(self, other: "ExactQuantile") -> "ExactQuantile":

@@ -1,6 +1,7 @@
 """unitscope.kernels.gradcam: the Grad-CAM reduction (Selvaraju et al., ICCV 2017) through every backend."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from unitscope import _backend
@@ -71,9 +72,9 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
         from unitscope._numba.gradcam import gradcam_numba
 
         act = A.float().contiguous().numpy()
-        grad = G.float().contiguous().numpy() if G is not None else act[:, :, :1, :1] * 0
+        grad = G.float().contiguous().numpy() if G is not None else np.zeros_like(act[:, :, :1, :1])
         wts = (W.float().reshape(B, targets, K).contiguous().numpy() if W is not None
-               else act[:, None, :, 0, 0] * 0)
+               else np.zeros_like(act[:, None, :, 0, 0]))  # unused placeholders (never act * 0: inf * 0 is NaN)
         _backend.set_numba_threads(num_threads)
         out = torch.from_numpy(gradcam_numba(act, grad, wts, G is not None, bool(relu), H, Wd,
                                              bool(align_corners), bool(normalize)))
@@ -100,5 +101,5 @@ def _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, no
         maps = B * targets
         workspace = torch.empty(maps * K + maps * h * w + 2 * maps, dtype=torch.float32, device=A.device)
         C.gradcam_cuda(T.ptr(A), T.ptr(G), T.ptr(Wc), T.ptr(out), T.ptr(workspace), code, B, targets, K, h, w,
-                       H, Wd, bool(relu), bool(align_corners), bool(normalize), T.cuda_stream(A.device))
+                       H, Wd, bool(relu), bool(align_corners), bool(normalize), *T.cuda_launch(A))
     return out

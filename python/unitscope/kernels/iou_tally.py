@@ -8,6 +8,7 @@ import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
+from unitscope.kernels import _state as S
 from unitscope.kernels.tally import TallyConfig, check_batch, count_batch
 
 _COUNTS = ("intersection", "activation", "label", "activation_total")
@@ -34,7 +35,8 @@ class IoUTally:
         num_categories (int): number of categories.
         out_size (int or (S_h, S_w)): the label resolution.
         align_corners (bool), threshold_op (">" or ">="), union ("category" or "dataset").
-        device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda").
+        device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda");
+            a bare "cuda" means the current CUDA device when the tally is built.
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
         num_threads (int, optional): CPU threads; default torch.get_num_threads().
     """
@@ -48,9 +50,7 @@ class IoUTally:
             raise ValueError(f"threshold_op must be '>' or '>=', got {threshold_op!r}")
         if union not in ("category", "dataset"):
             raise ValueError(f"union must be 'category' or 'dataset', got {union!r}")
-        if device is None:
-            device = "cuda" if backend == "cuda" else "cpu"
-        self.device = torch.device(device)
+        self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "IoUTally")
         self.num_threads = num_threads
         cat, _ = T.as_tensor(label_category, "label_category")
@@ -132,7 +132,12 @@ class IoUTally:
     # -- combining -------------------------------------------------------------------------------
     def _check_compatible(self, config: dict, what: str) -> None:
         mine = self.config()
-        diff = [k for k in mine if mine[k] != config.get(k)]
+        if not isinstance(config, dict):
+            raise TypeError(f"{what}: config must be a dict from IoUTally.config(), got {type(config).__name__}")
+        unknown = [k for k in config if not (isinstance(k, str) and k in mine)]
+        if unknown:
+            raise ValueError(f"{what}: config has unknown key(s) {[repr(k)[:40] for k in unknown]}")
+        diff = [k for k in mine if not S.same_plain(config.get(k), mine[k])]
         if diff:
             k = diff[0]
             theirs = config.get(k)
@@ -152,29 +157,47 @@ class IoUTally:
 
     def state_dict(self) -> dict:
         """{'config': plain values, 'intersection', 'activation', 'label', 'activation_total': int64
-        tensors (cloned, on the tally's device), 'images': int64 0-d tensor}."""
+        tensors (cloned, on the tally's device), 'images': int64 0-d tensor, 'digest' (kernels/_state.py)}."""
         out = {"config": self.config()}
         for k in _COUNTS:
             out[k] = getattr(self, k).clone()
         out["images"] = torch.tensor(self.images, dtype=torch.int64)
-        return out
+        return S.with_digest(out)
 
     def load_state_dict(self, state: dict) -> None:
-        """Replace the counts with those of a state_dict() from a tally with the same configuration."""
-        if not isinstance(state, dict) or "config" not in state:
-            raise TypeError("load_state_dict expects a dict from IoUTally.state_dict()")
+        """Replace the counts with those of a state_dict() from a tally with the same configuration.
+
+        Every field is checked (ValueError/TypeError naming it) before any count changes: keys, the
+        configuration, int64 tensors of the right shapes on the cpu or the tally's device, and the
+        invariants of counts a tally produces: all in [0, 2^62]; label[0] and intersection[:, 0] are
+        0; label[c] and activation_total[k] at most images * S_h * S_w; intersection[k, c] at most
+        label[c] and activation_total[k]; activation[k, :] at most activation_total[k] (equal to it
+        with union="dataset"); then the digest."""
+        what = "IoUTally"
+        S.check_keys(state, ("config", *_COUNTS, "images"), what)
         self._check_compatible(state["config"], "load_state_dict")
-        new = {}
-        for k in _COUNTS:
-            t = state.get(k)
-            ref = getattr(self, k)
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(ref.shape) or t.dtype != torch.int64:
-                raise ValueError(f"load_state_dict: {k} must be an int64 tensor of shape {tuple(ref.shape)}, "
-                                 f"got {getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))}")
-            new[k] = t.to(self.device).clone()
+        new = {k: S.tensor(state, k, what, tuple(getattr(self, k).shape), torch.int64, self.device) for k in _COUNTS}
+        images = S.tensor(state, "images", what, (), torch.int64, self.device)
+        for k in (*_COUNTS, "images"):
+            S.check_range(new.get(k, images), k, what, 0, S.MAX_COUNT)
+        inter, act, label, total = (new[k] for k in _COUNTS)
+        pixels = int(images) * self._cfg.out_size[0] * self._cfg.out_size[1]
+        S.check_range(label, "label", what, 0, min(pixels, S.MAX_COUNT))
+        S.check_range(total, "activation_total", what, 0, min(pixels, S.MAX_COUNT))
+        S.check_range(label[:1], "label", what, 0, 0)
+        S.check_range(inter[:, :1], "intersection", what, 0, 0)
+        for key, bad, bound in (("intersection", inter > label[None, :], "<= label[c]"),
+                                ("intersection", inter > total[:, None], "<= activation_total[k]"),
+                                ("activation", act > total[:, None], "<= activation_total[k]"),
+                                ("activation", (act != total[:, None]) & (self._cfg.union == "dataset"),
+                                 "== activation_total[k] (union='dataset')")):
+            pos = S.first_bad(bad)
+            if pos is not None:
+                S.fail(what, key, f"= {int(new[key][pos])} must be {bound}", pos)
+        S.check_digest(state, what)
         for k, t in new.items():
-            setattr(self, k, t)
-        self.images = int(state["images"])
+            setattr(self, k, t.to(self.device))
+        self.images = int(images)
 
     def __repr__(self) -> str:
         c = self._cfg

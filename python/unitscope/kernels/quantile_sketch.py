@@ -9,11 +9,55 @@ import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
+from unitscope.kernels import _state as S
 from unitscope.kernels.exact_quantile import _check_int, channel_view
 from unitscope.reference import quantile_sketch as ref
 
 _VERSION = 1
 _FIXED_BYTES = 8 * (ref.COARSE + 5)  # coarse histogram + top, zeros, nan, kmin, kmax
+
+
+def check_counts(s: dict, nb: int, what: str) -> None:
+    """Raise ValueError (naming the field) unless the CPU int64 state tensors `s` are a state the update
+    can produce: counts in [0, 2^62] (sum per channel too), top in [-1, 510] with the fine window's
+    layout under it (reference/quantile_sketch.py), kmin/kmax in the lowest/highest non-empty bucket."""
+    K, i64 = s["top"].shape[0], torch.int64
+    for k in ("coarse", "fine", "zeros", "nan"):
+        S.check_range(s[k], k, what, 0, S.MAX_COUNT)
+    total = s["coarse"].double().sum(1) + s["fine"].double().sum(1) + s["zeros"].double() + s["nan"].double()
+    S.check_range(total, "coarse + fine + zeros + nan (per channel)", what, 0, float(S.MAX_COUNT))
+    top = s["top"]
+    S.check_range(top, "top", what, -1, ref.COARSE - 2)
+    fine = s["fine"].view(K, nb, ref.SUB).sum(2)                        # (K, nb) per window slot
+    c_of = ref.window_base(top, nb)[:, None] + torch.arange(nb)[None, :]  # coarse bucket of each slot
+    bad = S.first_bad(((top[:, None] < 0) | (c_of < 1)) & (fine > 0))
+    if bad is not None:
+        S.fail(what, "fine", "counts a window slot that holds no bucket (below bucket 1 or top = -1)", bad)
+    bad = S.first_bad((top >= 0) & (fine[:, -1] == 0))
+    if bad is not None:
+        S.fail(what, "fine", f"must count values in the top bucket {int(top[bad])} (its largest finite value)", bad)
+    c = torch.arange(ref.COARSE)[None, :]
+    in_window = (c >= ref.window_base(top, nb)[:, None]) & (c <= top[:, None])
+    above = (c > top[:, None]) & (c < ref.COARSE - 1)
+    bad = S.first_bad((in_window | above) & (c >= 1) & (s["coarse"] > 0))
+    if bad is not None:
+        S.fail(what, "coarse", f"counts bucket {bad[1]}, which lies in or above the fine window (top = "
+               f"{int(top[bad[0]])})", bad)
+    full = s["coarse"].clone().scatter_add_(1, c_of.clamp(0, ref.COARSE - 1), torch.where(c_of >= 1, fine, 0))
+    seen = full > 0
+    n = seen.any(1)
+    low = torch.where(n, seen.to(i64).argmax(1), -1)
+    high = torch.where(n, ref.COARSE - 1 - seen.flip(1).to(i64).argmax(1), -1)
+    kmin, kmax = s["kmin"], s["kmax"]
+    bad = S.first_bad(torch.where(n, (kmin < 0) | (kmin >= 1 << 32) | ((kmin >> 23) != low), kmin != ref.EMPTY_KMIN))
+    if bad is not None:
+        S.fail(what, "kmin", f"must be the key of the smallest value counted (bucket {int(low[bad])}; "
+               f"{ref.EMPTY_KMIN} when none), got {int(kmin[bad])}", bad)
+    bad = S.first_bad(torch.where(n, (kmax < kmin) | (kmax >= 1 << 32) | ((kmax >> 23) != high),
+                                  kmax != ref.EMPTY_KMAX))
+    if bad is not None:
+        S.fail(what, "kmax", f"must be the key of the largest value counted (bucket {int(high[bad])}; "
+               f"{ref.EMPTY_KMAX} when none), got {int(kmax[bad])}", bad)
 
 
 class QuantileSketch:
@@ -49,7 +93,8 @@ class QuantileSketch:
         dim (int): channel axis of the inputs to ``update``.
         size (int): memory budget per channel in bytes (>= 5,160); the window gets
             nb = (size - 4,136) // 1,024 coarse buckets.
-        device: where the state lives (default CPU). backend: "cuda" | "cpp" | "numba" | "torch" | None.
+        device: where the state lives (default: cpu, cuda for backend="cuda"; a bare "cuda" means the
+            current CUDA device when the sketch is built). backend: "cuda" | "cpp" | "numba" | "torch" | None.
     """
 
     def __init__(self, num_channels, *, dim=1, size=16384, device=None, seed=0, backend=None):
@@ -58,7 +103,7 @@ class QuantileSketch:
         self.size = _check_int(size, "size", _FIXED_BYTES + 8 * ref.SUB)
         self.nb = min((self.size - _FIXED_BYTES) // (8 * ref.SUB), 510)
         self.seed = _check_int(seed, "seed", -(2 ** 63))
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "QuantileSketch")
         self._num_threads = None
         K, dev, i64 = self.num_channels, self.device, torch.int64
@@ -103,7 +148,7 @@ class QuantileSketch:
                 C.quantile_sketch_update_cpu(*args, _backend.num_threads(self._num_threads))
             else:
                 work = s["top"].clone()
-                C.quantile_sketch_update_cuda(*args, T.ptr(work), T.cuda_stream(self.device))
+                C.quantile_sketch_update_cuda(*args, T.ptr(work), *T.cuda_launch(t))
         return self
 
     def quantile(self, q) -> torch.Tensor:
@@ -150,19 +195,27 @@ class QuantileSketch:
         return self
 
     def state_dict(self) -> dict:
-        return {"kind": "QuantileSketch", "version": _VERSION, "num_channels": self.num_channels,
-                "size": self.size, "seed": self.seed, **{k: v.cpu().clone() for k, v in self._s.items()}}
+        """{kind, version, num_channels, size, seed, the seven (K, ...) int64 count tensors on the CPU,
+        digest (kernels/_state.py)}."""
+        return S.with_digest({"kind": "QuantileSketch", "version": _VERSION, "num_channels": self.num_channels,
+                              "size": self.size, "seed": self.seed,
+                              **{k: v.cpu().clone() for k, v in self._s.items()}})
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("kind") != "QuantileSketch":
-            raise ValueError("state must be a dict from QuantileSketch.state_dict()")
-        if (state.get("num_channels"), state.get("size")) != (self.num_channels, self.size):
-            raise ValueError(f"state was saved with (num_channels, size) = ({state.get('num_channels')}, "
-                             f"{state.get('size')}), this sketch has ({self.num_channels}, {self.size})")
+        """Replace the state by one from state_dict() of a sketch with the same (num_channels, size).
+        Every field is checked (ValueError/TypeError naming it) before any is used: keys, types,
+        shapes, dtypes, devices, counts in [0, 2^62], the fine window's layout under `top`, kmin/kmax
+        consistent with the counts, and the digest."""
+        what = "QuantileSketch"
+        S.check_keys(state, ("kind", "version", "num_channels", "size", "seed", *self._s), what)
+        S.check_config(state, {"kind": "QuantileSketch", "version": _VERSION, "num_channels": self.num_channels,
+                               "size": self.size}, what)
+        S.check_int_field(state, "seed", what)
+        new = {k: S.tensor(state, k, what, tuple(v.shape), torch.int64, self.device) for k, v in self._s.items()}
+        check_counts(new, self.nb, what)
+        S.check_digest(state, what)
         for k, v in self._s.items():
-            if tuple(state[k].shape) != tuple(v.shape):
-                raise ValueError(f"state[{k!r}] must have shape {tuple(v.shape)}, got {tuple(state[k].shape)}")
-            v.copy_(state[k].to(self.device, torch.int64))
+            v.copy_(new[k])
 
     def __repr__(self):
         return (f"QuantileSketch(num_channels={self.num_channels}, size={self.size}, backend={self.backend!r}, "

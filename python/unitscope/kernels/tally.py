@@ -161,4 +161,4 @@ def count_batch(backend: str, cfg: TallyConfig, batch: Batch, counts: dict, num_
     else:
         n = C.tally_cuda_workspace_ints(B, Sh, Sw, L, L2, cfg.num_categories)
         workspace = torch.empty(max(1, n), dtype=torch.int32, device=A.device)
-        C.tally_cuda(*common, T.ptr(workspace), *sizes, T.cuda_stream(A.device))
+        C.tally_cuda(*common, T.ptr(workspace), *sizes, *T.cuda_launch(A))

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from unitscope.models.images import load_image
+from unitscope.models.images import load_image, read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +41,8 @@ class LoadedModel:
     preprocess: nn.Module mapping a float batch in [0, 1] (B, 3, H, W) to model input.
     input_size: (H, W) the model was trained at.
     class_names: list of class names, index = class id.
-    cam_layer: name of a sensible layer for Grad-CAM-style methods (called once per forward).
+    cam_layer: the default layer for Grad-CAM-style methods: a module name, or "name@k" for the
+        k-th call of a module that runs several times per forward (see the model's loader for why).
     """
     name: str
     model: nn.Module
@@ -67,11 +68,34 @@ def imagenet_class_names() -> tuple:
 
 
 def _efficientnet_lite0(device):
+    """EfficientNet-Lite0; cam_layer "_swish@1" is the head's activated output (B, 1280, 7, 7), in [0, 6].
+
+    Why: the head is _conv_head -> _bn1 -> ReLU6 -> average pool -> _fc, and the ReLU6 module
+    `_swish` also runs after the stem, so its second call (`_swish@1`) is the head activation: the
+    last activated convolutional output, the layer the CAM papers explain (ResNet's layer4). The
+    logits are linear in its spatial mean, so Grad-CAM there is exactly CAM (Zhou et al. 2016) and
+    the signed map sums to the class logit minus the fc bias; its values are >= 0, as Score-CAM and
+    Grad-CAM++ assume (2 + S g >= 2: no pole in Grad-CAM++'s alpha). The former default `_bn1` is the BatchNorm output before the ReLU6: 90% of its
+    values are negative, so Score-CAM there (positive weights times mostly negative maps) is zero on a
+    large and growing part of the image as more channels enter (chelsea: 17% of the pixels zero with
+    the 32 channels of largest mean, 37% with 128; the issue reports all zero with all 1280).
+
+    Measured with benchmarks/compare_cam_layers.py --channels 32 on scikit-image's chelsea, astronaut,
+    coffee and rocket at 224x224 (per photo in benchmarks/RESULTS_saliency.md), means over the photos:
+
+        layer      negative  Grad-CAM top-5 correlation  Score-CAM (32 ch) nonzero
+        _bn1       0.90      0.77                        0.85
+        _swish@1   0.00      0.82                        1.00
+
+    Class discrimination is not the reason: the Grad-CAM maps of a photo's top-5 classes correlate
+    about as much at both layers (a little more at `_swish@1`; high on chelsea, whose top classes are
+    four cats, at both). For a BatchNorm output pass layer="_bn1" explicitly.
+    """
     from unitscope.models.efficientnet_lite import build_efficientnet_lite0
 
     return LoadedModel(name="efficientnet_lite0", model=build_efficientnet_lite0().to(device).eval(),
                        preprocess=Normalize(IMAGENET_MEAN, IMAGENET_STD).to(device), input_size=(224, 224),
-                       class_names=list(imagenet_class_names()), cam_layer="_bn1")
+                       class_names=list(imagenet_class_names()), cam_layer="_swish@1")
 
 
 _REGISTRY: dict[str, Callable] = {"efficientnet_lite0": _efficientnet_lite0}
@@ -92,5 +116,5 @@ def load(name: str, device=None) -> LoadedModel:
     return _REGISTRY[key](torch.device(device) if device is not None else torch.device("cpu"))
 
 
-__all__ = ["LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image",
+__all__ = ["LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image", "read_image",
            "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -12,7 +12,8 @@ def build_efficientnet_lite0():
     """The ImageNet-trained EfficientNet-Lite0 nn.Module (expects ImageNet mean/std normalized input).
 
     Note: its top-level `_swish` (ReLU6) module is called twice per forward (after the stem and the
-    head), so hook `_bn1`, `_conv_head` or `_blocks.15` rather than `_swish`.
+    head): name one call, `_swish@0` (stem, 32 x 112 x 112) or `_swish@1` (head, 1280 x 7 x 7), or hook
+    a module that runs once (`_bn1`, `_conv_head`, `_blocks.15`).
     """
     try:
         from efficientnet_lite_pytorch import EfficientNet

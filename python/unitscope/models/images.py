@@ -1,34 +1,111 @@
-"""Reading photos into float batches in [0, 1] (B, 3, H, W) for the models in this registry."""
+"""Reading photos into float batches in [0, 1] (B, 3, H, W): the one image reader of saliency, dissection
+and feature visualization. Integers are scaled by their bit depth (8- and 16-bit files and arrays),
+floats must already lie in [0, 1]; `skimage:NAME` names a photo bundled with scikit-image."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+# photos bundled with scikit-image (no download): what `skimage:NAME` accepts
+SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+                  "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text")
+_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(bool): 1.0}
 
-def load_image(image, size=None) -> torch.Tensor:
-    """A photo as a float32 batch (1, 3, H, W) in [0, 1].
 
-    image: a file path, a PIL image, or an array (H, W, 3) / (H, W) of uint8 (0..255) or floats in [0, 1].
-    size: (H, W) or int to resize to (bilinear with antialiasing), or None to keep the size.
+def _skimage_photo(spec: str) -> np.ndarray:
+    name = spec.split(":", 1)[1]
+    if name not in SKIMAGE_PHOTOS:
+        raise ValueError(f"image {spec!r}: unknown scikit-image photo {name!r}; choose among {', '.join(SKIMAGE_PHOTOS)}")
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise ImportError(f"image {spec!r} needs scikit-image: pip install scikit-image") from e
+    return np.asarray(getattr(skimage.data, name)())
+
+
+def _pil_to_array(im) -> np.ndarray:
+    """A PIL image -> an array keeping its bit depth: uint8/uint16 (H, W) or (H, W, 3|4), or float32 (H, W)."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    if mode == "I":  # 32-bit integer pixels: Pillow's mode for 16-bit PNGs in some versions
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"32-bit integer images are not supported (values in [{arr.min()}, {arr.max()}]); "
+                             "save the image with 8 or 16 bits per channel")
+        return arr.astype(np.uint16)
+    if mode == "F":
+        return np.asarray(im, dtype=np.float32)
+    if mode in ("L", "RGB", "RGBA"):
+        return np.asarray(im)
+    # 1, P, PA, LA, CMYK, YCbCr, HSV, LAB...: 8 bits per channel once converted
+    return np.asarray(im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB"))
+
+
+def read_image(image) -> np.ndarray:
+    """Any image form -> float32 array (H, W, 3) in [0, 1].
+
+    image: a file path (any format Pillow reads; 8- or 16-bit, grayscale, palette, RGB, RGBA), the
+    string `skimage:NAME` for a photo bundled with scikit-image (SKIMAGE_PHOTOS), a PIL image, or an
+    array (H, W) / (H, W, 1|3|4) of uint8 (scaled by 1/255), uint16 (1/65535), bool, or floats in
+    [0, 1]. Grayscale is repeated to 3 channels; an alpha channel is dropped.
+    Raises FileNotFoundError for a missing file, ValueError for an unreadable file or bad values.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        with Image.open(image) as im:
-            arr = np.asarray(im.convert("RGB"))
+    if isinstance(image, str) and image.startswith("skimage:") and not os.path.exists(image):
+        arr = _skimage_photo(image)
+    elif isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        if not os.path.isfile(image):
+            what = "is a directory, not an image file" if os.path.isdir(image) else "does not exist"
+            raise FileNotFoundError(f"image {os.fsdecode(image)!r} {what}")
+        try:
+            with Image.open(image) as im:
+                im.load()
+                arr = _pil_to_array(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL's errors for broken files
+            raise ValueError(f"cannot read image {os.fsdecode(image)!r}: {e}") from e
     elif isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"))
+        arr = _pil_to_array(image)
     else:
         arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"image must be (H, W, 3) or (H, W), got shape {arr.shape}")
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with H, W >= 1, got shape {arr.shape}")
     arr = arr[:, :, :3]
-    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None]
-    x = x.float() / 255.0 if arr.dtype == np.uint8 else x.float()
-    if size is not None:
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
-    return x
+    if arr.dtype in _SCALE:
+        return (arr.astype(np.float32) / np.float32(_SCALE[arr.dtype])).astype(np.float32)
+    if arr.dtype.kind != "f":
+        raise ValueError(f"image values must be uint8, uint16, bool or floats in [0, 1], got dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("image values must be finite, got NaN or inf")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"float image values must lie in [0, 1], got [{lo:g}, {hi:g}]"
+                         + ("; divide 8-bit values by 255" if hi <= 255 else ""))
+    return arr
+
+
+def load_image(image, size=None) -> torch.Tensor:
+    """A photo as a float32 batch (1, 3, H, W) in [0, 1] (see read_image for the accepted forms).
+
+    size: (H, W) or int to resize to (bilinear with antialiasing), or None to keep the size.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(read_image(image))).permute(2, 0, 1)[None]
+    return resize_image(x, size) if size is not None else x.contiguous()
+
+
+def resize_image(x: torch.Tensor, size) -> torch.Tensor:
+    """x (B, C, H, W) float in [0, 1] -> (B, C, *size), bilinear with antialiasing (like PIL's), in [0, 1].
+    size: (H, W) or int."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == hw:
+        return x.contiguous()
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1).contiguous()

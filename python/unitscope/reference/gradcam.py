@@ -14,6 +14,10 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
     cam = sum_k w_k A_k with w = spatial mean of the gradients; ReLU'd when `relu`; resized
     bilinearly to out_size; min-max normalized per map when `normalize` (a constant map -> 0).
     Returns float32 (B, h', w'), or (B, T, h', w') when weights has a T axis.
+
+    NaN (the policy in unitscope.kernels): the sum is IEEE arithmetic over every channel, zero
+    weights included (0 * NaN = 0 * inf = NaN); ReLU and the resize keep NaN; normalize takes the min
+    and max of the non-NaN pixels and leaves NaN pixels NaN.
     """
     A = activations.to(torch.float32)
     if gradients is not None:
@@ -30,9 +34,11 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
     if out_size is not None and tuple(out_size) != tuple(cam.shape[-2:]):
         cam = bilinear_resize(cam, out_size, align_corners)
     if normalize:
-        lo = cam.amin(dim=(2, 3), keepdim=True)
-        hi = cam.amax(dim=(2, 3), keepdim=True)
+        nan = torch.isnan(cam)
+        lo = torch.where(nan, torch.inf, cam).amin(dim=(2, 3), keepdim=True)
+        hi = torch.where(nan, -torch.inf, cam).amax(dim=(2, 3), keepdim=True)
         rng = hi - lo
         ok = (rng > 0) & torch.isfinite(rng)
-        cam = torch.where(ok, (cam - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(cam))
+        cam = torch.where(ok, (cam - lo) / torch.where(ok, rng, torch.ones_like(rng)),
+                          torch.where(nan, cam, torch.zeros_like(cam)))
     return cam[:, 0] if squeeze else cam

@@ -2,7 +2,7 @@
 
 `method = Method(model, ...)`, then `method(x, target=...)` -> attribution Tensor on x's device.
 """
-from unitscope.saliency.base import Attribution
+from unitscope.saliency.base import Attribution, show_progress
 from unitscope.saliency.gradient import VanillaGradient
 from unitscope.saliency.gradient_x_input import GradientTimesInput
 from unitscope.saliency.smoothgrad import SmoothGrad
@@ -24,4 +24,4 @@ from unitscope.saliency.deletion_insertion import deletion_insertion
 __all__ = ["Attribution", "VanillaGradient", "GradientTimesInput", "SmoothGrad", "IntegratedGradients",
            "GuidedBackprop", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ScoreCAM", "GuidedGradCAM", "Occlusion",
            "LIME", "KernelSHAP", "LayerCapture", "resolve_layer", "make_baseline", "randomization_test",
-           "spearman", "deletion_insertion"]
+           "spearman", "deletion_insertion", "show_progress"]

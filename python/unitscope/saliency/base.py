@@ -2,10 +2,14 @@
 per-sample gradients and the channel reductions of gradient maps."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 
 import torch
 from torch import nn
+
+from unitscope._compile import Runner
 
 REDUCTIONS = ("abs", "signed", "positive", "negative")
 CHANNEL_REDUCTIONS = ("max", "sum", None)
@@ -22,6 +26,10 @@ class Attribution:
         preprocess (callable, optional): applied to x before the model, inside the graph, e.g. the
             ImageNet normalization of `unitscope.models.load(...).preprocess`; x then stays in pixel
             space, where baselines such as "black" mean what they say.
+        compile ("auto" | True | False): run the model through torch.compile. The methods that
+            run it many times (integrated gradients, SmoothGrad, occlusion, LIME, KernelSHAP,
+            Score-CAM) default to "auto": compile once the passes still to come in a call would save
+            clearly more than the compile costs (unitscope._compile); False is the exact eager path.
 
     Call:
         x (Tensor[B, C, H, W], floating): the images.
@@ -32,8 +40,9 @@ class Attribution:
     """
 
     default_output = "logits"
+    compilable = False  # True where the forward has no hooks or autograd overrides of the method's own
 
-    def __init__(self, model, *, output=None, preprocess=None):
+    def __init__(self, model, *, output=None, preprocess=None, compile=False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if preprocess is not None and not callable(preprocess):
@@ -44,11 +53,27 @@ class Attribution:
         self.model = model
         self.output = output
         self.preprocess = preprocess
+        self._runner = Runner(self._forward, compile, what=f"the model ({type(self).__name__})")
+
+    def _forward(self, x):
+        return self.model(self.preprocess(x) if self.preprocess is not None else x)
+
+    def plan_compile(self, calls_left: int) -> None:
+        """Tell the forward's Runner how many more model passes this call will make."""
+        self._runner.plan(calls_left)
+
+    def batches(self, n, batch_size):
+        """batched(n, batch_size), planning the forward's compilation for the batches still to come."""
+        total = -(-n // batch_size)
+        for i, span in enumerate(batched(n, batch_size)):
+            yield span
+            self.plan_compile(total - 1 - i)
 
     # ---- the scored forward pass -------------------------------------------------------------
-    def scores(self, x):
-        """Scores (B, N) of the explained output for input x (B, C, H, W)."""
-        out = self.model(self.preprocess(x) if self.preprocess is not None else x)
+    def scores(self, x, eager=False):
+        """Scores (B, N) of the explained output for input x (B, C, H, W); eager=True bypasses
+        torch.compile (for a forward with hooks of its own)."""
+        out = self._forward(x) if eager else self._runner(x)
         if self.output == "softmax":
             out = torch.softmax(out, dim=1)
         elif self.output == "log_softmax":
@@ -173,7 +198,45 @@ def per_target(fn, x, targets):
     return torch.stack([fn(x, targets[:, t]) for t in range(targets.shape[1])], dim=1)
 
 
+# the progress bar of the running `show_progress` block and how deep `batched` loops are nested in it
+_PROGRESS = contextvars.ContextVar("unitscope_saliency_progress", default=None)
+
+
+@contextlib.contextmanager
+def show_progress(desc, enabled=True):
+    """A tqdm bar (on stderr) for the attribution methods called inside the block:
+    `with show_progress("integrated gradients"): ig(x)`. It counts the batches of every method that
+    scores its inputs in batches (integrated gradients, SmoothGrad, Score-CAM, occlusion, LIME,
+    KernelSHAP); the total grows as each loop starts. enabled=False shows nothing."""
+    if not enabled:
+        yield
+        return
+    from unitscope._progress import progress_bar
+
+    state = {"bar": progress_bar(desc=desc, total=0, unit="batch", leave=False), "depth": 0}
+    token = _PROGRESS.set(state)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+        state["bar"].close()
+
+
 def batched(n, batch_size):
-    """Start/stop pairs covering range(n) in chunks of batch_size."""
-    for start in range(0, n, batch_size):
-        yield start, min(n, start + batch_size)
+    """Start/stop pairs covering range(n) in chunks of batch_size; counted on the bar of an enclosing
+    show_progress block (only the outermost loop: SmoothGrad's inner method runs inside its loop)."""
+    state = _PROGRESS.get()
+    outer = state is not None and state["depth"] == 0
+    if outer:
+        state["bar"].total += -(-n // batch_size)
+        state["bar"].refresh()
+    if state is not None:
+        state["depth"] += 1
+    try:
+        for start in range(0, n, batch_size):
+            yield start, min(n, start + batch_size)
+            if outer:
+                state["bar"].update(1)
+    finally:
+        if state is not None:
+            state["depth"] -= 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from unitscope.saliency.base import Attribution
-from unitscope.saliency.hooks import LayerCapture, resolve_layer
+from unitscope.saliency.hooks import LayerCapture
 
 
 class CAMBase(Attribution):
@@ -14,7 +14,7 @@ class CAMBase(Attribution):
     Args:
         model, output, preprocess: see Attribution.
         layer (str or nn.Module): the convolutional layer whose output (B, K, h, w) is explained;
-            it must run exactly once per forward pass.
+            a module that runs several times per forward is named "name@k" (its k-th call, from 0).
         relu (bool): clamp the map at 0 (as in the papers); False gives signed maps.
         upsample (bool): resize bilinearly to the input size (H, W); False keeps (h, w).
         normalize (bool): min-max normalize each map to [0, 1] (a constant map becomes 0).
@@ -25,16 +25,18 @@ class CAMBase(Attribution):
     """
 
     def __init__(self, model, layer, *, relu=True, upsample=True, normalize=False, backend=None, output=None,
-                 preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
-        self.layer_name, self.layer = resolve_layer(model, layer)
+                 preprocess=None, compile=False):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
+        cap = LayerCapture(model, layer)  # resolves the layer now: a bad name fails here
+        self.layer_name, self.layer = cap.spec, cap.module
+        self._hooked = cap.module if cap.call is None else cap.spec  # what each forward's capture hooks
         self.relu, self.upsample, self.normalize = bool(relu), bool(upsample), bool(normalize)
         self.backend = backend
 
     def activations_and_scores(self, x, grad=True):
         """One forward pass: the layer output A (B, K, h, w) and the scores (B, N)."""
-        with torch.set_grad_enabled(grad), LayerCapture(self.model, self.layer) as cap:
-            s = self.scores(x.detach())
+        with torch.set_grad_enabled(grad), LayerCapture(self.model, self._hooked) as cap:
+            s = self.scores(x.detach(), eager=True)  # hooks added now: never through a compiled graph
         return cap.check(), s
 
     def layer_gradients(self, A, s, targets):

@@ -9,25 +9,46 @@ import time
 
 import torch
 
+PAGE = "saliency.html"  # the page of this command; featviz and dissect write their own names into a shared --out
 METHODS = ("gradient", "gxi", "smoothgrad", "ig", "guided", "gradcam", "gradcam++", "hirescam", "scorecam",
            "guided_gradcam", "occlusion", "lime", "kernelshap")
+CAM_METHODS = {"gradcam", "gradcam++", "hirescam", "scorecam", "guided_gradcam"}
 
 
 def add_arguments(parser):
+    from unitscope import cli
+
     parser.add_argument("--model", required=True, help="a registered model name (see unitscope.models.names())")
-    parser.add_argument("--image", required=True, help="the photo (any format Pillow reads)")
-    parser.add_argument("--method", default="gradcam,ig,gradient",
+    parser.add_argument("--image", required=True, type=cli.image_file,
+                        help="the photo: a file Pillow reads (8- or 16-bit) or skimage:NAME for a photo bundled "
+                             "with scikit-image, e.g. skimage:chelsea")
+    parser.add_argument("--method", default="gradcam,ig,gradient", type=_checked(_methods),
                         help=f"comma-separated methods among: {', '.join(METHODS)}; or 'all' (default: %(default)s)")
-    parser.add_argument("--target", default="top1",
+    parser.add_argument("--target", default="top1", type=_checked(_target_syntax),
                         help="a class id N, several 'N,M', or topK for the K most likely classes (default: top1)")
     parser.add_argument("--layer", default=None, help="layer for the CAM methods (default: the model's CAM layer)")
-    parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="samples for SmoothGrad (default 25), LIME and KernelSHAP (default 500)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=0.6, help="heat map opacity (default: %(default)s)")
+    parser.add_argument("--out", required=True, type=cli.output_dir,
+                        help=f"output folder (created): {PAGE}, targets.json, grid.png, one PNG per method and class")
+    parser.add_argument("--device", default=None, type=cli.device,
+                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--steps", type=cli.positive_int, default=32, help="Integrated Gradients steps (default: %(default)s)")
+    parser.add_argument("--samples", type=cli.positive_int, default=None,
+                        help="samples for SmoothGrad (default 25), LIME and KernelSHAP (default 500; at least 2)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=16, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--alpha", type=cli.float_in(0, 1), default=0.6, help="heat map opacity in [0, 1] (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (they are on by default)")
+
+
+def _checked(parse):
+    """An argparse type from a parser raising ValueError: the message reaches the user."""
+    import argparse
+
+    def check(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return check
 
 
 def _methods(arg):
@@ -38,24 +59,39 @@ def _methods(arg):
     names = [aliases.get(n, n) for n in names]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
-        raise ValueError(f"--method: unknown {', '.join(bad) or '(none given)'}; choose among {', '.join(METHODS)}")
+        raise ValueError(f"unknown {', '.join(bad) or '(none given)'}; choose among {', '.join(METHODS)}")
     return list(dict.fromkeys(names))
 
 
+def _target_syntax(arg):
+    """--target checked before the model runs (the class range needs the model): returns arg."""
+    _targets(arg, None)
+    return arg
+
+
 def _targets(arg, probs):
-    """'top5' / '285' / '285,281' -> list of class ids."""
+    """'top5' / '285' / '285,281' -> list of class ids; probs (1, N), or None to check the syntax only."""
     arg = arg.strip().lower()
-    n = probs.shape[1]
+    n = probs.shape[1] if probs is not None else float("inf")
     if arg.startswith("top"):
-        k = int(arg[3:] or 1)
+        try:
+            k = int(arg[3:] or 1)
+        except ValueError:
+            raise ValueError(f"must be N, N,M,... or topK, got {arg!r}") from None
+        if probs is None:
+            if k < 1:
+                raise ValueError(f"{arg}: K must be at least 1")
+            return []
         if not 1 <= k <= n:
             raise ValueError(f"--target {arg}: K must lie in [1, {n}]")
         return probs[0].topk(k).indices.tolist()
     try:
         ids = [int(v) for v in arg.split(",")]
     except ValueError:
-        raise ValueError(f"--target must be N, N,M,... or topK, got {arg!r}") from None
+        raise ValueError(f"must be N, N,M,... or topK, got {arg!r}") from None
     bad = [i for i in ids if not 0 <= i < n]
+    if bad and probs is None:
+        raise ValueError(f"classes must be >= 0, got {bad}")
     if bad:
         raise ValueError(f"--target classes must lie in [0, {n}), got {bad}")
     return ids
@@ -96,22 +132,17 @@ def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_s
 
 
 def run(args) -> int:
-    import sys
-
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"unitscope saliency: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
     from unitscope import models, viz
+    from unitscope.saliency import LayerCapture, show_progress
 
-    methods = _methods(args.method)
+    methods = args.method
+    if args.samples == 1 and {"lime", "kernelshap"} & set(methods):
+        raise ValueError("--samples must be at least 2 for LIME and KernelSHAP, got 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     lm = models.load(args.model, device=device)
     layer = args.layer or lm.cam_layer
+    if set(methods) & CAM_METHODS:
+        LayerCapture(lm.model, layer)  # a misspelled --layer (or a bad '@k') fails here, with the close names
     x = models.load_image(args.image, lm.input_size).to(device)
     probs = torch.softmax(lm.predict(x), dim=1).cpu()
     targets = _targets(args.target, probs)
@@ -124,7 +155,8 @@ def _run(args) -> int:
         method = build_method(name, lm.model, layer, lm.preprocess, steps=args.steps, samples=args.samples,
                               batch_size=args.batch_size)
         start = time.perf_counter()
-        maps = method(x, torch.tensor([targets], device=device))[0]  # (T, ...) for the T targets at once
+        with show_progress(name, enabled=not args.quiet):
+            maps = method(x, torch.tensor([targets], device=device))[0]  # (T, ...) for the T targets at once
         timing[name] = time.perf_counter() - start
         for row, m in zip(rows, maps):
             fname = f"{name.replace('+', 'p')}_{row['class']}.png"
@@ -136,10 +168,11 @@ def _run(args) -> int:
         print(f"{name:15s} {timing[name]:7.2f} s")
     viz.save_grid(tiles, os.path.join(args.out, "grid.png"), titles=titles, ncols=len(methods))
     _write_html(args, rows, methods, layer, timing)
+    image = args.image if args.image.startswith("skimage:") and not os.path.exists(args.image) else os.path.abspath(args.image)
     with open(os.path.join(args.out, "targets.json"), "w") as f:
-        json.dump({"model": lm.name, "image": os.path.abspath(args.image), "layer": layer, "targets": rows,
+        json.dump({"model": lm.name, "image": image, "layer": layer, "targets": rows,
                    "seconds": timing}, f, indent=2)
-    print(f"wrote {len(tiles)} overlays, grid.png and index.html to {args.out}")
+    print(f"wrote {len(tiles)} overlays, grid.png and {PAGE} to {args.out}")
     return 0
 
 
@@ -156,7 +189,7 @@ def _write_html(args, rows, methods, layer, timing):
             f"<h1>{esc(os.path.basename(args.image))} &mdash; {esc(args.model)}</h1>"
             f"<p><img src='image.png' width='224'></p><p>CAM layer: <code>{esc(layer)}</code></p>"
             f"<table><tr><th>class</th>{head}</tr>{''.join(body)}</table></body></html>")
-    tmp = os.path.join(args.out, "index.html.tmp")
+    tmp = os.path.join(args.out, PAGE + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(page)
-    os.replace(tmp, os.path.join(args.out, "index.html"))
+    os.replace(tmp, os.path.join(args.out, PAGE))

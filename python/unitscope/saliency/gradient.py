@@ -18,6 +18,8 @@ class VanillaGradient(Attribution):
     Returns float Tensor (B, H, W) or (B, C, H, W) (with a T axis after B for (B, T) targets).
     """
 
+    compilable = True
+
     def __init__(self, model, *, reduce="abs", channel="max", output=None, preprocess=None):
         super().__init__(model, output=output, preprocess=preprocess)
         self.reduce = check_choice(reduce, REDUCTIONS, "reduce")

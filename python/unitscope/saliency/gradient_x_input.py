@@ -16,6 +16,8 @@ class GradientTimesInput(Attribution):
     Returns float Tensor (B, H, W), or (B, C, H, W) with channel=None.
     """
 
+    compilable = True
+
     def __init__(self, model, *, reduce="signed", channel="sum", output=None, preprocess=None):
         super().__init__(model, output=output, preprocess=preprocess)
         self.reduce = check_choice(reduce, REDUCTIONS, "reduce")

@@ -8,8 +8,8 @@ activations and for a module object called several times per forward.
 
 Activations written as functions (F.relu, torch.relu, x.relu(), F.gelu, ...) have no module to hook.
 They are detected during the same forward with a TorchFunctionMode that records every such call made
-outside a hooked activation module, with the name of the module it happened in; any found raise an
-error naming them. torch.sigmoid / torch.tanh called as functions are not flagged: in CNNs they are
+outside an activation module (guided, or left unguided on purpose by `activations=`), with the name
+of the module it happened in; any found raise an error naming them. torch.sigmoid / torch.tanh called as functions are not flagged: in CNNs they are
 gates (squeeze-excitation, attention) whose ordinary gradient guided backprop leaves alone.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ MONOTONE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU,
             nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.RReLU)
 # activation modules that are not monotone: refused unless listed in `activations=`
 NON_MONOTONE = (nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
+
+_MODULES = MONOTONE + NON_MONOTONE
 
 _FUNCTIONAL = {F.relu, F.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu, F.gelu,
                F.silu, F.mish, F.hardswish, F.hardtanh, F.hardtanh_, F.softplus, F.prelu, F.rrelu,
@@ -65,9 +67,12 @@ class GuidedBackprop(Attribution):
     """Guided backpropagation map.
 
     Args:
-        activations (tuple of nn.Module types): activation modules to guide; default the monotone
-            ones (ReLU, ReLU6, LeakyReLU, ELU, Sigmoid, Tanh, ...). A model holding GELU / SiLU /
-            Mish / Hardswish modules is refused unless their types are listed here.
+        activations ("monotone" | "relu" | tuple of nn.Module types): activation modules to guide.
+            "monotone" (default): every monotone one (ReLU, ReLU6, LeakyReLU, ELU, Sigmoid, Tanh,
+            ...; the MONOTONE tuple); a model holding GELU / SiLU / Mish / Hardswish modules is
+            refused unless their types are listed in a tuple. "relu" (Captum's GuidedBackprop):
+            nn.ReLU modules only; every other activation keeps its ordinary gradient and none is
+            refused (add check_functional=False to let functional ReLUs through unguided too).
         reduce, channel: as VanillaGradient; defaults "signed", None (the raw (B, C, H, W) image).
         check_functional (bool): detect functional activations (see the module notes) and raise.
 
@@ -77,14 +82,19 @@ class GuidedBackprop(Attribution):
     def __init__(self, model, *, activations=MONOTONE, reduce="signed", channel=None, check_functional=True,
                  output=None, preprocess=None):
         super().__init__(model, output=output, preprocess=preprocess)
+        relu_only = isinstance(activations, str) and activations == "relu"
+        if isinstance(activations, str):
+            activations = {"monotone": MONOTONE, "relu": (nn.ReLU,)}.get(activations, activations)
+        if isinstance(activations, str) or not isinstance(activations, (tuple, list)) or not activations or not all(
+                isinstance(a, type) and issubclass(a, nn.Module) for a in activations):
+            raise TypeError(f"activations must be 'monotone', 'relu' or a non-empty tuple of nn.Module types, "
+                            f"got {activations!r}")
         self.activations = tuple(activations)
-        if not self.activations or not all(isinstance(a, type) and issubclass(a, nn.Module) for a in self.activations):
-            raise TypeError(f"activations must be a non-empty tuple of nn.Module types, got {activations!r}")
         self.reduce = check_choice(reduce, REDUCTIONS, "reduce")
         self.channel = check_choice(channel, CHANNEL_REDUCTIONS, "channel")
         self.check_functional = bool(check_functional)
         bad = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
-               if isinstance(m, NON_MONOTONE) and not isinstance(m, self.activations)]
+               if isinstance(m, NON_MONOTONE) and not isinstance(m, self.activations) and not relu_only]
         if bad:
             raise ValueError(f"guided backprop needs monotone activations; the model has non-monotone ones: "
                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; pass their types in "
@@ -115,7 +125,8 @@ class GuidedBackprop(Attribution):
                 if is_act:
                     handles.append(m.register_forward_hook(guide))
                 if self.check_functional:
-                    handles.append(m.register_forward_pre_hook(push(name, is_act)))
+                    # calls inside any activation module are that module's own, guided or deliberately not
+                    handles.append(m.register_forward_pre_hook(push(name, is_act or isinstance(m, _MODULES))))
                     handles.append(m.register_forward_hook(pop))
             if self.check_functional:
                 watch = _FunctionalWatch(stack)

@@ -5,27 +5,37 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unitscope.saliency.base import (Attribution, batched, check_choice, check_input, check_positive_int,
+from unitscope.saliency.base import (Attribution, check_choice, check_input, check_positive_int,
                                      warn_if_training)
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
-RULES = ("riemann_trapezoid", "gauss_legendre")
+RULES = ("riemann_trapezoid", "gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "captum_trapezoid")
 
 
 def path_nodes(steps, method):
-    """Quadrature nodes alpha in [0, 1] and weights (float64 numpy, each (steps,)) summing to 1.
+    """Quadrature nodes alpha in [0, 1] and weights (float64 numpy, each (steps,)); n = steps.
 
-    riemann_trapezoid: alpha = 0, 1/(steps-1), ..., 1 with trapezoid weights (steps >= 2).
+    riemann_trapezoid: alpha = 0, 1/(n-1), ..., 1 with the trapezoid rule's weights 1/(n-1), halved
+        at both ends (n >= 2); they sum to 1.
     gauss_legendre: Gauss-Legendre nodes mapped from [-1, 1] to [0, 1]; exact for polynomial
-    integrands of degree < 2 * steps, so it needs far fewer steps than Riemann sums.
+        integrands of degree < 2 n, so it needs far fewer steps than Riemann sums.
+    riemann_left / riemann_right / riemann_middle: weights 1/n at alpha = i/n, (i+1)/n, (i+1/2)/n
+        for i = 0..n-1 (as Captum's methods of those names).
+    captum_trapezoid: Captum's "riemann_trapezoid": alpha = 0, 1/(n-1), ..., 1 with weights 1/n
+        halved at both ends (n >= 2); they sum to (n-1)/n, so the attributions are (n-1)/n times
+        those of riemann_trapezoid.
     """
-    if method == "riemann_trapezoid":
+    if method in ("riemann_trapezoid", "captum_trapezoid"):
         check_positive_int(steps, "steps", minimum=2)
         alphas = np.linspace(0.0, 1.0, steps)
-        w = np.full(steps, 1.0 / (steps - 1))
-        w[0] = w[-1] = 0.5 / (steps - 1)
+        w = np.full(steps, 1.0 / (steps - 1 if method == "riemann_trapezoid" else steps))
+        w[0] /= 2
+        w[-1] /= 2
         return alphas, w
     check_positive_int(steps, "steps")
+    if method.startswith("riemann_"):
+        shift = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[method]
+        return (np.arange(steps) + shift) / steps, np.full(steps, 1.0 / steps)
     nodes, w = np.polynomial.legendre.leggauss(steps)
     return (nodes + 1.0) / 2.0, w / 2.0
 
@@ -37,20 +47,24 @@ class IntegratedGradients(Attribution):
         baseline ("black" | "gray" | "blur" | "uniform" | "mean" | number | Tensor): x'; see
             baselines.make_baseline (input_range gives black/gray/uniform, default [0, 1] pixels).
         steps (int): quadrature nodes.
-        method ("riemann_trapezoid" | "gauss_legendre"): the quadrature rule.
+        method ("gauss_legendre" | "riemann_trapezoid" | "riemann_left" | "riemann_right" |
+            "riemann_middle" | "captum_trapezoid"): the quadrature rule; see path_nodes.
         batch_size (int): path points per forward/backward pass (bounds memory).
         channel ("sum" | None): None keeps (B, C, H, W); "sum" gives (B, H, W). Both keep the
             completeness sum.
         seed (int): for the "uniform" baseline.
+        compile ("auto" | True | False): see Attribution.
 
     Call: method(x, target, return_gap=False). With return_gap=True returns (attributions, gap)
     where gap (float64 Tensor[B] or [B, T]) = sum(attributions) - (S(x) - S(x')), the completeness
     error of the quadrature; attributions are float32/x.dtype, accumulated in float32.
     """
 
+    compilable = True
+
     def __init__(self, model, *, baseline="black", steps=50, method="gauss_legendre", batch_size=32,
-                 channel=None, input_range=(0.0, 1.0), seed=0, output=None, preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
+                 channel=None, input_range=(0.0, 1.0), seed=0, output=None, preprocess=None, compile="auto"):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         self.method = check_choice(method, RULES, "method")
         self.steps = steps
         self.alphas, self.weights = path_nodes(steps, method)
@@ -87,7 +101,7 @@ class IntegratedGradients(Attribution):
         attr = torch.zeros((B, T) + x.shape[1:], dtype=torch.float32, device=x.device)
         # path point p = (image b, target t, node s) at flat index (b * T + t) * S + s
         n = B * T * S
-        for start, stop in batched(n, self.batch_size):
+        for start, stop in self.batches(n, self.batch_size):
             p = torch.arange(start, stop, device=x.device)
             b, t, s = p // (T * S), (p // S) % T, p % S
             pts = base[b] + alphas[s].view(-1, 1, 1, 1) * delta[b]

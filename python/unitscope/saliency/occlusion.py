@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unitscope.saliency.base import Attribution, batched, check_positive_int
+from unitscope.saliency.base import Attribution, check_choice, check_positive_int
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
 
@@ -18,10 +18,18 @@ def _pair(v, name):
     return int(v[0]), int(v[1])
 
 
-def window_starts(size, window, stride):
-    """Top (or left) edges 0, stride, 2 stride, ... plus size - window so the last window reaches the border."""
+def window_starts(size, window, stride, last_window="shift"):
+    """Top (or left) edges 0, stride, 2 stride, ... of windows covering [0, size).
+
+    "shift": the starts up to size - window, plus size - window itself, so that the last window
+    reaches the border inside the image. "crop" (Captum): ceil((size - window) / stride) + 1 starts
+    k * stride; the last window may overhang the border and is cropped there (starts >= size dropped).
+    """
     if window >= size:
         return [0]
+    if last_window == "crop":
+        n = -(-(size - window) // stride) + 1
+        return [k * stride for k in range(n) if k * stride < size]
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
         starts.append(size - window)
@@ -33,17 +41,24 @@ class Occlusion(Attribution):
 
     Args:
         window (int or (h, w)): the occluding patch, clipped to the image size.
-        stride (int or (h, w)): step between windows; the last window in each direction is moved
-            to touch the border. With stride > window some pixels are never covered: they get 0.
+        stride (int or (h, w)): step between windows. With stride > window some pixels are never
+            covered: they get 0.
+        last_window ("shift" | "crop"): where the stride does not divide (size - window), "shift"
+            (default) moves the last window back to end at the border; "crop" (Captum's Occlusion)
+            keeps it at its multiple of the stride and crops the overhang.
         baseline: what the window shows instead ("gray" default; see baselines.make_baseline).
         batch_size (int): occluded images per forward pass.
+        compile ("auto" | True | False): see Attribution.
 
     Returns float Tensor (B, H, W): mean over covering windows of S(x) - S(x occluded).
     """
 
-    def __init__(self, model, window=16, stride=8, baseline="gray", *, batch_size=64, input_range=(0.0, 1.0),
-                 output=None, preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
+    compilable = True
+
+    def __init__(self, model, window=16, stride=8, baseline="gray", *, last_window="shift", batch_size=64,
+                 input_range=(0.0, 1.0), output=None, preprocess=None, compile="auto"):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
+        self.last_window = check_choice(last_window, ("shift", "crop"), "last_window")
         self.window = _pair(window, "window")
         self.stride = _pair(stride, "stride")
         self.baseline = baseline
@@ -56,7 +71,8 @@ class Occlusion(Attribution):
         B, C, H, W = x.shape
         T = targets.shape[1]
         wh, ww = min(self.window[0], H), min(self.window[1], W)
-        tops, lefts = window_starts(H, wh, self.stride[0]), window_starts(W, ww, self.stride[1])
+        tops = window_starts(H, wh, self.stride[0], self.last_window)
+        lefts = window_starts(W, ww, self.stride[1], self.last_window)
         wins = [(t, l) for t in tops for l in lefts]
         P = len(wins)
         base = make_baseline(x, self.baseline, input_range=self.input_range)
@@ -68,8 +84,8 @@ class Occlusion(Attribution):
         count = torch.zeros((H, W), dtype=acc, device=x.device)
         for t, l in wins:
             count[t:t + wh, l:l + ww] += 1
-        # occluded image (b, window p) at flat index b * P + p
-        for start, stop in batched(B * P, self.batch_size):
+        # occluded image (b, window p) at flat index b * P + p; slices crop overhanging windows
+        for start, stop in self.batches(B * P, self.batch_size):
             idx = list(range(start, stop))
             xb = x[[i // P for i in idx]].clone()
             for j, i in enumerate(idx):

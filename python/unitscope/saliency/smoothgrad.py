@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from unitscope.saliency.base import Attribution, batched, check_input, check_positive_int, warn_if_training
+from unitscope._compile import check_compile
+from unitscope.saliency.base import Attribution, check_input, check_positive_int, warn_if_training
 
 
 class SmoothGrad(Attribution):
@@ -19,21 +20,28 @@ class SmoothGrad(Attribution):
             paper recommends 0.1 to 0.2. 0 gives exactly the wrapped method's map.
         batch_size (int): noisy copies per call of the wrapped method, which bounds memory.
         seed (int or None): seeds the noise (a private generator; global RNG state is untouched).
+        compile ("auto" | True | False): for the wrapped method's forward (see Attribution).
 
     Returns what the wrapped method returns, averaged: e.g. (B, H, W) or (B, T, H, W).
     """
 
-    def __init__(self, method, n_samples=25, noise=0.15, *, batch_size=32, seed=0):
+    def __init__(self, method, n_samples=25, noise=0.15, *, batch_size=32, seed=0, compile="auto"):
         if not isinstance(method, Attribution):
             raise TypeError(f"method must be a unitscope.saliency method, got {type(method).__name__}")
         super().__init__(method.model, output=method.output, preprocess=method.preprocess)
         self.method = method
+        check_compile(compile)
+        if method.compilable:  # the wrapped method's forward does the work (not guided backprop's hooks)
+            method._runner.setting = compile
         self.n_samples = check_positive_int(n_samples, "n_samples")
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
             raise ValueError(f"noise must be a number >= 0 (a fraction of the input range), got {noise!r}")
         self.noise = float(noise)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
+
+    def plan_compile(self, calls_left: int) -> None:
+        self.method.plan_compile(calls_left)
 
     def __call__(self, x, target=None):
         x = check_input(x)
@@ -49,7 +57,7 @@ class SmoothGrad(Attribution):
         sigma = self.noise * span
         # sample i of image b sits at flat index b * n + i; chunks of batch_size over that index
         total = None
-        for start, stop in batched(B * n, self.batch_size):
+        for start, stop in self.batches(B * n, self.batch_size):
             idx = torch.arange(start, stop, device=x.device) // n
             xb = x[idx]
             if self.noise > 0:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unitscope.saliency.base import Attribution, batched, check_input, check_positive_int, warn_if_training
+from unitscope.saliency.base import Attribution, check_input, check_positive_int, warn_if_training
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
 
@@ -91,9 +91,11 @@ class SuperpixelMethod(Attribution):
     `explain(x, target)` returns the per-image SuperpixelFit objects instead.
     """
 
+    compilable = True
+
     def __init__(self, model, *, segments="slic", n_segments=50, compactness=10.0, n_samples=1000, baseline="gray",
-                 batch_size=64, seed=0, input_range=(0.0, 1.0), output=None, preprocess=None):
-        super().__init__(model, output=output, preprocess=preprocess)
+                 batch_size=64, seed=0, input_range=(0.0, 1.0), output=None, preprocess=None, compile="auto"):
+        super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         if not isinstance(segments, torch.Tensor) and segments not in ("grid", "slic"):
             raise ValueError(f"segments must be 'grid', 'slic' or a Tensor of integer labels, got {segments!r}")
         self.segments = segments
@@ -134,9 +136,9 @@ class SuperpixelMethod(Attribution):
     @torch.no_grad()
     def score_coalitions(self, xb, base_b, labels, Z, targets_b):
         """Scores (n, T) of image xb (C, H, W) with superpixel m shown where Z[:, m] = 1, else base_b."""
-        out = []
+        out = [torch.zeros((0, targets_b.shape[0]), dtype=torch.float64)]  # no coalitions: (0, T)
         Zd = Z.to(xb.device, xb.dtype)
-        for start, stop in batched(Z.shape[0], self.batch_size):
+        for start, stop in self.batches(Z.shape[0], self.batch_size):
             mask = Zd[start:stop][:, labels][:, None]  # (n, 1, H, W)
             imgs = base_b[None] + mask * (xb - base_b)[None]
             s = self.scores(imgs)
@@ -152,6 +154,9 @@ class SuperpixelMethod(Attribution):
         return self._explain(x, targets)
 
     def _explain(self, x, targets):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"x must be finite for {type(self).__name__} (a linear fit to the model's scores), "
+                             "got NaN or inf values")
         labels, Ms = self.segment(x)
         base = make_baseline(x.detach(), self.baseline, input_range=self.input_range)
         fits = []
@@ -163,6 +168,9 @@ class SuperpixelMethod(Attribution):
             y = self.score_coalitions(x[b].detach(), base[b], labels[b], Z, targets[b])
             ends = self.score_coalitions(x[b].detach(), base[b], labels[b],
                                          torch.stack([torch.ones(M), torch.zeros(M)]), targets[b])
+            if not (torch.isfinite(y).all() and torch.isfinite(ends).all()):
+                raise ValueError(f"the model's scores of image {b}'s perturbed copies are not finite (NaN or inf); "
+                                 f"{type(self).__name__} cannot fit them")
             coef, icpt = self.fit(Z, y, w, ends[0], ends[1])
             fits.append(SuperpixelFit(labels[b], coef, icpt, Z, y))
         return fits

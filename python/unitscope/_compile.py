@@ -1,0 +1,106 @@
+"""torch.compile where it pays. The model's forward is nearly all of a dissection's time, and of the
+saliency methods and feature visualizations that run the model many times; compiling it is worth
+about 2x on a CPU (benchmarks/RESULTS.md) but costs tens of seconds once per process.
+
+`Runner` wraps a function of tensors (the model's forward, with its hooks): it runs eagerly until
+told how many calls remain, then compiles if those calls would save clearly more than the compile
+costs (compile="auto"), always (True) or never (False). A function that cannot be compiled runs
+eagerly after a one-line warning. Compiled code may differ from eager in the last float bits;
+compile=False is the exact path.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+# A cold compile of a CNN's forward (and backward) on this project's 2-core CPU machine took 20-50 s
+# (benchmarks/RESULTS.md); the compiled forward ran 2-2.7x the eager one. "auto" compiles when the
+# calls still to come are expected to save more than twice the compile time.
+COMPILE_SECONDS = 40.0
+SPEEDUP = 2.0
+
+
+def check_compile(value, name: str = "compile"):
+    """compile="auto" | True | False, else ValueError naming the argument."""
+    if value is not True and value is not False and value != "auto":
+        raise ValueError(f"{name} must be 'auto', True or False, got {value!r}")
+    return value
+
+
+class Runner:
+    """`runner(*tensors)` calls fn eagerly or compiled.
+
+    Args:
+        fn: the function to run (e.g. lambda x: model(preprocess(x))); tensors in, tensors out.
+        traced: a function with fn's results that suits compiling better (e.g. without an early exit
+            by exception), default fn.
+        compile: "auto" (compile once `plan(calls_left)` expects the saving to pay), True (compile at
+            the first call) or False (never).
+        log: callable taking a one-line message (e.g. tqdm.write), or None for silence.
+        what: how messages name the function ("the model").
+    """
+
+    def __init__(self, fn, compile="auto", *, traced=None, log=None, what: str = "the model"):
+        self.fn = fn
+        self.traced = fn if traced is None else traced  # what torch.compile compiles (same results as fn)
+        self.setting = check_compile(compile)
+        self.log = log
+        self.what = what
+        self.compiled_fn = None      # the torch.compile'd fn once compiled
+        self.failed = False          # compiling failed: eager from then on
+        self.verified = False        # the compiled fn has run once without error
+        self.eager_calls = 0
+        self.fastest_call = float("inf")  # seconds of the fastest eager call (the estimate for "auto")
+
+    @property
+    def compiled(self) -> bool:
+        """True once the calls go through the compiled function."""
+        return self.compiled_fn is not None
+
+    def plan(self, calls_left: int) -> None:
+        """Decide whether to compile for the `calls_left` calls still to come (like the ones timed)."""
+        if self.compiled or self.failed or self.setting is False:
+            return
+        if self.setting is True:
+            self._compile()
+            return
+        if self.eager_calls == 0 or calls_left <= 0:
+            return
+        per_call = self.fastest_call  # the first calls carry one-time costs: be conservative
+        saving = calls_left * per_call * (1.0 - 1.0 / SPEEDUP)
+        if saving > 2.0 * COMPILE_SECONDS:
+            if self.log is not None:
+                self.log(f"compiling {self.what} (about {COMPILE_SECONDS:.0f} s, saves ~{saving / 60:.0f} min "
+                         f"on this run; compile=False to skip)")
+            self._compile()
+
+    def _compile(self):
+        # dynamic=True: one graph for every batch size (the last batch of a dataset is smaller)
+        self.compiled_fn = torch.compile(self.traced, dynamic=True)
+
+    def __call__(self, *args):
+        if self.setting is True and not self.compiled and not self.failed:
+            self._compile()
+        if self.compiled_fn is not None:
+            if self.verified:
+                return self.compiled_fn(*args)
+            try:
+                out = self.compiled_fn(*args)
+                self.verified = True
+                return out
+            except Exception as e:  # noqa: BLE001 - any compiler failure; eager decides if it's the input's fault
+                self.compiled_fn, self.failed = None, True
+                out = self.fn(*args)  # the caller's own error, if any, raises here
+                warnings.warn(f"unitscope: could not compile {self.what} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); running it eagerly", stacklevel=2)
+                return out
+        t = time.perf_counter()
+        out = self.fn(*args)
+        if self.setting == "auto":
+            if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+                torch.cuda.synchronize()  # time the work, not the launches
+            self.fastest_call = min(self.fastest_call, time.perf_counter() - t)
+        self.eager_calls += 1
+        return out

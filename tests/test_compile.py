@@ -1,0 +1,185 @@
+"""unitscope._compile.Runner: when "auto" compiles, the fallback to eager when compiling fails, and a
+real compiled dissection against the eager one on the planted model."""
+import warnings
+
+import pytest
+import torch
+
+import unitscope
+from unitscope import _compile
+from unitscope._compile import Runner, check_compile
+
+
+class FakeCompile:
+    """Stands in for torch.compile: records what it was asked to compile; `fail` makes the
+    compiled function raise as a compiler error would."""
+
+    def __init__(self, fail=False):
+        self.fail, self.compiled = fail, []
+
+    def __call__(self, fn, dynamic=None):
+        self.compiled.append(fn)
+
+        def run(*args):
+            if self.fail:
+                raise RuntimeError("backend compiler failed\nsecond line")
+            return ("compiled", fn(*args))
+        return run
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    f = FakeCompile()
+    monkeypatch.setattr(_compile.torch, "compile", f)
+    return f
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0, None, "AUTO"])
+def test_check_compile_names_the_argument(bad):
+    with pytest.raises(ValueError, match=r"compile must be 'auto', True or False, got"):
+        check_compile(bad)
+    with pytest.raises(ValueError, match="compile must be"):
+        unitscope.dissect(torch.nn.Identity(), ["x"], "nowhere", compile=bad)
+
+
+def test_false_never_compiles(fake):
+    r = Runner(lambda x: x + 1, False)
+    for _ in range(3):
+        assert r(1) == 2
+    r.plan(10**9)
+    assert r(1) == 2 and not r.compiled and fake.compiled == []
+
+
+def test_true_compiles_at_first_call(fake):
+    r = Runner(lambda x: x + 1, True)
+    assert r(1) == ("compiled", 2) and r.compiled
+
+
+def test_auto_compiles_only_when_the_saving_pays(fake):
+    r = Runner(lambda x: x, "auto")
+    r.plan(10**6)                       # nothing timed yet: no decision
+    assert not r.compiled
+    r(0)
+    r.fastest_call = 1.0                # 1 s a call: 100 calls save 50 s < 2 x 40 s
+    r.plan(100)
+    assert not r.compiled
+    r.plan(1000)                        # 500 s saved: compile
+    assert r.compiled and r(3) == ("compiled", 3)
+
+
+def test_auto_logs_one_line_with_the_saving(fake):
+    lines = []
+    r = Runner(lambda x: x, "auto", log=lines.append)
+    r(0)
+    r.fastest_call = 0.5
+    r.plan(3000)                        # 3000 * 0.5 * (1 - 1/2) = 750 s
+    assert len(lines) == 1 and "compiling the model" in lines[0] and "saves ~12 min" in lines[0]
+
+
+def test_traced_function_is_what_gets_compiled(fake):
+    def eager(x):
+        return x
+
+    def traced(x):
+        return x
+    r = Runner(eager, True, traced=traced)
+    r(1)
+    assert fake.compiled == [traced]
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    monkeypatch.setattr(_compile.torch, "compile", FakeCompile(fail=True))
+    r = Runner(lambda x: x * 2, True)
+    with pytest.warns(UserWarning, match=r"could not compile the model \(RuntimeError: backend compiler failed\); "
+                                         r"running it eagerly") as rec:
+        assert r(2) == 4
+    assert len(rec) == 1 and "second line" not in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # no second warning, no second try
+        assert r(3) == 6 and not r.compiled and r.failed
+
+
+def test_callers_own_error_is_not_masked(monkeypatch):
+    monkeypatch.setattr(_compile.torch, "compile", FakeCompile(fail=True))
+
+    def broken(x):
+        raise ValueError("x must be positive, got -1")
+    with pytest.raises(ValueError, match="x must be positive"):
+        Runner(broken, True)(-1)
+
+
+def test_real_compile_matches_eager():
+    """torch.compile for real on a small conv net, several batch sizes through one graph."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).eval()
+    r = Runner(net, True)
+    with torch.no_grad():
+        for b in (3, 5, 2):
+            x = torch.randn(b, 3, 9, 7)
+            torch.testing.assert_close(r(x), net(x), rtol=1e-5, atol=1e-5)
+    assert r.compiled and r.verified and not r.failed
+
+
+def test_dissect_compiled_equals_eager(tmp_path):
+    from dissect.test_planted import Planted, identity, make_planted_dataset
+    from unitscope.data import BrodenDataset
+    ds = BrodenDataset(make_planted_dataset(tmp_path / "ds"))
+    eager = unitscope.dissect(Planted(), ["units"], ds, batch_size=5, preprocess=identity, progress=False,
+                              compile=False)
+    comp = unitscope.dissect(Planted(), ["units"], ds, batch_size=5, preprocess=identity, progress=False,
+                             compile=True, checkpoint_dir=tmp_path / "ckpt")
+    assert comp.settings["compiled"] is True and eager.settings["compiled"] is False
+    e, c = eager["units"], comp["units"]
+    torch.testing.assert_close(torch.as_tensor(c.thresholds), torch.as_tensor(e.thresholds), rtol=1e-6, atol=1e-6)
+    assert abs(c.iou - e.iou).max() < 1e-3
+    assert [d["label"] for d in c.detectors()] == [d["label"] for d in e.detectors()] == ["spot", "blob"]
+    state = torch.load(tmp_path / "ckpt" / "dissect.pt", weights_only=True)
+    assert state["compiled"] is True and state["key"]["compile"] is True
+    # the checkpoint belongs to a compiled run: an eager rerun on it is refused, not mixed
+    with pytest.raises(ValueError, match="compile"):
+        unitscope.dissect(Planted(), ["units"], ds, batch_size=5, preprocess=identity, progress=False,
+                          compile=False, checkpoint_dir=tmp_path / "ckpt")
+
+
+def test_saliency_compiled_equals_eager():
+    """The many-pass methods through a compiled forward (with autograd for integrated gradients and
+    SmoothGrad) give the eager maps to float tolerance; the one-pass CAM forward stays eager."""
+    from saliency.tiny_models import GapNet
+    from unitscope import saliency
+    torch.manual_seed(1)
+    net = GapNet().eval()
+    x = torch.rand(2, 3, 12, 10)
+    for make in (lambda c: saliency.IntegratedGradients(net, steps=6, batch_size=4, compile=c),
+                 lambda c: saliency.SmoothGrad(saliency.VanillaGradient(net), n_samples=3, batch_size=2, compile=c),
+                 lambda c: saliency.Occlusion(net, window=4, stride=3, batch_size=5, compile=c),
+                 lambda c: saliency.ScoreCAM(net, "act", batch_size=3, compile=c)):
+        eager, comp = make(False), make(True)
+        torch.testing.assert_close(comp(x, target=[1, 3]), eager(x, target=[1, 3]), rtol=1e-4, atol=1e-5)
+        runner = comp.method._runner if isinstance(comp, saliency.SmoothGrad) else comp._runner
+        assert runner.compiled and not runner.failed and not eager._runner.compiled
+
+
+def test_smoothgrad_never_compiles_guided_backprop(monkeypatch):
+    """Guided backprop changes the backward through hooks of its own: not through a compiled graph."""
+    from saliency.tiny_models import GapNet
+    from unitscope import saliency
+    monkeypatch.setattr(_compile.torch, "compile", FakeCompile())
+    sg = saliency.SmoothGrad(saliency.GuidedBackprop(GapNet().eval()), n_samples=2, compile=True)
+    sg(torch.rand(1, 3, 8, 8), target=0)
+    assert not sg.method._runner.compiled
+
+
+@pytest.mark.parametrize("bad", ["two", -1, 1.5, True])
+def test_num_workers_checked(bad):
+    with pytest.raises(ValueError, match="num_workers must be 'auto' or an int >= 0"):
+        unitscope.dissect(torch.nn.Identity(), ["x"], "nowhere", num_workers=bad)
+
+
+def test_dissect_cli_compile_flags():
+    from unitscope.cli import build_parser
+    base = ["dissect", "--model", "m", "--layers", "a", "--dataset", ".", "--out", "o"]
+    p = build_parser()
+    assert p.parse_args(base).compile == "auto" and p.parse_args(base).workers == "auto"
+    assert p.parse_args(base + ["--compile"]).compile is True
+    assert p.parse_args(base + ["--no-compile", "--workers", "0"]).compile is False
+    assert p.parse_args(base + ["--workers", "3"]).workers == 3
