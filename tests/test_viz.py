@@ -48,3 +48,36 @@ def test_save_grid(tmp_path):
         viz.save_grid([], tmp_path / "h.png")
     viz.save_image(np.ones((4, 4, 3)), tmp_path / "one.png")
     assert (np.asarray(Image.open(tmp_path / "one.png")) == 255).all()
+
+
+def test_gradient_map_magnitude_clip_smooth():
+    g = torch.zeros(3, 32, 32)
+    g[0, 10, 10], g[1, 10, 10] = 5.0, -5.0          # channel-summed magnitude: |5| + |-5|, not 5 - 5
+    g[2, 20:30, 20:30] = 1.0                         # a region of moderate values
+    m = viz.gradient_map(g, percentile=99)
+    assert m.shape == (32, 32) and m.min() == 0 and m.max() == 1
+    assert m[10, 10] == 1 and m[25, 25] == pytest.approx(1 / np.percentile([10] + [1] * 100 + [0] * 923, 99))
+    np.testing.assert_allclose(viz.gradient_map(g, percentile=100)[25, 25], 0.1)  # no clipping: 1 / 10
+    s = viz.gradient_map(g, percentile=100, smooth=2.0)
+    assert s[10, 12] > 0 and s[25, 25] == 1  # spread out; the flat region's centre stays the maximum
+    assert (viz.gradient_map(torch.zeros(1, 3, 8, 8)) == 0).all()
+    with pytest.raises(ValueError, match="percentile must lie in"):
+        viz.gradient_map(g, percentile=0)
+    with pytest.raises(ValueError, match="smooth must be None or a positive"):
+        viz.gradient_map(g, smooth=-1)
+    with pytest.raises(ValueError, match="attribution must be"):
+        viz.gradient_map(torch.zeros(2, 3, 4, 4))
+
+
+def test_outline_mask():
+    img = np.full((20, 20, 3), 200, np.uint8)
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    out = viz.outline_mask(img, mask, dim=0.5, width=2)
+    assert (out[0, 0] == 100).all()                            # outside: dimmed
+    assert (out[10, 10] == 200).all()                           # inside: the photo
+    assert (out[5, 10] == (255, 230, 0)).all() and (out[6, 10] == (255, 230, 0)).all()  # 2-pixel outline
+    assert (out[7, 10] == 200).all()
+    assert (viz.outline_mask(img, np.zeros((20, 20), bool)) < 200).all()
+    with pytest.raises(ValueError, match="mask must have the image's shape"):
+        viz.outline_mask(img, mask[:10])

