@@ -52,6 +52,13 @@ class AdversarialResult:
         d = self.perturbation.flatten(1)
         return d.abs().amax(dim=1) if self.norm == "linf" else d.norm(dim=1)
 
+    def perturbation_image(self, i: int = 0, amplify: float | None = None) -> torch.Tensor:
+        """Image i's perturbation made visible, (3, H, W) in [0, 1]: 0.5 + amplify * d, by default
+        amplified so that its largest entry reaches 0 or 1."""
+        d = self.perturbation[i]
+        gain = amplify if amplify is not None else 0.5 / max(float(d.abs().max()), 1e-12)
+        return (0.5 + gain * d).clamp(0, 1)
+
 
 def _check(x, eps, steps, norm, step_size):
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
@@ -157,21 +164,18 @@ class Contrast:
     rendering: Rendering
     adversarial: AdversarialResult
 
-    def save(self, path, class_names=None, amplify: float | None = None):
+    def save(self, path, class_names=None):
         """A PNG grid: photo | perturbation (amplified to fill [0, 1] around grey) | adversarial image |
         feature visualization, titled with the top class and its probability. Returns path."""
         from unitscope import viz
 
         a = self.adversarial
-        photo = a.image[0] - a.perturbation[0]
-        d = a.perturbation[0]
-        gain = amplify if amplify is not None else 0.5 / max(float(d.abs().max()), 1e-12)
 
         def name(k):
             return class_names[k] if class_names is not None else f"class {k}"
         k0, k1, t = int(a.probs_before[0].argmax()), int(a.probs_after[0].argmax()), int(a.target[0])
-        tiles = [photo, (0.5 + gain * d).clamp(0, 1), a.image[0], self.rendering.images[0]]
-        titles = [f"photo: {name(k0)} {a.probs_before[0, k0]:.2f}", f"perturbation x{gain:.0f} ({a.norm} {a.eps:.3g})",
+        tiles = [a.image[0] - a.perturbation[0], a.perturbation_image(0), a.image[0], self.rendering.images[0]]
+        titles = [f"photo: {name(k0)} {a.probs_before[0, k0]:.2f}", f"perturbation ({a.norm} <= {a.eps:.3g})",
                   f"adversarial: {name(k1)} {a.probs_after[0, k1]:.2f}", f"featviz: logit of {name(t)}"]
         return viz.save_grid(tiles, path, titles=titles)
 
