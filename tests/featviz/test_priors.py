@@ -179,3 +179,25 @@ def test_prior_alone_smooths_noise():
     hf0, hf1 = float(high_frequency_fraction(noise)[0]), float(high_frequency_fraction(smooth)[0])
     rec0, rec1 = float(featviz.reconstruction_error(noise)[0]), float(featviz.reconstruction_error(smooth)[0])
     assert hf1 < 0.7 * hf0 and rec1 < 0.5 * rec0, (hf0, hf1, rec0, rec1)
+
+
+@pytest.mark.slow
+def test_dae_prior_on_efficientnet_smooths_at_a_small_cost():
+    """Feature visualization with the DAE prior: less high-frequency energy and DAE error, most of the activation."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
+    from unitscope import models
+    from unitscope.hooks import LayerCapture
+
+    lm = models.load("efficientnet_lite0")
+    layer, ch = "_blocks.6", 5
+    out = {}
+    for name, objective in {"plain": obj.channel(layer, ch), "prior": obj.channel(layer, ch) + featviz.dae_prior(10.0)}.items():
+        im = featviz.render(lm.model, objective, size=64, steps=24, preprocess=lm.preprocess, seed=0).images
+        with LayerCapture(lm.model, [layer]) as cap, torch.no_grad():
+            lm.model(lm.preprocess(im))
+            act = float(cap.outputs[layer][:, ch].mean())
+        out[name] = (act, float(high_frequency_fraction(im)[0]), float(featviz.reconstruction_error(im)[0]))
+    (a0, hf0, rec0), (a1, hf1, rec1) = out["plain"], out["prior"]
+    # README, at 48 steps: the same activation (26.5 vs 25.2), high frequencies 8x and DAE error 15x lower
+    assert hf1 < 0.5 * hf0 and rec1 < 0.5 * rec0, out
+    assert a1 > 0.8 * a0, out
