@@ -104,7 +104,7 @@ def adversarial_rows(lm, size, steps, png_dir):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one channel, 48 px, 8 steps: a smoke run")
-    ap.add_argument("--weight", type=float, default=100.0, help="dae_prior weight (default: %(default)s)")
+    ap.add_argument("--weight", type=float, default=10.0, help="dae_prior weight (default: %(default)s)")
     ap.add_argument("--size", type=int, default=128, help="render size (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=256, help="render steps (default: %(default)s)")
     ap.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default: %(default)s)")

@@ -175,7 +175,7 @@ class Contrast:
             return class_names[k] if class_names is not None else f"class {k}"
         k0, k1, t = int(a.probs_before[0].argmax()), int(a.probs_after[0].argmax()), int(a.target[0])
         tiles = [a.image[0] - a.perturbation[0], a.perturbation_image(0), a.image[0], self.rendering.images[0]]
-        titles = [f"photo: {name(k0)} {a.probs_before[0, k0]:.2f}", f"perturbation ({a.norm} <= {a.eps:.3g})",
+        titles = [f"photo: {name(k0)} {a.probs_before[0, k0]:.2f}", f"{a.norm} eps {a.eps:.3g} (scaled)",
                   f"adversarial: {name(k1)} {a.probs_after[0, k1]:.2f}", f"featviz: logit of {name(t)}"]
         return viz.save_grid(tiles, path, titles=titles)
 
