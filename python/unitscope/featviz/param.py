@@ -18,6 +18,16 @@ _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.0
 COLOR_CORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 
 
+def randn(shape, generator=None) -> torch.Tensor:
+    """Normal noise of `shape` (B, ...). `generator` is one torch.Generator for the whole batch or a
+    list of B, one per image: then image i's draw does not depend on the batch size."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"one generator per image: batch {shape[0]}, got {len(generator)} generators")
+        return torch.cat([torch.randn(1, *shape[1:], generator=g) for g in generator])
+    return torch.randn(*shape, generator=generator)
+
+
 def _to_rgb(x: torch.Tensor, decorrelate: bool) -> torch.Tensor:
     if decorrelate:
         x = torch.einsum("bchw,dc->bdhw", x, COLOR_CORRELATION.to(x.device, x.dtype))
@@ -73,7 +83,7 @@ class GeneratorImage(nn.Module):
         object.__setattr__(self, "G", G)  # held, not registered: not in parameters(), state_dict() or .to()
         self.size = tuple(size)
         self.value_range = value_range
-        self.latent = nn.Parameter(torch.randn(batch, *z_shape, generator=generator) * std)
+        self.latent = nn.Parameter(randn((batch, *z_shape), generator) * std)
 
     def forward(self) -> torch.Tensor:
         with frozen(self.G):

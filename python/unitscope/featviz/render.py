@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from unitscope.featviz import transforms as T
-from unitscope.featviz._loop import frozen, resolve_preprocess
 from unitscope.featviz.objectives import Forward, Objective
 from unitscope.featviz.param import make_image
 from unitscope.hooks import LayerCapture
+from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 
 
@@ -21,7 +21,7 @@ class Rendering:
     history: list = field(default_factory=list)  # objective value (batch sum) at every step
 
 
-def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, param="fourier",
+def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, param: str = "fourier",
            decorrelate: bool = True, transforms="standard", steps: int = 256, lr: float = 0.05,
            preprocess="imagenet", device=None, seed: int = 0, progress: bool = False) -> Rendering:
     """Optimize an image (batch of `batch`) to maximize `objective` (negate it to minimize).
@@ -30,8 +30,7 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, 
         model: the network; put in eval mode for the duration, its weights are not changed.
         objective: e.g. objectives.channel("_blocks.10", 3); combine with + - * and unary -.
         size (int or (H, W)): image size.
-        param ("fourier" | "pixel" | featviz.generator(G, z_shape)): parameterization, the last through a
-            user's generator G(z) -> image; decorrelate: optimize in decorrelated colour.
+        param ("fourier" | "pixel"): parameterization; decorrelate: optimize in decorrelated colour.
         transforms ("standard", None, or a callable (image, generator) -> image): random robustness
             transforms applied at every step.
         preprocess: maps the [0, 1] image to the model's input: "imagenet" (mean/std, the default),
@@ -49,7 +48,10 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, 
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or min(hw) < 8:
         raise ValueError(f"size must be an int or (H, W) of at least 8 pixels, got {size!r}")
-    preprocess = resolve_preprocess(preprocess)
+    if isinstance(preprocess, str):
+        if preprocess != "imagenet":
+            raise ValueError(f"preprocess must be 'imagenet', None or a callable, got {preprocess!r}")
+        preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if transforms == "standard":
         transforms = T.standard()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -57,8 +59,13 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, 
     image = make_image(param, batch, hw, decorrelate, generator=generator).to(device)
     optimizer = torch.optim.Adam(image.parameters(), lr=lr)
 
+    was_training = model.training
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    for p in frozen:
+        p.requires_grad_(False)
     history = []
-    with frozen(model):
+    try:
         with LayerCapture(model, sorted(set(objective.layers))) as capture:
             iterator = range(steps)
             if progress:
@@ -76,4 +83,8 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int = 1, 
                 history.append(float(score.detach()))
         with torch.no_grad():
             final = image().detach().float().cpu()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
     return Rendering(final, history)
