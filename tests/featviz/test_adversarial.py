@@ -148,7 +148,8 @@ def test_target_wins_on_bundled_photos(norm, eps):
     x = torch.cat([models.load_image(skdata.chelsea(), 160), models.load_image(skdata.coffee(), 160)])
     labels = lm.predict(x).argmax(1).tolist()
     assert labels == [285, 967]  # Egyptian cat, espresso: correctly classified photos
-    r = featviz.adversarial(lm.model, x, [1, 407], eps, steps=12, norm=norm, preprocess=lm.preprocess)  # goldfish, ambulance
+    # towards goldfish and ambulance
+    r = featviz.adversarial(lm.model, x, [1, 407], eps, steps=12, norm=norm, preprocess=lm.preprocess)
     assert r.success.tolist() == [True, True], r.probs_after[[0, 1], [1, 407]]
     assert (r.perturbation_norm() <= eps * (1 + 1e-5)).all()
     assert r.image.min() >= 0 and r.image.max() <= 1

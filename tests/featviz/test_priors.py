@@ -121,7 +121,8 @@ def test_weights_are_validated(tmp_path):
         "state_dict must have keys": {**good, "state_dict": {k: v for k, v in state.items() if k != "out.bias"}},
         r"enc.weight must be a float tensor of shape \(32, 3, 3, 3\), got \(32, 3, 5, 5\)":
             {**good, "state_dict": {**state, "enc.weight": torch.zeros(32, 3, 5, 5)}},
-        "out.bias holds non-finite values": {**good, "state_dict": {**state, "out.bias": torch.full((3,), float("nan"))}},
+        "out.bias holds non-finite values":
+            {**good, "state_dict": {**state, "out.bias": torch.full((3,), float("nan"))}},
     }
     for i, (message, blob) in enumerate(cases.items()):
         with pytest.raises(ValueError, match=message):
@@ -191,7 +192,8 @@ def test_dae_prior_on_efficientnet_smooths_at_a_small_cost():
     lm = models.load("efficientnet_lite0")
     layer, ch = "_blocks.6", 5
     out = {}
-    for name, objective in {"plain": obj.channel(layer, ch), "prior": obj.channel(layer, ch) + featviz.dae_prior(10.0)}.items():
+    variants = {"plain": obj.channel(layer, ch), "prior": obj.channel(layer, ch) + featviz.dae_prior(10.0)}
+    for name, objective in variants.items():
         im = featviz.render(lm.model, objective, size=64, steps=24, preprocess=lm.preprocess, seed=0).images
         with LayerCapture(lm.model, [layer]) as cap, torch.no_grad():
             lm.model(lm.preprocess(im))
