@@ -14,6 +14,8 @@ COMMANDS = {
     "dissect": ("unitscope.dissect.command", "network dissection of a model's layers on a Broden-format dataset"),
     "saliency": ("unitscope.saliency.command", "saliency maps of a model's prediction for an image"),
     "featviz": ("unitscope.featviz.command", "render what channels of a layer respond to"),
+    "adversarial": ("unitscope.featviz.adversarial_command",
+                    "a class's feature visualization beside the adversarial example towards it from a photo"),
     "explain": ("unitscope.explain.command", "which dissected concepts of a layer made a model's prediction for a photo"),
     "data": ("unitscope.data.command", "write datasets: `unitscope data concepts DIR` generates the concept dataset"),
     "info": ("unitscope.info", "backends and build facts of this installation"),

@@ -61,7 +61,9 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
             channel(layer, [c0, c1, ...]) renders one channel per image in a single optimization.
         size (int or (H, W)): image size.
         batch: number of images; default the objective's (len of its channel list) or 1.
-        param ("fourier" | "pixel"): parameterization; decorrelate: optimize in decorrelated colour.
+        param ("fourier" | "pixel" | featviz.generator(G, z_shape)): parameterization (the last
+            optimizes a latent code through a generator G(z) -> image); decorrelate: optimize in
+            decorrelated colour.
         transforms ("standard", None, or a callable (image, generators) -> image, see
             featviz.transforms): random robustness transforms applied at every step.
         preprocess: maps the [0, 1] image to the model's input: "imagenet" (mean/std, the default),
