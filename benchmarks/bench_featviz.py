@@ -43,9 +43,9 @@ def settings(quick):
 
 def batched_vs_single(model, layer, cfg):
     chs = list(range(cfg["n"]))
-    kw = dict(size=cfg["size"], steps=cfg["steps"], progress=False)
-    featviz.render(model, obj.channel(layer, chs), size=cfg["size"], steps=2, progress=False)  # warm-up
-    featviz.render(model, obj.channel(layer, 0), size=cfg["size"], steps=2, progress=False)
+    kw = dict(size=cfg["size"], steps=cfg["steps"], progress=False, compile=False)
+    featviz.render(model, obj.channel(layer, chs), size=cfg["size"], steps=2, progress=False, compile=False)  # warm-up
+    featviz.render(model, obj.channel(layer, 0), size=cfg["size"], steps=2, progress=False, compile=False)
     t = time.perf_counter()
     batched = featviz.render(model, obj.channel(layer, chs), seed=[0] * len(chs), **kw)
     t_batch = time.perf_counter() - t
@@ -98,7 +98,7 @@ def against_lucent(lm, layer, channel, cfg):
     row = {"layer": layer, "channel": channel, "size": size, "steps": steps, "lr": 0.05}
     t = time.perf_counter()
     ours = featviz.render(lm.model, obj.channel(layer, channel), size=size, steps=steps, lr=0.05,
-                          preprocess=lm.preprocess, progress=False)
+                          preprocess=lm.preprocess, progress=False, compile=False)
     row["unitscope_s_per_step"] = (time.perf_counter() - t) / steps
     row["unitscope_objective"] = ours.values[0].item()
     try:
@@ -145,7 +145,8 @@ def how_far(lm, layer, cfg):
     images = _dataset(cfg, cfg["size"])
     ex = featviz.dataset_examples(lm.model, layer, images, k=1, units=chs, reduce="mean",
                                   preprocess=lm.preprocess, progress=False)
-    kw = dict(size=cfg["size"], steps=cfg["steps"] * 2, seed=[0] * len(chs), preprocess=lm.preprocess, progress=False)
+    kw = dict(size=cfg["size"], steps=cfg["steps"] * 2, seed=[0] * len(chs), preprocess=lm.preprocess, progress=False,
+              compile=False)
     high = featviz.render(lm.model, obj.channel(layer, chs), **kw)
     low = featviz.render(lm.model, -obj.channel(layer, chs), **kw)
     rows = []
@@ -157,7 +158,7 @@ def how_far(lm, layer, cfg):
 
 
 def high_frequencies(lm, layer, cfg):
-    kw = dict(size=cfg["size"], steps=cfg["steps"] * 2, preprocess=lm.preprocess, progress=False)
+    kw = dict(size=cfg["size"], steps=cfg["steps"] * 2, preprocess=lm.preprocess, progress=False, compile=False)
     c = cfg["channels"][0]
     plain = featviz.render(lm.model, obj.channel(layer, c), param="pixel", decorrelate=False, transforms=None, **kw)
     lucid = featviz.render(lm.model, obj.channel(layer, c), **kw)

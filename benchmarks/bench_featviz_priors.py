@@ -54,7 +54,8 @@ def dae_rows(lm, channels, size, steps, weight, png_dir):
         for name, kw in variants.items():
             objective = O.channel(layer, ch) + (featviz.dae_prior(weight) if name.startswith("+") else 0)
             t0 = time.perf_counter()
-            r = featviz.render(lm.model, objective, size=size, steps=steps, preprocess=lm.preprocess, seed=0, **kw)
+            r = featviz.render(lm.model, objective, size=size, steps=steps, preprocess=lm.preprocess, seed=0,
+                               compile=False, **kw)
             row[name] = {"activation": activation(lm, layer, ch, r.images),
                          "hf_fraction": float(high_frequency_fraction(r.images)[0]),
                          "dae_error": float(featviz.reconstruction_error(r.images)[0]),
