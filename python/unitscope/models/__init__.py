@@ -75,16 +75,16 @@ def _efficientnet_lite0(device):
     last activated convolutional output, the layer the CAM papers explain (ResNet's layer4). The
     logits are linear in its spatial mean, so Grad-CAM there is exactly CAM (Zhou et al. 2016) and
     the signed map sums to the class logit minus the fc bias; its values are >= 0, as Score-CAM and
-    Grad-CAM++ assume (2 + S g >= 2: no pole in Grad-CAM++'s alpha). The former default `_bn1` is the BatchNorm output before the ReLU6: 90% of its
-    values are negative, so Score-CAM there (positive weights times mostly negative maps) is zero on a
-    large and growing part of the image as more channels enter (chelsea: 17% of the pixels zero with
-    the 32 channels of largest mean, 37% with 128; the issue reports all zero with all 1280).
+    Grad-CAM++ assume (2 + S g >= 2: no pole in Grad-CAM++'s alpha). The former default `_bn1` is
+    the BatchNorm output before the ReLU6: 90% of its values are negative, so Score-CAM there
+    (positive weights times mostly negative maps) is zero everywhere once all 1280 channels enter.
 
-    Measured with benchmarks/compare_cam_layers.py --channels 32 on scikit-image's chelsea, astronaut,
-    coffee and rocket at 224x224 (per photo in benchmarks/RESULTS_saliency.md), means over the photos:
+    Measured with benchmarks/compare_cam_layers.py (all channels) on scikit-image's chelsea,
+    astronaut, coffee and rocket at 224x224 (per photo in benchmarks/RESULTS_saliency.md), means
+    over the photos:
 
-        layer      negative  Grad-CAM top-5 correlation  Score-CAM (32 ch) nonzero
-        _bn1       0.90      0.77                        0.85
+        layer      negative  Grad-CAM top-5 correlation  Score-CAM nonzero pixels
+        _bn1       0.90      0.77                        0.00
         _swish@1   0.00      0.82                        1.00
 
     Class discrimination is not the reason: the Grad-CAM maps of a photo's top-5 classes correlate
