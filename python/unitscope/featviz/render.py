@@ -52,7 +52,7 @@ def score(model: nn.Module, objective: Objective, images: torch.Tensor, *, prepr
 
 def render(model: nn.Module, objective: Objective, *, size=128, batch: int | None = None, param: str = "fourier",
            decorrelate: bool = True, transforms="standard", steps: int = 256, lr: float = 0.05,
-           preprocess="imagenet", device=None, seed=0, progress: bool = True, compile="auto") -> Rendering:
+           preprocess="imagenet", device=None, seed=0, progress: bool = True, compile=False) -> Rendering:
     """Optimize an image (batch of `batch`) to maximize `objective` (negate it to minimize).
 
     Args:
@@ -76,8 +76,9 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
         progress: show a tqdm bar over the steps.
         compile ("auto" | True | False): run the model's forward (and so its backward) through
             torch.compile; "auto" does after timing the first step when the steps to come would save
-            clearly more than the compile costs (unitscope._compile). False is the exact eager path;
-            compiled steps agree with eager ones to float rounding, which Adam carries forward.
+            clearly more than the compile costs (unitscope._compile). Default False, the exact eager
+            path: on this project's CPU the compiled steps ran 0.7x eager (benchmarks/RESULTS.md).
+            Compiled steps agree with eager ones to float rounding, which Adam carries forward.
     Returns:
         Rendering with images (B, 3, H, W) in [0, 1], the objective's history and each final
         image's objective (values, (B,), measured without transforms).

@@ -26,10 +26,12 @@ class Attribution:
         preprocess (callable, optional): applied to x before the model, inside the graph, e.g. the
             ImageNet normalization of `unitscope.models.load(...).preprocess`; x then stays in pixel
             space, where baselines such as "black" mean what they say.
-        compile ("auto" | True | False): run the model through torch.compile. The methods that
-            run it many times (integrated gradients, SmoothGrad, occlusion, LIME, KernelSHAP,
-            Score-CAM) default to "auto": compile once the passes still to come in a call would save
-            clearly more than the compile costs (unitscope._compile); False is the exact eager path.
+        compile ("auto" | True | False): run the model through torch.compile (unitscope._compile):
+            "auto" compiles once the passes still to come in a call would save clearly more than
+            the compile costs; False is the exact eager path. The forward-only many-pass methods
+            (occlusion, LIME, KernelSHAP, Score-CAM) default to "auto" (a compiled forward alone ran
+            3.4x eager on this CPU); integrated gradients and SmoothGrad default to False: through a
+            compiled forward+backward they ran 0.2x eager here (benchmarks/RESULTS.md).
 
     Call:
         x (Tensor[B, C, H, W], floating): the images.

@@ -53,7 +53,7 @@ class IntegratedGradients(Attribution):
         channel ("sum" | None): None keeps (B, C, H, W); "sum" gives (B, H, W). Both keep the
             completeness sum.
         seed (int): for the "uniform" baseline.
-        compile ("auto" | True | False): see Attribution.
+        compile ("auto" | True | False): see Attribution; default False (slower compiled on a CPU).
 
     Call: method(x, target, return_gap=False). With return_gap=True returns (attributions, gap)
     where gap (float64 Tensor[B] or [B, T]) = sum(attributions) - (S(x) - S(x')), the completeness
@@ -63,7 +63,7 @@ class IntegratedGradients(Attribution):
     compilable = True
 
     def __init__(self, model, *, baseline="black", steps=50, method="gauss_legendre", batch_size=32,
-                 channel=None, input_range=(0.0, 1.0), seed=0, output=None, preprocess=None, compile="auto"):
+                 channel=None, input_range=(0.0, 1.0), seed=0, output=None, preprocess=None, compile=False):
         super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         self.method = check_choice(method, RULES, "method")
         self.steps = steps

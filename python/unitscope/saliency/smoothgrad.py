@@ -20,12 +20,13 @@ class SmoothGrad(Attribution):
             paper recommends 0.1 to 0.2. 0 gives exactly the wrapped method's map.
         batch_size (int): noisy copies per call of the wrapped method, which bounds memory.
         seed (int or None): seeds the noise (a private generator; global RNG state is untouched).
-        compile ("auto" | True | False): for the wrapped method's forward (see Attribution).
+        compile ("auto" | True | False): for the wrapped method's forward (see Attribution);
+            default False (forward+backward ran slower compiled on a CPU).
 
     Returns what the wrapped method returns, averaged: e.g. (B, H, W) or (B, T, H, W).
     """
 
-    def __init__(self, method, n_samples=25, noise=0.15, *, batch_size=32, seed=0, compile="auto"):
+    def __init__(self, method, n_samples=25, noise=0.15, *, batch_size=32, seed=0, compile=False):
         if not isinstance(method, Attribution):
             raise TypeError(f"method must be a unitscope.saliency method, got {type(method).__name__}")
         super().__init__(method.model, output=method.output, preprocess=method.preprocess)
