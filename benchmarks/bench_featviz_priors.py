@@ -2,7 +2,7 @@
 
 1. The denoising-autoencoder prior: for each (layer, channel), the same render (same seed, Fourier
    parameterization, transforms) without and with featviz.dae_prior(w): the channel's activation on the
-   final image, its high-frequency energy (share of the grey image's power above 0.25 cycles/pixel)
+   final image, its high-frequency energy (featviz.high_frequency_fraction: power above 0.25 cycles/pixel)
    and its DAE reconstruction error, with the ratios prior / no prior; plain pixel ascent (no transforms,
    no decorrelation) beside them for scale.
 2. Targeted PGD from bundled photos (scikit-image chelsea, coffee) towards fixed classes, L-inf and L2:
@@ -22,20 +22,10 @@ import torch
 from unitscope import featviz, models, viz
 from unitscope.featviz import objectives as O
 from unitscope.hooks import LayerCapture
+from unitscope.featviz.spectrum import high_frequency_fraction
 
 CHANNELS = [("_blocks.3", 10), ("_blocks.6", 5), ("_blocks.10", 8), ("_blocks.14", 3)]
 TARGETS = {"chelsea": 1, "coffee": 407}  # goldfish, ambulance
-
-
-def high_frequency_fraction(images: torch.Tensor, cut: float = 0.25) -> torch.Tensor:
-    """(B,) share of the grey image's power (mean removed) above `cut` cycles/pixel (a stand-in for
-    featviz/spectrum.py's radially averaged power spectrum, written on another branch)."""
-    g = images.mean(dim=1)
-    g = g - g.mean(dim=(1, 2), keepdim=True)
-    power = torch.fft.fft2(g).abs() ** 2
-    h, w = g.shape[-2:]
-    f = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2)
-    return power[:, f > cut].sum(dim=1) / power.sum(dim=(1, 2))
 
 
 def activation(lm, layer, ch, images):

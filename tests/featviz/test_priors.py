@@ -11,17 +11,7 @@ from unitscope import featviz
 from unitscope.featviz import dae as dae_mod
 from unitscope.featviz import objectives as obj
 from unitscope.featviz.objectives import Forward
-
-
-def high_frequency_fraction(images: torch.Tensor, cut: float = 0.25) -> torch.Tensor:
-    """(B,) share of the grey image's power (mean removed) above `cut` cycles/pixel of radial frequency.
-    A local stand-in for a radially averaged power spectrum helper (featviz/spectrum.py, another branch)."""
-    g = images.mean(dim=1)
-    g = g - g.mean(dim=(1, 2), keepdim=True)
-    power = torch.fft.fft2(g).abs() ** 2
-    h, w = g.shape[-2:]
-    f = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2)
-    return power[:, f > cut].sum(dim=1) / power.sum(dim=(1, 2))
+from unitscope.featviz.spectrum import high_frequency_fraction
 
 
 class ColorNet(nn.Module):
