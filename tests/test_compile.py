@@ -202,3 +202,15 @@ def test_featviz_render_compiled_equals_eager():
     assert comp.history == pytest.approx(eager.history, rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="compile must be"):
         featviz.render(net, obj, compile="sometimes", **kw)
+
+
+def test_auto_workers_use_only_free_cores(monkeypatch):
+    from unitscope.dissect import run
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(run.torch, "get_num_threads", lambda: 2)
+    assert run.auto_workers(100) == 0 and run.auto_workers(1000) == 4
+    monkeypatch.setattr(run.torch, "get_num_threads", lambda: 6)
+    assert run.auto_workers(1000) == 2
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(run.torch, "get_num_threads", lambda: 2)
+    assert run.auto_workers(10**6) == 0

@@ -47,8 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(the original Network Dissection); 'dataset': in every image")
     p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=_workers, default="auto",
-                   help="DataLoader worker processes, 0 to read in this process (default: auto: up to half the "
-                        "CPUs, at most 4, for a pass of 256 images or more, else 0)")
+                   help="DataLoader worker processes, 0 to read in this process (default: auto: the CPUs that "
+                        "torch's threads leave free, at most 4, for a pass of 256 images or more, else 0)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default="auto",
                    help="run the model through torch.compile (about 2x on a CPU, 30-60 s to compile; results may "
                         "differ from eager in the last float bits); --no-compile is the exact eager path "

@@ -167,8 +167,9 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         cache_activations: keep pass-1 activations for pass 2 ('auto': when they need less than a
             third of the free memory) instead of running the model twice.
         num_workers: DataLoader worker processes that decode and resize while the model runs;
-            'auto' uses up to half the CPUs (at most 4) for a pass of 256 images
-            or more and reads in this process below that (starting workers costs about a second).
+            'auto' uses the CPUs torch's threads leave free (at most 4) for a pass of 256 images or
+            more, else reads in this process (workers that share the model's cores slow it down:
+            on 2 cores one worker cost 14% of a compiled forward, benchmarks/RESULTS.md).
         compile: run the model through torch.compile: 'auto' (after timing the first batch, when
             the batches to come save clearly more than the compile costs, about 40 s here), True
             or False (the exact eager path; compiled results may differ in the last float bits,
@@ -242,9 +243,16 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     return Dissection(results, timings=dict(timer.seconds), settings=meta)
 
 
-# num_workers="auto": a pass this long reads in worker processes (decoding a 224x224 image and its
-# label maps takes a few ms, starting a worker about a second)
+# num_workers="auto": a pass this long reads in worker processes, on the cores torch's threads leave
+# free (decoding a 224x224 image and its label maps takes a few ms, starting a worker about a second)
 AUTO_WORKERS_MIN_IMAGES = 256
+
+
+def auto_workers(images: int) -> int:
+    """DataLoader workers for a pass over `images` images under num_workers="auto"."""
+    if images < AUTO_WORKERS_MIN_IMAGES:
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
 def _tqdm_write(msg):
@@ -272,7 +280,7 @@ class _Run:
         subset = torch.utils.data.Subset(view, range(lo + start, hi))
         workers = self.num_workers
         if workers == "auto":
-            workers = min(4, max(1, (os.cpu_count() or 1) // 2)) if len(subset) >= AUTO_WORKERS_MIN_IMAGES else 0
+            workers = auto_workers(len(subset))
         loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, shuffle=False,
                                              num_workers=workers, collate_fn=collate_broden,
                                              pin_memory=self.device.type == "cuda")
