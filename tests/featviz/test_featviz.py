@@ -1,5 +1,6 @@
 """Feature visualization: planted answers on models built by hand, objective arithmetic,
 parameterizations, transforms, errors, and a short run on the real EfficientNet-Lite0."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -206,7 +207,25 @@ def test_cli_rejects_bad_arguments_before_working(tmp_path):
         _run_cli("--layer", "_blocks.6", "--dataset", str(tmp_path / "none"), "--out", out)
     with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
         _run_cli("--layer", "_blocks.6", "--steps", "0", "--out", out)
+    with pytest.raises(ValueError, match="--prior-weight must be >= 0, got -1.0"):
+        _run_cli("--layer", "_blocks.6", "--prior-weight", "-1", "--out", out)
     assert not (tmp_path / "fv").exists()
+
+
+def test_cli_prior_weight_smooths_the_renders(tmp_path):
+    """--prior-weight adds the shipped DAE prior to both renders: less high-frequency power."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
+    from PIL import Image
+
+    from unitscope.featviz import high_frequency_fraction
+    hf = {}
+    for w in ("0", "30"):
+        out = tmp_path / f"w{w}"
+        assert _run_cli("--layer", "_blocks.6", "--channels", "5", "--steps", "24", "--size", "48", "--quiet",
+                        "--prior-weight", w, "--out", str(out)) == 0
+        im = torch.from_numpy(np.asarray(Image.open(out / "featviz" / "_blocks_6_channel5_max.png"), np.float32) / 255)
+        hf[w] = float(high_frequency_fraction(im.permute(2, 0, 1)[None])[0])
+    assert hf["30"] < 0.7 * hf["0"], hf
 
 
 def test_cli_help_gives_every_default():

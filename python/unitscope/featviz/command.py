@@ -11,6 +11,7 @@ import torch
 from unitscope.featviz import objectives
 from unitscope.featviz.dataset_examples import dataset_examples
 from unitscope.featviz._loop import frozen
+from unitscope.featviz.dae import dae_prior
 from unitscope.featviz.render import render
 from unitscope.hooks import LayerCapture, resolve_layer
 from unitscope.viz import save_grid, save_image, to_image_array
@@ -33,6 +34,10 @@ def add_arguments(p):
                    help="channels rendered together in one optimization; each image is the one rendered "
                         "alone, to float precision (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--prior-weight", type=float, default=0.0,
+                   help="weight of the shipped denoising-autoencoder prior (featviz.dae_prior), which pulls the "
+                        "renders towards natural images; about 10 smooths them at little cost in activation, "
+                        "0 turns it off (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of every render (default: %(default)s)")
     p.add_argument("--dataset", default=None,
                    help="a Broden folder or a folder of images: adds each channel's most and least activating "
@@ -68,6 +73,8 @@ def _check(args, model, preprocess, device) -> list[int]:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if not args.prior_weight >= 0:
+        raise ValueError(f"--prior-weight must be >= 0, got {args.prior_weight}")
     if args.dataset is not None and not os.path.isdir(args.dataset):
         raise ValueError(f"--dataset {args.dataset!r} is not a folder")
     channels = _channels(args.channels)
@@ -108,8 +115,9 @@ def run(args) -> int:
     for start in range(0, len(channels), args.batch):
         chunk = channels[start:start + args.batch]
         seeds = [args.seed] * len(chunk)  # each channel's image as if rendered alone with --seed
-        high = render(loaded.model, make(args.layer, chunk), seed=seeds, **opts)
-        low = render(loaded.model, -make(args.layer, chunk), seed=seeds, **opts)
+        prior = dae_prior(args.prior_weight) if args.prior_weight > 0 else 0
+        high = render(loaded.model, make(args.layer, chunk) + prior, seed=seeds, **opts)
+        low = render(loaded.model, -make(args.layer, chunk) + prior, seed=seeds, **opts)
         for i, c in enumerate(chunk):
             base = f"{stem}_{args.objective}{c}"
             save_image(to_image_array(high.images[i]), os.path.join(folder, f"{base}_max.png"))
