@@ -31,7 +31,7 @@ class Attribution:
             the compile costs; False is the exact eager path. The forward-only many-pass methods
             (occlusion, LIME, KernelSHAP, Score-CAM) default to "auto" (a compiled forward alone ran
             3.4x eager on this CPU); integrated gradients and SmoothGrad default to False: through a
-            compiled forward+backward they ran 0.2x eager here (benchmarks/RESULTS.md).
+            compiled forward+backward IG ran 0.9x eager here (benchmarks/RESULTS.md).
 
     Call:
         x (Tensor[B, C, H, W], floating): the images.
@@ -103,7 +103,7 @@ class Attribution:
         B = x.shape[0]
         if target is None:
             with torch.no_grad():
-                t = self.scores(x).argmax(dim=1)
+                t = self.scores(x, eager=True).argmax(dim=1)  # one pass: not worth a no-grad graph
             return t[:, None], True
         if isinstance(target, bool):
             raise TypeError("target must be None, an int, B ints or a (B, T) array of ints, got bool")

@@ -111,7 +111,9 @@ class IntegratedGradients(Attribution):
             attr += acc.view(attr.shape)
         attr = (attr * delta[:, None].float()).to(x.dtype)
         with torch.no_grad():
-            s_x = self.scores(x.detach()).double().gather(1, targets)
-            s_b = self.scores(base).double().gather(1, targets)
+            # single no-grad passes stay eager: through the compiled forward they would cost a second
+            # graph (torch.compile specializes on grad mode)
+            s_x = self.scores(x.detach(), eager=True).double().gather(1, targets)
+            s_b = self.scores(base, eager=True).double().gather(1, targets)
         gap = attr.double().sum(dim=(2, 3, 4)) - (s_x - s_b)
         return attr, gap
