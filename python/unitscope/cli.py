@@ -76,26 +76,23 @@ def main(argv=None) -> int:
 # ---- argument types shared by the commands: argparse reports a bad value as
 #      "unitscope CMD: error: argument --NAME: ..." and exits with code 2 before any work starts ----
 
-def positive_int(text: str) -> int:
-    """An int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    """A type for an int >= minimum; errors say 'must be <what>'."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """An int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1, "a positive integer")
+positive_int.__name__ = "positive_int"
+nonnegative_int = _int_at_least(0, "an integer >= 0")
+nonnegative_int.__name__ = "nonnegative_int"
 
 
 def float_in(lo: float, hi: float, *, open_lo=False, open_hi=False):
