@@ -99,7 +99,11 @@ def tamper_value(draw, v):
                 t.view(-1)[i] = draw(st.sampled_from(FLOAT_VALUES + [float(t.view(-1)[i]) * 2 + 1]))
             else:
                 new = draw(st.sampled_from(INT_VALUES + [int(t.view(-1)[i]) + 1, int(t.view(-1)[i]) - 1]))
-                t.view(-1)[i] = max(min(new, 2 ** 63 - 1), -(2 ** 63))
+                if t.dtype == torch.bool:
+                    t.view(-1)[i] = bool(new)
+                else:  # a value the tensor's own dtype can hold (a uint8 tensor cannot take -1)
+                    info = torch.iinfo(t.dtype)
+                    t.view(-1)[i] = max(min(new, info.max), info.min)
             return t
         if how == "dtype":
             return t.to(draw(st.sampled_from([torch.float64, torch.float16, torch.int32, torch.int64, torch.uint8,
