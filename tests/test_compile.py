@@ -60,10 +60,10 @@ def test_auto_compiles_only_when_the_saving_pays(fake):
     r.plan(10**6)                       # nothing timed yet: no decision
     assert not r.compiled
     r(0)
-    r.fastest_call = 1.0                # 1 s a call: 100 calls save 50 s < 2 x 40 s
+    r.fastest_call = 1.0                # 1 s a call: 100 calls save 100 * (1 - 1/2.5) = 60 s < 1.25 x 50 s
     r.plan(100)
     assert not r.compiled
-    r.plan(1000)                        # 500 s saved: compile
+    r.plan(1000)                        # 600 s saved: compile
     assert r.compiled and r(3) == ("compiled", 3)
 
 
@@ -72,8 +72,8 @@ def test_auto_logs_one_line_with_the_saving(fake):
     r = Runner(lambda x: x, "auto", log=lines.append)
     r(0)
     r.fastest_call = 0.5
-    r.plan(3000)                        # 3000 * 0.5 * (1 - 1/2) = 750 s
-    assert len(lines) == 1 and "compiling the model" in lines[0] and "saves ~12 min" in lines[0]
+    r.plan(3000)                        # 3000 * 0.5 * (1 - 1/2.5) = 900 s
+    assert len(lines) == 1 and "compiling the model" in lines[0] and "saves ~15 min" in lines[0]
 
 
 def test_traced_function_is_what_gets_compiled(fake):
@@ -85,6 +85,45 @@ def test_traced_function_is_what_gets_compiled(fake):
     r = Runner(eager, True, traced=traced)
     r(1)
     assert fake.compiled == [traced]
+
+
+def test_pad_runs_a_smaller_batch_at_the_compiled_size(fake):
+    """A dataset's last, smaller batch goes through the graph of the first batch's size (padded with
+    copies of its last image) and comes back cut to its own images; totals are left alone."""
+    seen = []
+
+    def fn(x):
+        seen.append(tuple(x.shape))
+        return {"rows": x * 2, "pair": (x[:, :1], x.sum())}
+    r = Runner(fn, True, pad=True)
+    r(torch.ones(4, 2))
+    x = torch.arange(6.0).view(3, 2)
+    _, out = r(x)
+    assert seen == [(4, 2), (4, 2)]
+    torch.testing.assert_close(out["rows"], x * 2)
+    torch.testing.assert_close(out["pair"][0], x[:, :1])
+    assert float(out["pair"][1]) == float(x.sum() + x[-1].sum())  # a batch total is not cut: pad=False for those
+    _, big = r(torch.ones(6, 2))     # a larger batch is passed as it is (torch compiles it once more)
+    assert seen[-1] == (6, 2) and big["rows"].shape == (6, 2)
+
+
+def test_without_pad_batches_pass_unchanged(fake):
+    seen = []
+    r = Runner(lambda x: seen.append(tuple(x.shape)) or x, True)
+    r(torch.ones(4, 2))
+    r(torch.ones(3, 2))
+    assert seen == [(4, 2), (3, 2)]
+
+
+def test_prepare_runs_before_each_compiled_call_only(fake):
+    calls = []
+    r = Runner(lambda x: calls.append("fn") or x, "auto", prepare=lambda: calls.append("prepare"))
+    r(1)                                   # eager: the caller's own function handles its state
+    r.fastest_call = 10.0
+    r.plan(100)
+    r(1)
+    r(1)
+    assert calls == ["fn", "prepare", "fn", "prepare", "fn"]
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
@@ -121,13 +160,19 @@ def test_real_compile_matches_eager():
 
 
 def test_dissect_compiled_equals_eager(tmp_path):
+    from torch._dynamo.utils import counters
     from dissect.test_planted import Planted, identity, make_planted_dataset
     from unitscope.data import BrodenDataset
     ds = BrodenDataset(make_planted_dataset(tmp_path / "ds"))
-    eager = unitscope.dissect(Planted(), ["units"], ds, batch_size=5, preprocess=identity, progress=False,
+    assert len(ds) % 7 != 0  # a smaller last batch
+    eager = unitscope.dissect(Planted(), ["units"], ds, batch_size=7, preprocess=identity, progress=False,
                               compile=False)
-    comp = unitscope.dissect(Planted(), ["units"], ds, batch_size=5, preprocess=identity, progress=False,
+    torch._dynamo.reset()
+    counters.clear()
+    comp = unitscope.dissect(Planted(), ["units"], ds, batch_size=7, preprocess=identity, progress=False,
                              compile=True, checkpoint_dir=tmp_path / "ckpt")
+    # one graph, compiled once: no recompile for the last batch or for the hooks' per-call state
+    assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["total"] == 1, dict(counters["stats"])
     assert comp.settings["compiled"] is True and eager.settings["compiled"] is False
     e, c = eager["units"], comp["units"]
     torch.testing.assert_close(torch.as_tensor(c.thresholds), torch.as_tensor(e.thresholds), rtol=1e-6, atol=1e-6)
@@ -137,7 +182,7 @@ def test_dissect_compiled_equals_eager(tmp_path):
     assert state["compiled"] is True and state["key"]["compile"] is True
     # the checkpoint belongs to a compiled run: an eager rerun on it is refused, not mixed
     with pytest.raises(ValueError, match="compile"):
-        unitscope.dissect(Planted(), ["units"], ds, batch_size=5, preprocess=identity, progress=False,
+        unitscope.dissect(Planted(), ["units"], ds, batch_size=7, preprocess=identity, progress=False,
                           compile=False, checkpoint_dir=tmp_path / "ckpt")
 
 
@@ -195,9 +240,13 @@ def test_featviz_render_compiled_equals_eager():
     obj = featviz.channel("act", [1, 3])
     kw = dict(size=16, steps=4, preprocess=None, progress=False)
     eager = featviz.render(net, obj, compile=False, **kw)
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="unitscope: could not compile")  # no silent fallback
         comp = featviz.render(net, obj, compile=True, **kw)
+    assert counters["frames"]["total"] == 1, dict(counters["stats"])  # compiled once: no recompile per step
     torch.testing.assert_close(comp.images, eager.images, rtol=1e-4, atol=1e-4)
     assert comp.history == pytest.approx(eager.history, rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="compile must be"):

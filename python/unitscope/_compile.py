@@ -7,6 +7,15 @@ told how many calls remain, then compiles if those calls would save clearly more
 costs (compile="auto"), always (True) or never (False). A function that cannot be compiled runs
 eagerly after a one-line warning. Compiled code may differ from eager in the last float bits;
 compile=False is the exact path.
+
+Two things keep the compiled function at one graph, compiled once (each recompile of a CNN costs
+about as much as the first compile on a CPU, benchmarks/RESULTS.md):
+- the graph is specialized to the first batch size (a static graph: compiled faster, and it ran
+  ~10% faster than one for any size); with pad=True a smaller batch (a dataset's last) is padded up
+  to it by repeating its last image, and the outputs are cut back to the batch's own images;
+- `prepare()`, when given, runs before each compiled call, outside the graph: state the traced
+  function reads (a capture's per-call dictionaries) is reset there, so torch's guards on that state
+  see the same thing at every call.
 """
 from __future__ import annotations
 
@@ -15,11 +24,13 @@ import warnings
 
 import torch
 
-# A cold compile of a CNN's forward (and backward) on this project's 2-core CPU machine took 20-50 s
-# (benchmarks/RESULTS.md); the compiled forward ran 2-2.7x the eager one. "auto" compiles when the
-# calls still to come are expected to save more than twice the compile time.
-COMPILE_SECONDS = 40.0
-SPEEDUP = 2.0
+# A cold compile of EfficientNet-Lite0's forward on this project's 2-core CPU machine took 45-55 s
+# (benchmarks/RESULTS.md); the compiled forward ran 2.5-3x the eager one. "auto" compiles when the
+# calls still to come are expected to save MARGIN times the compile time (a net gain of at least
+# a quarter of it, with the speedup estimated low).
+COMPILE_SECONDS = 50.0
+SPEEDUP = 2.5
+MARGIN = 1.25
 
 
 def check_compile(value, name: str = "compile"):
@@ -40,14 +51,22 @@ class Runner:
             the first call) or False (never).
         log: callable taking a one-line message (e.g. tqdm.write), or None for silence.
         what: how messages name the function ("the model").
+        pad: every tensor the function returns has one row per image of its first argument (the
+            batch): smaller batches are padded to the compiled batch size and the outputs cut back.
+            Not for functions returning batch totals (a loss summed over images).
+        prepare: callable run before each compiled call, outside the compiled graph, or None.
     """
 
-    def __init__(self, fn, compile="auto", *, traced=None, log=None, what: str = "the model"):
+    def __init__(self, fn, compile="auto", *, traced=None, log=None, what: str = "the model",
+                 pad: bool = False, prepare=None):
         self.fn = fn
         self.traced = fn if traced is None else traced  # what torch.compile compiles (same results as fn)
         self.setting = check_compile(compile)
         self.log = log
         self.what = what
+        self.pad = pad
+        self.prepare = prepare
+        self.batch = None            # the batch size the compiled graph was specialized to
         self.compiled_fn = None      # the torch.compile'd fn once compiled
         self.failed = False          # compiling failed: eager from then on
         self.verified = False        # the compiled fn has run once without error
@@ -70,24 +89,41 @@ class Runner:
             return
         per_call = self.fastest_call  # the first calls carry one-time costs: be conservative
         saving = calls_left * per_call * (1.0 - 1.0 / SPEEDUP)
-        if saving > 2.0 * COMPILE_SECONDS:
+        if saving > MARGIN * COMPILE_SECONDS:
             if self.log is not None:
                 self.log(f"compiling {self.what} (about {COMPILE_SECONDS:.0f} s, saves ~{saving / 60:.0f} min "
                          f"on this run; compile=False to skip)")
             self._compile()
 
     def _compile(self):
-        # dynamic=True: one graph for every batch size (the last batch of a dataset is smaller)
-        self.compiled_fn = torch.compile(self.traced, dynamic=True)
+        # dynamic=None (torch's default): a graph specialized to the first shapes; a second size of a
+        # larger batch recompiles once to a graph for any size (smaller ones are padded when pad=True)
+        self.compiled_fn = torch.compile(self.traced)
+
+    def _run_compiled(self, *args):
+        if self.prepare is not None:
+            self.prepare()
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return self.compiled_fn(*args)
+        n = x.shape[0]
+        if self.batch is None:
+            self.batch = n
+        if not self.pad or n >= self.batch or n == 0:
+            return self.compiled_fn(*args)
+        filler = x[-1:].expand(self.batch - n, *x.shape[1:])
+        out = self.compiled_fn(torch.cat([x, filler]), *args[1:])
+        return torch.utils._pytree.tree_map(
+            lambda t: t[:n] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == self.batch else t, out)
 
     def __call__(self, *args):
         if self.setting is True and not self.compiled and not self.failed:
             self._compile()
         if self.compiled_fn is not None:
             if self.verified:
-                return self.compiled_fn(*args)
+                return self._run_compiled(*args)
             try:
-                out = self.compiled_fn(*args)
+                out = self._run_compiled(*args)
                 self.verified = True
                 return out
             except Exception as e:  # noqa: BLE001 - any compiler failure; eager decides if it's the input's fault

@@ -116,11 +116,17 @@ class LayerCapture:
             raise RuntimeError(f"layers {missing} were not captured in this forward")
         return {spec: self._out[spec] for spec in self.layers}
 
-    def full(self, x: torch.Tensor) -> dict:
-        """Like cap(x) after the first call, but runs the whole forward without the exception that
-        cuts it short: the form torch.compile traces (unitscope._compile.Runner(cap, traced=cap.full))."""
-        self._full = True  # (cap(x) sets it back)
+    def reset(self, full: bool = True) -> None:
+        """Forget the last call's outputs; full=True: the next forward runs to the end."""
+        self._full = full  # (cap(x) sets it back)
         self._calls.clear()
         self._out.clear()
+
+    def full(self, x: torch.Tensor) -> dict:
+        """Like cap(x) after the first call, but runs the whole forward without the exception that
+        cuts it short: the form torch.compile traces. Compiled, call reset() before each call,
+        outside the graph (Runner(cap, traced=cap.full, prepare=cap.reset)): torch guards on the
+        state the hooks read, and a state left from the last call would recompile the graph."""
+        self.reset()
         self.model(x)
         return {spec: self._out[spec] for spec in self.layers}

@@ -212,7 +212,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         with torch.no_grad(), LayerCapture(model, layers, tokens=tokens) as capture:
             run.capture = capture
             log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
-            run.runner = Runner(capture, compile, traced=capture.full, log=log)
+            run.runner = Runner(capture, compile, traced=capture.full, log=log, pad=True, prepare=capture.reset)
             state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
             if ckpt is not None:
                 state = run.resume(ckpt, dict(settings, dataset=ds.fingerprint, preprocess=describe_callable(preprocess),

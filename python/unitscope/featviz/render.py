@@ -112,7 +112,7 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
                 logits = model(preprocess(seen) if preprocess is not None else seen)
                 return logits, dict(capture.outputs)
             bar = progress_bar(range(steps), desc=objective.name[:60], disable=not progress, leave=False)
-            runner = Runner(forward, compile, log=(lambda msg: bar.write(f"unitscope featviz: {msg}")) if progress else None)
+            runner = Runner(forward, compile, prepare=capture.reset, log=(lambda msg: bar.write(f"unitscope featviz: {msg}")) if progress else None)
             for step in bar:
                 optimizer.zero_grad(set_to_none=True)
                 x = image()

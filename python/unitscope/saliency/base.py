@@ -55,7 +55,7 @@ class Attribution:
         self.model = model
         self.output = output
         self.preprocess = preprocess
-        self._runner = Runner(self._forward, compile, what=f"the model ({type(self).__name__})")
+        self._runner = Runner(self._forward, compile, what=f"the model ({type(self).__name__})", pad=True)
 
     def _forward(self, x):
         return self.model(self.preprocess(x) if self.preprocess is not None else x)
