@@ -4,6 +4,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "unitscope/bilinear.h"
 #include "unitscope/gradcam.h"
 
@@ -12,13 +16,71 @@ namespace unitscope {
 namespace {
 
 // weights[k] = mean over h*w of G[b,k] (Selvaraju et al.), float32 accumulation
+// (each channel summed in order, as on the GPU; float32 input eight channels at a time, so that
+// eight independent sums hide the latency of the adds)
 void spatial_mean(const void* g, int dtype, int64_t base, int64_t K, int64_t hw, float* weights) {
-  for (int64_t k = 0; k < K; ++k) {
+  int64_t k = 0;
+  if (dtype == kFloat32) {
+    const float* p = static_cast<const float*>(g) + base;
+    for (; k + 8 <= K; k += 8) {
+      float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+      const float* q = p + k * hw;
+      for (int64_t i = 0; i < hw; ++i)
+        for (int j = 0; j < 8; ++j) s[j] += q[j * hw + i];
+      for (int j = 0; j < 8; ++j) weights[k + j] = s[j] / (float)hw;
+    }
+  }
+  for (; k < K; ++k) {
     float s = 0.0f;
     const int64_t off = base + k * hw;
     for (int64_t i = 0; i < hw; ++i) s += load_float(g, off + i, dtype);
     weights[k] = s / (float)hw;
   }
+}
+
+// lo, hi updated with the min and max of l0 * r0[x] + l1 * r1[x] over x < n (the values the output
+// row gets, computed with the same rounding: -ffp-contract=off); a NaN never wins a comparison.
+// SSE2's minps/maxps return their second operand when either is NaN: the same rule as the scalar
+// v < lo ? v : lo, so the vector and scalar parts agree.
+inline void row_min_max(const float* r0, const float* r1, float l0, float l1, int64_t n, float& lo, float& hi) {
+  int64_t x = 0;
+#if defined(__SSE2__)
+  if (n >= 4) {
+    const __m128 a = _mm_set1_ps(l0), b = _mm_set1_ps(l1);
+    __m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi);
+    for (; x + 4 <= n; x += 4) {
+      const __m128 v = _mm_add_ps(_mm_mul_ps(a, _mm_loadu_ps(r0 + x)), _mm_mul_ps(b, _mm_loadu_ps(r1 + x)));
+      vlo = _mm_min_ps(v, vlo);
+      vhi = _mm_max_ps(v, vhi);
+    }
+    float l[4], h[4];
+    _mm_storeu_ps(l, vlo);
+    _mm_storeu_ps(h, vhi);
+    for (int j = 0; j < 4; ++j) {
+      lo = l[j] < lo ? l[j] : lo;
+      hi = h[j] > hi ? h[j] : hi;
+    }
+  }
+#endif
+  for (; x < n; ++x) {
+    const float v = l0 * r0[x] + l1 * r1[x];
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+}
+
+// What normalizing does to a map with min lo and max hi (of its non-NaN pixels).
+struct Rescale {
+  enum Mode { kKeep, kScale, kZero } mode;
+  float lo, inv;
+};
+
+Rescale rescale(bool normalize, float lo, float hi) {
+  if (!normalize) return {Rescale::kKeep, 0.0f, 1.0f};
+  const float range = hi - lo;
+  // multiply by the reciprocal: within one float32 rounding of the reference's division
+  if (range > 0.0f && std::isfinite(range)) return {Rescale::kScale, lo, 1.0f / range};
+  return {Rescale::kZero, 0.0f, 0.0f};  // constant map (or none, or an infinite range): 0; NaN stays NaN
 }
 
 }  // namespace
@@ -61,6 +123,10 @@ void gradcam_cpu(const GradcamArgs& a) {
       if (a.relu)
         for (auto& v : cam) v = v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in torch.clamp
       float* out = a.out + m * HW;
+      // Normalizing needs the map's min and max before a pixel is written: they are taken in a pass
+      // that computes the pixels without storing them (the small map is in cache), so the output is
+      // written once and never read back (the write is most of the memory traffic: 224 x 224 floats
+      // a map against 7 x 7 x K inputs).
       float lo = INFINITY, hi = -INFINITY;
       if (resize) {
         // separable: interpolate every source row to width W once, then each output row mixes two
@@ -73,35 +139,39 @@ void gradcam_cpu(const GradcamArgs& a) {
             dst[x] = add_rn(mul_rn(s.l0, src[s.i0]), mul_rn(s.l1, src[s.i1]));
           }
         }
-        // the min/max for normalize is taken while the rows are written (the map is then still in cache)
+        if (a.normalize) {
+          for (int64_t y = 0; y < a.H; ++y) {
+            const LinearTap& t = ty[y];
+            row_min_max(rows.data() + t.i0 * a.W, rows.data() + t.i1 * a.W, t.l0, t.l1, a.W, lo, hi);
+          }
+        }
+        const Rescale n = rescale(a.normalize, lo, hi);
         for (int64_t y = 0; y < a.H; ++y) {
           const LinearTap& t = ty[y];
           const float* r0 = rows.data() + t.i0 * a.W;
           const float* r1 = rows.data() + t.i1 * a.W;
           float* o = out + y * a.W;
           const float l0 = t.l0, l1 = t.l1;
-          for (int64_t x = 0; x < a.W; ++x) {
-            const float v = l0 * r0[x] + l1 * r1[x];
-            o[x] = v;
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
+          if (n.mode == Rescale::kKeep) {
+            for (int64_t x = 0; x < a.W; ++x) o[x] = l0 * r0[x] + l1 * r1[x];
+          } else if (n.mode == Rescale::kScale) {
+            for (int64_t x = 0; x < a.W; ++x) o[x] = (l0 * r0[x] + l1 * r1[x] - n.lo) * n.inv;
+          } else {
+            for (int64_t x = 0; x < a.W; ++x) {
+              const float v = l0 * r0[x] + l1 * r1[x];
+              o[x] = std::isnan(v) ? v : 0.0f;
+            }
           }
         }
       } else {
-        std::copy(cam.begin(), cam.end(), out);
-        for (int64_t i = 0; i < HW; ++i) {
-          lo = out[i] < lo ? out[i] : lo;
-          hi = out[i] > hi ? out[i] : hi;
+        for (int64_t i = 0; i < hw; ++i) {
+          lo = cam[i] < lo ? cam[i] : lo;
+          hi = cam[i] > hi ? cam[i] : hi;
         }
-      }
-      if (a.normalize) {  // lo, hi: min and max of the non-NaN pixels (a NaN never wins a comparison)
-        const float range = hi - lo;
-        if (range > 0.0f && std::isfinite(range)) {
-          // multiply by the reciprocal: within one float32 rounding of the reference's division
-          const float inv = 1.0f / range;
-          for (int64_t i = 0; i < HW; ++i) out[i] = (out[i] - lo) * inv;
-        } else {  // constant map (or none, or an infinite range): 0; a NaN pixel stays NaN
-          for (int64_t i = 0; i < HW; ++i) out[i] = std::isnan(out[i]) ? out[i] : 0.0f;
+        const Rescale n = rescale(a.normalize, lo, hi);
+        for (int64_t i = 0; i < HW; ++i) {
+          const float v = cam[i];
+          out[i] = n.mode == Rescale::kKeep ? v : n.mode == Rescale::kScale ? (v - n.lo) * n.inv : (std::isnan(v) ? v : 0.0f);
         }
       }
     }
