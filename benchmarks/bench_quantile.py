@@ -10,7 +10,10 @@ whole stream; values/s is per value either way. Rank error: the true rank of eac
 is counted over the whole stream afterwards.
 Accuracy mode (--accuracy): 10^8 values per channel on the issue's five distributions (sorted
 ascending included): QuantileSketch vs REQ/KLL rank error at q in {0.99, 0.995, 0.999}.
-Usage: python benchmarks/bench_quantile.py [--quick] [--accuracy] [--threads N] [--json PATH]
+Against one read (--vs-sum): ExactQuantile (cpp, numba) over (64, 512, 14, 14) batches, 6 and 60
+updates, the result included, beside a plain x.sum((0, 2, 3)) over the same batches: the floor
+of any method that reads every value once. Reported as values/s and as a ratio to the sum.
+Usage: python benchmarks/bench_quantile.py [--quick] [--accuracy] [--vs-sum] [--threads N] [--json PATH]
 """
 from __future__ import annotations
 
@@ -215,6 +218,40 @@ def run_accuracy(args):
     return {"values_per_channel": n, "rows": table}
 
 
+def run_vs_sum(args, updates=(6, 60), shape=(64, 512, 14, 14), repeats=3):
+    """ExactQuantile's update + result against x.sum((0, 2, 3)) over the same batches, alternated,
+    the best of `repeats` each."""
+    B, K, h, w = shape
+    have = [be for be in ("cpp", "numba") if be in unitscope.backends()]
+    rows = []
+    for n in updates:
+        xs = [make_batch(b, B, K, h, w) for b in range(n)]
+        total = n * B * h * w
+        values = n * B * K * h * w
+        best = {}
+        for _ in range(repeats):
+            t = time.perf_counter()
+            acc = torch.zeros(K)
+            for x in xs:
+                acc += x.sum((0, 2, 3))
+            best["x.sum((0, 2, 3))"] = min(best.get("x.sum((0, 2, 3))", 1e9), time.perf_counter() - t)
+            for be in have:
+                t = time.perf_counter()
+                q = unitscope.ExactQuantile(K, Q, total, dim=1, backend=be)
+                for x in xs:
+                    q.update(x)
+                q.result()
+                name = f"ExactQuantile [{be}]"
+                best[name] = min(best.get(name, 1e9), time.perf_counter() - t)
+        floor = best["x.sum((0, 2, 3))"]
+        for name, sec in best.items():
+            rows.append({"updates": n, "method": name, "seconds": sec, "values_per_s": values / sec,
+                         "vs_sum": floor / sec})
+            print(f"{n:>3d} updates  {name:24s} {values / sec / 1e6:>9.1f} M values/s  {floor / sec:>5.2f}x the sum's speed")
+        del xs
+    return rows
+
+
 def print_table(res):
     rows = res["rows"]
     ref = next((r for r in rows if r["method"].startswith("req")), None)
@@ -231,7 +268,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="K=64 x 10^6 values (smoke test)")
     ap.add_argument("--accuracy", action="store_true", help="also the 10^8-values-per-channel accuracy table")
-    ap.add_argument("--accuracy-values", type=int, default=10 ** 8)
+    ap.add_argument("--accuracy-values", type=int, default=10 ** 8, help="values per channel of --accuracy (default 10^8)")
+    ap.add_argument("--vs-sum", action="store_true", help="only ExactQuantile against one x.sum read of the same batches")
     ap.add_argument("--channels", type=int, default=512)
     ap.add_argument("--values", type=int, default=10 ** 7, help="values per channel")
     ap.add_argument("--baseline-channels", type=int, default=8)
@@ -245,8 +283,11 @@ def main():
         args.accuracy_values = min(args.accuracy_values, 10 ** 6)
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                        "backends": unitscope.backends(verbose=True)}}
-    out["throughput"] = run_throughput(args)
-    print_table(out["throughput"])
+    if args.vs_sum:
+        out["vs_sum"] = run_vs_sum(args, updates=(2, 6) if args.quick else (6, 60))
+    else:
+        out["throughput"] = run_throughput(args)
+        print_table(out["throughput"])
     if args.accuracy:
         out["accuracy"] = run_accuracy(args)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
