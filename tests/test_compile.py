@@ -126,6 +126,57 @@ def test_prepare_runs_before_each_compiled_call_only(fake):
     assert calls == ["fn", "prepare", "fn", "prepare", "fn"]
 
 
+def _formats_seen(slow_contiguous):
+    """fn recording each call's input format; contiguous calls take longer when slow_contiguous."""
+    import time as _time
+    seen = []
+
+    def fn(x):
+        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        seen.append("cl" if cl else "contiguous")
+        _time.sleep(0.02 if cl == (not slow_contiguous) else 0.0)
+        return x.sum()
+    return fn, seen
+
+
+@pytest.mark.parametrize("slow_contiguous", [True, False])
+def test_auto_tries_channels_last_and_keeps_the_faster(slow_contiguous):
+    fn, seen = _formats_seen(slow_contiguous)
+    r = Runner(fn, "auto", channels_last=True)
+    x = torch.rand(2, 3, 4, 4)
+    for _ in range(7):
+        assert float(r(x)) == pytest.approx(float(x.sum()))
+    keep = "cl" if slow_contiguous else "contiguous"
+    assert seen[:4] == ["contiguous", "cl", "contiguous", "cl"] and seen[4:] == [keep] * 3
+    assert r.channels_last is slow_contiguous
+
+
+def test_channels_last_only_with_auto_and_only_for_image_batches():
+    for setting in (False, True):
+        fn, seen = _formats_seen(True)
+        r = Runner(fn, setting, channels_last=True)
+        if setting is True:
+            r._compile = lambda: None  # stay eager: this is about the input's format
+        for _ in range(5):
+            r(torch.rand(2, 3, 4, 4))
+        assert seen == ["contiguous"] * 5
+    seen = []
+    r = Runner(lambda x: seen.append(x.is_contiguous()) or x, "auto", channels_last=True)
+    for _ in range(5):
+        r(torch.rand(2, 3))  # not (B, C, H, W): left alone
+    assert seen == [True] * 5
+
+
+def test_a_function_failing_on_channels_last_runs_on_the_batch_as_given():
+    def fn(x):
+        return x.view(x.shape[0], -1).sum(1)  # view() fails on a channels_last tensor
+    r = Runner(fn, "auto", channels_last=True)
+    x = torch.rand(2, 3, 4, 4)
+    for _ in range(5):
+        torch.testing.assert_close(r(x), x.reshape(2, -1).sum(1))
+    assert r.channels_last is False
+
+
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     monkeypatch.setattr(_compile.torch, "compile", FakeCompile(fail=True))
     r = Runner(lambda x: x * 2, True)

@@ -212,7 +212,8 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         with torch.no_grad(), LayerCapture(model, layers, tokens=tokens) as capture:
             run.capture = capture
             log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
-            run.runner = Runner(capture, compile, traced=capture.full, log=log, pad=True, prepare=capture.reset)
+            run.runner = Runner(capture, compile, traced=capture.full, log=log, pad=True, prepare=capture.reset,
+                                channels_last=True)
             state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
             if ckpt is not None:
                 state = run.resume(ckpt, dict(settings, dataset=ds.fingerprint, preprocess=describe_callable(preprocess),
@@ -304,7 +305,7 @@ class _Run:
             ctx = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
             with ctx:
                 acts = self.capture(x) if eager else self.runner(x)
-            return {k: (v.float() if v.dtype != torch.float32 else v) for k, v in acts.items()}
+            return {k: v.float().contiguous() for k, v in acts.items()}  # (channels_last outputs: NCHW for the kernels)
 
     # ---- states ----------------------------------------------------------------------------------
     def _make_threshold_states(self, shapes):

@@ -55,7 +55,8 @@ class Attribution:
         self.model = model
         self.output = output
         self.preprocess = preprocess
-        self._runner = Runner(self._forward, compile, what=f"the model ({type(self).__name__})", pad=True)
+        self._runner = Runner(self._forward, compile, what=f"the model ({type(self).__name__})", pad=True,
+                              channels_last=True)
 
     def _forward(self, x):
         return self.model(self.preprocess(x) if self.preprocess is not None else x)
