@@ -143,8 +143,8 @@ def forward_variants(model, preprocess, ds, batch_size, batches):
 
     out = {}
     for name, fn, cl in (("eager", eager, False), ("eager, channels_last", eager_cl, True),
-                         ("compiled", torch.compile(eager, dynamic=True), False),
-                         ("compiled, channels_last", torch.compile(eager_cl, dynamic=True), True)):
+                         ("compiled", torch.compile(eager), False),
+                         ("compiled, channels_last", torch.compile(eager_cl), True)):
         model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
         with torch.no_grad():
             t = time.perf_counter()
@@ -168,7 +168,8 @@ def data_path(ds, batch_size, workers, images):
 
 
 def compare(a, b, layers):
-    """How far a compiled dissection b is from the eager one a: thresholds, IoU, detector sets."""
+    """How far a compiled (or compile='auto') dissection b is from the eager one a: thresholds, IoU,
+    detector sets."""
     out = {}
     for layer in layers:
         ta, tb = np.asarray(a[layer].thresholds, np.float64), np.asarray(b[layer].thresholds, np.float64)
@@ -184,10 +185,14 @@ def compare(a, b, layers):
 
 
 def timed_dissect(model, layers, ds, args, preprocess, compile):
+    from torch._dynamo.utils import counters
+    counters.clear()
     t = time.perf_counter()
     d = unitscope.dissect(model, layers, ds, batch_size=args.batch_size, preprocess=preprocess,
                           num_workers=args.workers, progress=False, compile=compile)
-    return time.perf_counter() - t, d
+    wall = time.perf_counter() - t
+    d.timings["graphs_compiled"] = counters["stats"]["unique_graphs"]  # 1 when compiled once, no recompiles
+    return wall, d
 
 
 def main():
@@ -224,13 +229,19 @@ def main():
     t_warm, d_warm = timed_dissect(model, layers, ds, args, preprocess, True)
     torch._dynamo.reset()
     t_eager, d_eager = timed_dissect(model, layers, ds, args, preprocess, False)
+    torch._dynamo.reset()
+    t_auto, d_auto = timed_dissect(model, layers, ds, args, preprocess, "auto")  # the default
     rows = [("unitscope.dissect, eager", t_eager, d_eager.timings),
             ("unitscope.dissect, compiled cold", t_cold, d_cold.timings),
-            ("unitscope.dissect, compiled warm", t_warm, d_warm.timings)]
+            ("unitscope.dissect, compiled warm", t_warm, d_warm.timings),
+            ("unitscope.dissect, compile='auto'", t_auto, d_auto.timings)]
     result["unitscope"] = {name: {"wall_s": wall, **{f"{k}_s": v for k, v in tm.items()}, "images_per_s": n / wall}
                            for name, wall, tm in rows}
     result["speedup_compiled_cold"] = t_eager / t_cold
     result["speedup_compiled_warm"] = t_eager / t_warm
+    result["speedup_auto"] = t_eager / t_auto
+    result["auto_compiled"] = bool(d_auto.settings["compiled"])
+    result["auto_vs_eager"] = compare(d_eager, d_auto, layers)
     result["overhead_vs_own_forward_eager"] = (t_eager - d_eager.timings["forward"]) / d_eager.timings["forward"]
     result["compiled_vs_eager"] = compare(d_eager, d_cold, layers)
     result["unique_detectors"] = {"eager": d_eager.unique_detectors(), "compiled": d_cold.unique_detectors()}
@@ -246,6 +257,7 @@ def main():
         result["netdissect_lite"] = {"wall_s": t_nd, **{f"{k}_s": v for k, v in nd_times.items()},
                                      "images_per_s": n / t_nd, "speedup_eager": t_nd / t_eager,
                                      "speedup_compiled_cold": t_nd / t_cold, "speedup_compiled_warm": t_nd / t_warm,
+                                     "speedup_auto": t_nd / t_auto,
                                      "threshold_max_rel_diff": {l: float(np.max(np.abs(nd_thr[l] - d_eager[l].thresholds)
                                                                                 / np.maximum(np.abs(d_eager[l].thresholds), 1e-6)))
                                                                 for l in layers}}
@@ -261,15 +273,17 @@ def main():
     print(f"{'pipeline':34s} {'wall s':>8s} {'img/s':>7s}  parts (s)")
     for name, wall, parts in rows:
         print(f"{name:34s} {wall:8.1f} {n / wall:7.1f}  " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
-    print(f"compiled / eager: cold {result['speedup_compiled_cold']:.2f}x, warm {result['speedup_compiled_warm']:.2f}x")
+    print(f"compiled / eager: cold {result['speedup_compiled_cold']:.2f}x, warm {result['speedup_compiled_warm']:.2f}x; "
+          f"compile='auto' / eager: {result['speedup_auto']:.2f}x (compiled: {result['auto_compiled']})")
     if "netdissect_lite" in result:
         nd = result["netdissect_lite"]
         print(f"vs NetDissect-Lite: eager {nd['speedup_eager']:.2f}x, compiled cold {nd['speedup_compiled_cold']:.2f}x, "
-              f"warm {nd['speedup_compiled_warm']:.2f}x")
-    for layer, c in result["compiled_vs_eager"].items():
-        print(f"compiled vs eager, {layer}: thresholds differ in {c['thresholds_differing']}/{c['units']} units "
-              f"(max rel {c['threshold_max_rel_diff']:.1e}), IoU max abs diff {c['iou_max_abs_diff']:.1e}, "
-              f"detectors {c['detectors_eager']} vs {c['detectors_compiled']} ({c['detector_set_changes']} changed)")
+              f"warm {nd['speedup_compiled_warm']:.2f}x, auto {nd['speedup_auto']:.2f}x")
+    for what, key in (("compiled", "compiled_vs_eager"), ("auto", "auto_vs_eager")):
+        for layer, c in result[key].items():
+            print(f"{what} vs eager, {layer}: thresholds differ in {c['thresholds_differing']}/{c['units']} units "
+                  f"(max rel {c['threshold_max_rel_diff']:.1e}), IoU max abs diff {c['iou_max_abs_diff']:.1e}, "
+                  f"detectors {c['detectors_eager']} vs {c['detectors_compiled']} ({c['detector_set_changes']} changed)")
     print("forward alone (img/s): " + ", ".join(f"{k} {v['images_per_s']:.1f} (first call {v['first_call_s']:.0f} s)"
                                                for k, v in result["forward_variants"].items()))
     print("data path alone (img/s): " + ", ".join(f"{w} workers {v:.0f}" for w, v in result["data_path_images_per_s"].items()))
