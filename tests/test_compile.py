@@ -7,7 +7,7 @@ import torch
 
 import unitscope
 from unitscope import _compile
-from unitscope._compile import Runner, check_compile
+from unitscope._compile import TRIAL_CALLS, Runner, check_compile
 
 
 class FakeCompile:
@@ -60,6 +60,9 @@ def test_auto_compiles_only_when_the_saving_pays(fake):
     r.plan(10**6)                       # nothing timed yet: no decision
     assert not r.compiled
     r(0)
+    r.plan(10**6)                       # one call (with its one-time costs) is not a basis either
+    assert not r.compiled
+    r(0)
     r.fastest_call = 1.0                # 1 s a call: 100 calls save 100 * (1 - 1/2.5) = 60 s < 1.25 x 50 s
     r.plan(100)
     assert not r.compiled
@@ -70,6 +73,7 @@ def test_auto_compiles_only_when_the_saving_pays(fake):
 def test_auto_logs_one_line_with_the_saving(fake):
     lines = []
     r = Runner(lambda x: x, "auto", log=lines.append)
+    r(0)
     r(0)
     r.fastest_call = 0.5
     r.plan(3000)                        # 3000 * 0.5 * (1 - 1/2.5) = 900 s
@@ -119,11 +123,12 @@ def test_prepare_runs_before_each_compiled_call_only(fake):
     calls = []
     r = Runner(lambda x: calls.append("fn") or x, "auto", prepare=lambda: calls.append("prepare"))
     r(1)                                   # eager: the caller's own function handles its state
+    r(1)
     r.fastest_call = 10.0
     r.plan(100)
     r(1)
     r(1)
-    assert calls == ["fn", "prepare", "fn", "prepare", "fn"]
+    assert calls == ["fn", "fn", "prepare", "fn", "prepare", "fn"]
 
 
 def _formats_seen(slow_contiguous):
@@ -149,6 +154,20 @@ def test_auto_tries_channels_last_and_keeps_the_faster(slow_contiguous):
     keep = "cl" if slow_contiguous else "contiguous"
     assert seen[:4] == ["contiguous", "cl", "contiguous", "cl"] and seen[4:] == [keep] * 3
     assert r.channels_last is slow_contiguous
+
+
+def test_auto_decides_only_after_the_channels_last_trial(fake):
+    r = Runner(lambda x: x, "auto", channels_last=True)
+    x = torch.rand(1, 1, 2, 2)
+    for _ in range(TRIAL_CALLS - 1):
+        r(x)
+        r.fastest_call = 100.0
+        r.plan(10**6)
+        assert not r.compiled
+    r(x)
+    r.fastest_call = 100.0
+    r.plan(10**6)
+    assert r.compiled
 
 
 def test_channels_last_only_with_auto_and_only_for_image_batches():

@@ -34,6 +34,8 @@ SPEEDUP_CHANNELS_LAST = 1.6  # the compiled forward against the eager one in cha
 MARGIN = 1.25
 # eager calls that alternate the contiguous and channels_last formats before one is kept
 TRIAL_CALLS = 4
+# eager calls timed before "auto" decides (and all of the channels_last trial's)
+MIN_EAGER_CALLS = 2
 
 
 def check_compile(value, name: str = "compile"):
@@ -50,7 +52,8 @@ class Runner:
         fn: the function to run (e.g. lambda x: model(preprocess(x))); tensors in, tensors out.
         traced: a function with fn's results that suits compiling better (e.g. without an early exit
             by exception), default fn.
-        compile: "auto" (compile once `plan(calls_left)` expects the saving to pay), True (compile at
+        compile: "auto" (compile once `plan(calls_left)`, after MIN_EAGER_CALLS timed eager calls and
+            the channels_last trial, expects the saving to pay), True (compile at
             the first call) or False (never).
         log: callable taking a one-line message (e.g. tqdm.write), or None for silence.
         what: how messages name the function ("the model").
@@ -96,9 +99,9 @@ class Runner:
         if self.setting is True:
             self._compile()
             return
-        if self.eager_calls == 0 or calls_left <= 0:
-            return
-        per_call = self.fastest_call  # the first calls carry one-time costs: be conservative
+        if self.eager_calls < MIN_EAGER_CALLS or self.channels_last == "trial" or calls_left <= 0:
+            return  # a first call carries one-time costs (it ran 1.5-2x the next ones): not a basis
+        per_call = self.fastest_call
         speedup = SPEEDUP_CHANNELS_LAST if self._trial[True] < self._trial[False] else SPEEDUP
         saving = calls_left * per_call * (1.0 - 1.0 / speedup)
         if saving > MARGIN * COMPILE_SECONDS:
