@@ -170,6 +170,17 @@ def test_auto_decides_only_after_the_channels_last_trial(fake):
     assert r.compiled
 
 
+def test_the_channels_last_trial_ends_when_the_setting_changes_after_it_began():
+    """dissect sets a resumed 'auto' run's setting to the checkpoint's (False: eager) after the
+    Runner was built: the trial still ends with one format kept, not alternating for ever."""
+    fn, seen = _formats_seen(slow_contiguous=True)
+    r = Runner(fn, "auto", channels_last=True)
+    r.setting = False
+    for _ in range(7):
+        r(torch.rand(2, 3, 4, 4))
+    assert seen[:4] == ["contiguous", "cl", "contiguous", "cl"] and seen[4:] == ["cl"] * 3
+
+
 def test_channels_last_only_with_auto_and_only_for_image_batches():
     for setting in (False, True):
         fn, seen = _formats_seen(True)

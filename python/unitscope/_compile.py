@@ -163,12 +163,13 @@ class Runner:
                 return self._run_eager(*args)
         else:
             out = self.fn(*args)
-        if self.setting == "auto":
+        trial = self.channels_last == "trial" and isinstance(x, torch.Tensor) and x.dim() == 4
+        if self.setting == "auto" or trial:  # (a resumed run may set setting after the trial began)
             if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
                 torch.cuda.synchronize()  # time the work, not the launches
             took = time.perf_counter() - t
             self.fastest_call = min(self.fastest_call, took)
-            if self.channels_last == "trial" and isinstance(x, torch.Tensor) and x.dim() == 4:
+            if trial:
                 self._trial[use_cl] = min(self._trial[use_cl], took)
                 if self.eager_calls + 1 >= TRIAL_CALLS:
                     self.channels_last = self._trial[True] < self._trial[False]
