@@ -50,9 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DataLoader worker processes, 0 to read in this process (default: auto: the CPUs that "
                         "torch's threads leave free, at most 4, for a pass of 256 images or more, else 0)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default="auto",
-                   help="run the model through torch.compile (about 2x on a CPU, 30-60 s to compile; results may "
-                        "differ from eager in the last float bits); --no-compile is the exact eager path "
-                        "(default: auto: compile when the dataset is large enough for the compile to pay off)")
+                   help="run the model through torch.compile (about 2x on a CPU, ~50 s to compile, seconds once "
+                        "torch's cache is warm; results may differ from eager in the last float bits); --no-compile "
+                        "is the exact eager path (default: auto: eager with the faster of the input's layout and "
+                        "channels_last, compiled when the dataset is large enough for the compile to pay off)")
     p.add_argument("--device", type=cli.device, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--exact", dest="exact", action="store_true", default=True, help="exact quantiles (the default)")

@@ -170,10 +170,12 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             'auto' uses the CPUs torch's threads leave free (at most 4) for a pass of 256 images or
             more, else reads in this process (workers that share the model's cores slow it down:
             on 2 cores one worker cost 14% of a compiled forward, benchmarks/RESULTS.md).
-        compile: run the model through torch.compile: 'auto' (after timing the first batch, when
-            the batches to come save clearly more than the compile costs, about 40 s here), True
-            or False (the exact eager path; compiled results may differ in the last float bits,
-            which can move a threshold and a few pixels). A model that cannot be compiled runs
+        compile: 'auto' (the fast path: the first four batches run eagerly with the input as given
+            and in channels_last, and the faster format is kept; then the model is compiled with
+            torch.compile when the batches to come save clearly more than the compile costs, about
+            50 s here), True (compile from the first batch) or False (the exact eager path, the
+            input as given). Compiled or channels_last results may differ in the last float bits,
+            which can move a threshold and a few pixels. A model that cannot be compiled runs
             eagerly after a one-line warning. Checkpoints record whether the run was compiled, and a
             resumed 'auto' run follows that record.
     Returns:

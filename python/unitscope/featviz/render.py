@@ -75,7 +75,7 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
             (diversity). Same seed, same result on one machine.
         progress: show a tqdm bar over the steps.
         compile ("auto" | True | False): run the model's forward (and so its backward) through
-            torch.compile; "auto" does after timing the first step when the steps to come would save
+            torch.compile; "auto" does after timing the first steps when the steps to come would save
             clearly more than the compile costs (unitscope._compile). Default False, the exact eager
             path: on this project's CPU the compiled steps ran 0.7-0.8x eager (benchmarks/RESULTS.md).
             Compiled steps agree with eager ones to float rounding, which Adam carries forward.

@@ -27,11 +27,12 @@ class Attribution:
             ImageNet normalization of `unitscope.models.load(...).preprocess`; x then stays in pixel
             space, where baselines such as "black" mean what they say.
         compile ("auto" | True | False): run the model through torch.compile (unitscope._compile):
-            "auto" compiles once the passes still to come in a call would save clearly more than
-            the compile costs; False is the exact eager path. The forward-only many-pass methods
-            (occlusion, LIME, KernelSHAP, Score-CAM) default to "auto" (a compiled forward alone ran
-            3.4x eager on this CPU); integrated gradients and SmoothGrad default to False: through a
-            compiled forward+backward IG ran 0.9x eager here (benchmarks/RESULTS.md).
+            "auto" runs the first batches eagerly with the input as given and in channels_last and
+            keeps the faster, then compiles once the passes still to come in a call would save
+            clearly more than the compile costs; False is the exact eager path. The forward-only
+            many-pass methods (occlusion, LIME, KernelSHAP, Score-CAM) default to "auto" (a compiled
+            forward alone ran 2-3x eager on this CPU); integrated gradients and SmoothGrad default to
+            False: through a compiled forward+backward IG ran 0.97x eager here (benchmarks/RESULTS.md).
 
     Call:
         x (Tensor[B, C, H, W], floating): the images.
