@@ -164,7 +164,7 @@ def test_digest_format_and_version_checked(small, tmp_path):
     with pytest.raises(CheckpointError, match="not a unitscope dissection checkpoint"):
         run(Net(), small, tmp_path)
     torch.save(dict(state, version=1), path)
-    with pytest.raises(CheckpointError, match="format version 1, this unitscope reads 2"):
+    with pytest.raises(CheckpointError, match="format version 1, this unitscope reads 2 and 3"):
         run(Net(), small, tmp_path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="is unreadable"):
@@ -189,4 +189,61 @@ def test_memory_addresses_in_a_repr_do_not_prevent_resuming(small, tmp_path):
     run(ShowsAddress(), small, tmp_path)
     model = ShowsAddress()
     run(model, small, tmp_path)
+    assert model.calls == PROBE_IMAGES
+
+
+class FormatNet(torch.nn.Module):
+    """A conv net that records the memory format of every batch it sees, runs slower on contiguous
+    input (so that compile='auto' keeps channels_last) and fails once it has seen `stop` batches."""
+
+    def __init__(self, stop=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.tap = torch.nn.Identity()
+        self.seen, self.stop = [], stop
+
+    def forward(self, x):
+        import time
+        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        self.seen.append("cl" if cl else "contiguous")
+        if self.stop is not None and len(self.seen) > self.stop:
+            raise RuntimeError("interrupted")
+        if not cl:
+            time.sleep(0.02)
+        return self.tap(self.conv(x))
+
+
+def test_the_input_format_auto_kept_is_recorded_and_kept_on_resume(small, tmp_path):
+    """A resumed compile='auto' run does not redo the channels_last trial: it keeps the format the
+    checkpoint records, so one result never mixes the two (they differ in the last float bits)."""
+    ds = BrodenDataset(small)
+    first = FormatNet(stop=1 + 6)  # the probe, then 6 batches of 1: the 4-batch trial is over
+    with pytest.raises(RuntimeError, match="interrupted"):
+        unitscope.dissect(first, ["tap"], ds, batch_size=1, checkpoint_dir=tmp_path, checkpoint_every=1,
+                          progress=False, compile="auto", cache_activations=False)
+    assert first.seen[1:5] == ["contiguous", "cl", "contiguous", "cl"] and first.seen[5:7] == ["cl", "cl"]
+    state = torch.load(tmp_path / "dissect.pt", weights_only=True)
+    assert state["channels_last"] is True and state["done"] == 6 and state["version"] == 3
+    second = FormatNet()
+    unitscope.dissect(second, ["tap"], ds, batch_size=1, checkpoint_dir=tmp_path, progress=False,
+                      compile="auto", cache_activations=False)
+    assert second.seen[0] == "contiguous"                # the probe: the eager model as it is
+    assert set(second.seen[1:]) == {"cl"} and len(second.seen) == 1 + 2 + 8  # 2 left, then the tally pass
+
+
+def test_channels_last_field_checked_and_version_2_files_read(small, tmp_path):
+    from unitscope.dissect.checkpoint import content_digest
+    run(Net(), small, tmp_path)
+    path = tmp_path / "dissect.pt"
+    state = torch.load(path, weights_only=True)
+    forged = {k: v for k, v in state.items() if k != "digest"}
+    torch.save(dict(forged, channels_last="yes", digest=content_digest(dict(forged, channels_last="yes"))), path)
+    with pytest.raises(CheckpointError, match="channels_last must be a bool or None"):
+        run(Net(), small, tmp_path)
+    v2 = {k: v for k, v in forged.items() if k != "channels_last"}
+    v2["version"] = 2
+    torch.save(dict(v2, digest=content_digest(v2)), path)
+    model = Net()
+    run(model, small, tmp_path)                           # a finished version-2 run resumes as finished
     assert model.calls == PROBE_IMAGES

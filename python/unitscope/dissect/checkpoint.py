@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 
 FORMAT = "unitscope.dissect checkpoint"
-VERSION = 2
+VERSION = 3  # 3 added channels_last; version 2 files are read with channels_last = None
 STAGES = ("threshold", "tally", "done")
-_FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers", "compiled"}
+_FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers", "compiled",
+           "channels_last"}
+_FIELDS_V2 = _FIELDS - {"channels_last"}
 # what each layer entry holds at each stage (a mid-pass tally checkpoint adds "tally")
 _LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally"}),
                  "done": ({"thresholds", "topk", "tally"}, set())}
@@ -261,10 +263,11 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
 
     if not isinstance(state, dict) or type(state.get("format")) is not str or state["format"] != FORMAT:
         raise bad("not a unitscope dissection checkpoint")
-    if type(state.get("version")) is not int or state["version"] != VERSION:
-        raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads {VERSION}")
-    if set(state) != _FIELDS:
-        raise bad(f"fields {sorted(map(str, state))}, expected {sorted(_FIELDS)}")
+    if type(state.get("version")) is not int or state["version"] not in (2, VERSION):
+        raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads 2 and {VERSION}")
+    fields = _FIELDS if state["version"] == VERSION else _FIELDS_V2
+    if set(state) != fields:
+        raise bad(f"fields {sorted(map(str, state))}, expected {sorted(fields)}")
     try:
         digest = content_digest({k: v for k, v in state.items() if k != "digest"})
     except CheckpointError as e:
@@ -299,6 +302,9 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
         raise bad(f"done must be an int in [0, {shard_images}], got {_short(done)}")
     if type(state["compiled"]) is not bool:
         raise bad(f"compiled must be a bool (was the model compiled), got {_short(state['compiled'])}")
+    channels_last = state.get("channels_last")  # (absent from version 2)
+    if channels_last is not None and type(channels_last) is not bool:
+        raise bad(f"channels_last must be a bool or None (the input format 'auto' kept), got {_short(channels_last)}")
     want = {layer: tuple(shape) for layer, shape in shapes.items()}
     got = state["shapes"]
     if not isinstance(got, dict) or set(got) != set(want) or \
@@ -319,7 +325,7 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
                 raise bad(f"layers[{layer!r}]['thresholds'] must be float32 of shape ({K},), got {_kind(t)}")
             if bool(t.isnan().any()):
                 raise bad(f"layers[{layer!r}]['thresholds'] holds NaN")
-    return {k: state[k] for k in ("stage", "done", "shapes", "layers", "compiled")}
+    return dict({k: state[k] for k in ("stage", "done", "shapes", "layers", "compiled")}, channels_last=channels_last)
 
 
 def _plain(v, depth: int = 0) -> bool:

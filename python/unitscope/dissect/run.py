@@ -176,8 +176,8 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             50 s here), True (compile from the first batch) or False (the exact eager path, the
             input as given). Compiled or channels_last results may differ in the last float bits,
             which can move a threshold and a few pixels. A model that cannot be compiled runs
-            eagerly after a one-line warning. Checkpoints record whether the run was compiled, and a
-            resumed 'auto' run follows that record.
+            eagerly after a one-line warning. Checkpoints record whether the run was compiled and which
+            input format 'auto' kept, and a resumed 'auto' run follows that record.
     Returns:
         Dissection with one LayerDissection per layer.
     """
@@ -216,13 +216,16 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
             run.runner = Runner(capture, compile, traced=capture.full, log=log, pad=True, prepare=capture.reset,
                                 channels_last=True)
-            state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
+            state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False,
+                     "channels_last": None}
             if ckpt is not None:
                 state = run.resume(ckpt, dict(settings, dataset=ds.fingerprint, preprocess=describe_callable(preprocess),
                                               layers=layers, images=N, world_size=world, rank=rank, shard=[lo, hi]),
                                    rank, world)
                 if compile == "auto" and (state["done"] or state["stage"] != "threshold"):
                     run.runner.setting = state["compiled"]  # one result never mixes eager and compiled
+                if state["channels_last"] is not None and run.runner.channels_last is not None:
+                    run.runner.channels_last = state["channels_last"]  # nor the two input formats after the trial
             if state["stage"] == "threshold":
                 run.threshold_pass(state, ckpt, checkpoint_every, cache_activations)
                 state = run.finish_threshold(state, ckpt, world)
@@ -339,6 +342,8 @@ class _Run:
 
     def _save(self, state, ckpt):
         state["compiled"] = state["compiled"] or self.runner.compiled
+        if self.runner.channels_last is True or self.runner.channels_last is False:  # (not during the trial)
+            state["channels_last"] = self.runner.channels_last
         if ckpt is not None:
             save_checkpoint(ckpt, dict(state, **self.envelope))
 
@@ -346,7 +351,8 @@ class _Run:
     def resume(self, ckpt, key, rank, world) -> dict:
         """Probe the model, load and validate this rank's checkpoint, agree with the other ranks;
         returns the state to continue from (a fresh one when there is nothing to resume)."""
-        fresh = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False}
+        fresh = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False,
+                     "channels_last": None}
         view = self.ds.with_fields("image")
         acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"],
                             eager=True)  # the probe is the eager model's behaviour, and no batch to time
@@ -512,7 +518,8 @@ class _Run:
                 # a unit whose every activation is NaN has no quantile: it never fires (a dead unit)
                 thr = torch.nan_to_num(thr.detach().float().cpu(), nan=float("inf"))
                 layers[layer] = {"thresholds": thr, "topk": t.state_dict()}
-        state = {"stage": "tally", "done": 0, "shapes": state["shapes"], "layers": layers, "compiled": state["compiled"]}
+        state = {"stage": "tally", "done": 0, "shapes": state["shapes"], "layers": layers, "compiled": state["compiled"],
+                 "channels_last": state["channels_last"]}
         self._save(state, ckpt)
         return state
 
