@@ -216,8 +216,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
             run.runner = Runner(capture, compile, traced=capture.full, log=log, pad=True, prepare=capture.reset,
                                 channels_last=True)
-            state = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False,
-                     "channels_last": None}
+            state = _fresh_state()
             if ckpt is not None:
                 state = run.resume(ckpt, dict(settings, dataset=ds.fingerprint, preprocess=describe_callable(preprocess),
                                               layers=layers, images=N, world_size=world, rank=rank, shard=[lo, hi]),
@@ -264,6 +263,11 @@ def auto_workers(images: int) -> int:
 def _tqdm_write(msg):
     from tqdm.auto import tqdm
     tqdm.write(msg)
+
+
+def _fresh_state() -> dict:
+    """The state of a dissection that has not started (what a checkpoint holds, less its envelope)."""
+    return {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False, "channels_last": None}
 
 
 class _Run:
@@ -342,7 +346,7 @@ class _Run:
 
     def _save(self, state, ckpt):
         state["compiled"] = state["compiled"] or self.runner.compiled
-        if self.runner.channels_last is True or self.runner.channels_last is False:  # (not during the trial)
+        if isinstance(self.runner.channels_last, bool):  # (not "trial" or None)
             state["channels_last"] = self.runner.channels_last
         if ckpt is not None:
             save_checkpoint(ckpt, dict(state, **self.envelope))
@@ -351,8 +355,7 @@ class _Run:
     def resume(self, ckpt, key, rank, world) -> dict:
         """Probe the model, load and validate this rank's checkpoint, agree with the other ranks;
         returns the state to continue from (a fresh one when there is nothing to resume)."""
-        fresh = {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False,
-                     "channels_last": None}
+        fresh = _fresh_state()
         view = self.ds.with_fields("image")
         acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"],
                             eager=True)  # the probe is the eager model's behaviour, and no batch to time

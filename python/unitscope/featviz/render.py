@@ -77,7 +77,7 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
         compile ("auto" | True | False): run the model's forward (and so its backward) through
             torch.compile; "auto" does after timing the first steps when the steps to come would save
             clearly more than the compile costs (unitscope._compile). Default False, the exact eager
-            path: on this project's CPU the compiled steps ran 0.7-0.8x eager (benchmarks/RESULTS.md).
+            path: on this project's CPU the compiled steps ran 0.6-0.8x eager (benchmarks/RESULTS.md).
             Compiled steps agree with eager ones to float rounding, which Adam carries forward.
     Returns:
         Rendering with images (B, 3, H, W) in [0, 1], the objective's history and each final
