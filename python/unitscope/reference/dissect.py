@@ -34,8 +34,9 @@ def collect_activations(model, layers, dataset, preprocess=None, batch_size=16) 
     """{layer: float32[N, K, h, w]} for every image of the dataset, in index order."""
     modules = dict(model.named_modules())
     store = {layer: [] for layer in layers}
-    handles = [modules[layer].register_forward_hook(lambda m, i, o, layer=layer: store[layer].append(o.detach().float()))
-               for layer in layers]
+    # a copy at hook time: the layer's output as it returned it, before any later in-place operation
+    handles = [modules[layer].register_forward_hook(
+        lambda m, i, o, layer=layer: store[layer].append(o.detach().float().clone())) for layer in layers]
     was = model.training
     model.eval()
     try:
