@@ -24,17 +24,17 @@ def test_call_number_picks_one_call_of_a_reused_module():
                                          r"with '1@k' \(k = 0..1\) or a module that runs once; layers to try: 1@0, 1@1, "):
         with LayerCapture(model, "1") as cap:
             model(x)
-        cap.outputs
+        _ = cap.outputs
     with pytest.raises(ValueError, match="the part after '@' must be a call number, got 'x'"):
         LayerCapture(model, "1@x")
     with LayerCapture(model, "1@2") as cap:  # the module runs twice: there is no third call to record
         model(x)
     with pytest.raises(ValueError, match=r"layer '1@2': module '1' \(ReLU\) ran only 2 time\(s\) per forward pass"):
-        cap.outputs
+        _ = cap.outputs
     with LayerCapture(model, ["2"]) as cap:
         pass
     with pytest.raises(ValueError, match=r"layer '2' \(Conv2d\) was not called during the forward pass"):
-        cap.outputs
+        _ = cap.outputs
     assert not any(m._forward_hooks for m in model.modules())
 
 
@@ -54,7 +54,7 @@ def test_bad_layer_lists():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         LayerCapture("model", ["0"])
     with pytest.raises(ValueError, match="this capture holds 2 layers"):
-        LayerCapture(model, ["0", "1"]).output
+        _ = LayerCapture(model, ["0", "1"]).output
 
 
 class Pair(nn.Module):

@@ -132,10 +132,11 @@ def test_dissection_thresholds_are_the_layers_own_output(kind, dataset, tmp_path
     model, layer = build(kind), LAYER[kind]
     expect = reference_thresholds(model, dataset, 0.5)
     runs = {
-        "alone": dict(layers=[layer]),
-        "with a later layer": dict(layers=[layer, LATER[kind]]),
-        "checkpointed": dict(layers=[layer], checkpoint_dir=tmp_path / "ckpt"),
-        "eager": dict(layers=[layer], compile=False),
+        "alone": {"layers": [layer]},
+        "with a later layer": {"layers": [layer, LATER[kind]]},
+        "checkpointed": {"layers": [layer], "checkpoint_dir": tmp_path / "ckpt"},
+        "resumed from the checkpoint": {"layers": [layer], "checkpoint_dir": tmp_path / "ckpt"},
+        "eager": {"layers": [layer], "compile": False},
     }
     for what, kw in runs.items():
         d = unitscope.dissect(model, kw.pop("layers"), dataset, batch_size=4, quantile=0.5, progress=False,

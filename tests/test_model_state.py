@@ -115,13 +115,12 @@ def test_explain_on_a_training_model_leaves_it_unchanged(concepts):
 def test_model_state_restores_flags_and_buffers_even_after_an_error():
     model = mixed(True)
     before, state = flags(model), snapshot(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with untouched(model, eval=True):
-            assert not any(m.training for m in model.modules())
-            model(torch.rand(2, 3, 8, 8))
-            model.bn2.train()
-            model(torch.rand(2, 3, 8, 8))  # updates bn2's running statistics
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), untouched(model, eval=True):
+        assert not any(m.training for m in model.modules())
+        model(torch.rand(2, 3, 8, 8))
+        model.bn2.train()
+        model(torch.rand(2, 3, 8, 8))  # updates bn2's running statistics
+        raise RuntimeError("boom")
     assert flags(model) == before
     assert_same_state(model, state)
     saved = ModelState(model)

@@ -156,7 +156,7 @@ def test_layer_capture_rejects_a_module_run_twice_and_removes_hooks():
     with pytest.raises(ValueError, match=r"layer '1' \(ReLU\) is called 2 times per forward pass.*1@0, 1@1"):
         with cap:
             model(torch.rand(1, 3, 4, 4))
-            cap.outputs
+            _ = cap.outputs
     assert not act._forward_hooks
     with pytest.raises(TypeError, match="layer must be a module name"):
         LayerCapture(model, [3])
