@@ -98,7 +98,7 @@ class Reuse(torch.nn.Module):
 
 
 def test_module_called_twice_is_an_error_naming_the_fix(ds):
-    with pytest.raises(ValueError, match=r"module 'conv' ran 2 times .*'conv@k'"):
+    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv2d\) is called 2 times .*'conv@k'.*conv@0, conv@1"):
         unitscope.dissect(Reuse(), ["conv"], ds, batch_size=8, progress=False)
     d = unitscope.dissect(Reuse(), ["conv@1"], ds, batch_size=8, progress=False)
     assert d["conv@1"].topk_maps.shape[2:] == (16, 16)
@@ -109,7 +109,7 @@ def test_module_called_twice_is_an_error_naming_the_fix(ds):
 def test_bad_layer_and_arguments(ds):
     with pytest.raises(ValueError, match="'nope' is not a module of the model"):
         unitscope.dissect(tiny_cnn(), ["nope"], ds, progress=False)
-    with pytest.raises(ValueError, match=r"needs \(B, K, h, w\)"):
+    with pytest.raises(ValueError, match=r"layer '6' must output a Tensor \(B, K, h, w\)"):
         unitscope.dissect(tiny_cnn(), ["6"], ds, progress=False)
     for kw, match in [({"quantile": 1.5}, "quantile must be"), ({"threshold_op": "<"}, "threshold_op must be"),
                       ({"union": "all"}, "union must be"), ({"upsample": "nearest"}, "upsample must be"),

@@ -150,3 +150,26 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="patch=False"):
         featviz.dataset_examples(m, "0", images, patch=False, preprocess=None, progress=False).patches(0)
 
+
+def test_a_call_of_a_module_run_twice_by_number():
+    # one 1x1 conv applied twice: 'conv@1' is its second call, and 'conv' alone is ambiguous
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = _color_model()[0]
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    m, images = Twice(), _images(9)
+    ex = featviz.dataset_examples(m, "conv@1", list(images), k=3, preprocess=None, batch_size=4, progress=False)
+    assert ex.layer == "conv@1"
+    with torch.no_grad():
+        second = m(images).amax(dim=(2, 3))
+    for u in range(3):
+        torch.testing.assert_close(ex.values(u, "top"), second[:, u].topk(3).values)
+    assert ex.receptive_field["method"] == "gradient"
+    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv2d\) is called 2 times per forward pass.*conv@0, conv@1"):
+        featviz.dataset_examples(m, "conv", list(images), k=3, preprocess=None, progress=False)
+    assert not m.conv._forward_hooks
+

@@ -153,12 +153,21 @@ def test_layer_capture_rejects_a_module_run_twice_and_removes_hooks():
     act = nn.ReLU()
     model = nn.Sequential(nn.Conv2d(3, 3, 1), act, nn.Conv2d(3, 3, 1), act)
     cap = LayerCapture(model, ["1"])
-    with pytest.raises(RuntimeError, match="layer '1' .* ran more than once in one forward pass"):
+    with pytest.raises(ValueError, match=r"layer '1' \(ReLU\) is called 2 times per forward pass.*1@0, 1@1"):
         with cap:
             model(torch.rand(1, 3, 4, 4))
+            _ = cap.outputs
     assert not act._forward_hooks
     with pytest.raises(TypeError, match="layer must be a module name"):
         LayerCapture(model, [3])
+    # render reads the layer the same way: a reused module needs its call number
+    with pytest.raises(ValueError, match=r"layer '1' \(ReLU\) is called 2 times per forward pass"):
+        featviz.render(model, obj.channel("1", 0), size=8, steps=1, preprocess=None, progress=False)
+    with torch.no_grad():
+        x = torch.rand(2, 3, 8, 8)
+        second = act(model[2](act(model[0](x))))
+    torch.testing.assert_close(featviz.score(model, obj.channel("1@1", 2), x, preprocess=None), second[:, 2].mean(dim=(1, 2)))
+    assert not act._forward_hooks
 
 
 def test_cli_writes_renders_grids_and_page(tmp_path):
@@ -201,6 +210,13 @@ def test_cli_rejects_bad_arguments_before_working(tmp_path):
         _run_cli("--layer", "_blocks.6", "--channels", "0,1280", "--out", out)
     with pytest.raises(ValueError, match="layer '_block.6' is not a module of the model; similar names: _blocks.6"):
         _run_cli("--layer", "_block.6", "--out", out)
+    # a module run twice per forward: one call of it by number, as everywhere
+    with pytest.raises(ValueError, match=r"layer '_swish' \(ReLU6\) is called 2 times .* _swish@0, _swish@1"):
+        _run_cli("--layer", "_swish", "--out", out)
+    with pytest.raises(ValueError, match=r"channel 1280 is out of range for layer '_swish@1' with 1280 channels"):
+        _run_cli("--layer", "_swish@1", "--channels", "0,1280", "--out", out)
+    with pytest.raises(ValueError, match=r"channel 32 is out of range for layer '_swish@0' with 32 channels"):
+        _run_cli("--layer", "_swish@0", "--channels", "32", "--out", out)
     with pytest.raises(ValueError, match="--channels must be comma-separated integers or START-END, got 'a'"):
         _run_cli("--layer", "_blocks.6", "--channels", "a", "--out", out)
     with pytest.raises(ValueError, match="--dataset .* is not a folder"):

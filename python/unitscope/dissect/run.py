@@ -23,8 +23,9 @@ import torch
 
 import unitscope
 from unitscope._compile import Runner, check_compile
+from unitscope._model_state import ModelState
 from unitscope.data import BrodenDataset, collate_broden
-from unitscope.dissect.capture import LayerCapture
+from unitscope.hooks import LayerCapture
 from unitscope.dissect.checkpoint import (CheckpointError, checkpoint_path, describe_callable, load_checkpoint,
                                           model_fingerprint, prepare_checkpoint_dir, probe_stats, save_checkpoint)
 from unitscope.dissect.result import Dissection, LayerDissection
@@ -206,12 +207,12 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
                 "sketch_size": sketch_size, "upsample": upsample, "topk": topk, "tokens": tokens,
                 "autocast": str(autocast), "compile": compile}
     timer = _Timer(device)
-    was_training = model.training
+    saved = ModelState(model)  # each module's own mode and every buffer come back at the end
     model.eval()
     run = _Run(model, layers, ds, device, preprocess or imagenet_preprocess, autocast, tokens, batch_size,
                num_workers, progress and rank == 0, timer, (lo, hi), backend, settings, out_size)
     try:
-        with torch.no_grad(), LayerCapture(model, layers, tokens=tokens) as capture:
+        with torch.no_grad(), LayerCapture(model, layers, tokens=tokens, detach=True) as capture:
             run.capture = capture
             log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
             run.runner = Runner(capture, compile, traced=capture.full, log=log, pad=True, prepare=capture.reset,
@@ -232,7 +233,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
                 run.tally_pass(state, ckpt, checkpoint_every)
                 state = run.finish_tally(state, ckpt, world)
     finally:
-        model.train(was_training)
+        saved.restore()
     meta = {k: settings[k] for k in ("quantile", "threshold_op", "union", "exact", "upsample", "topk")}
     meta.update(iou_threshold=iou_threshold, images=N, dataset_root=str(ds.root), compiled=bool(state["compiled"]))
     results = {}

@@ -28,7 +28,9 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
         x (Tensor[B, 3, H, W], float): the images, in the space `preprocess` takes ([0, 1] pixels for
             the registry's models).
         dissection (Dissection, LayerDissection or path of a dissection.json): the dissection of `layer`.
-        layer (str): the dissected layer (a module name); it must run once per forward pass.
+        layer (str): the dissected layer, a module name as the dissection names it ("name@k" for the
+            k-th call of a module that runs several times per forward); read by
+            unitscope.hooks.LayerCapture: the layer's output as it returned it.
         target: None (each image's top class), an int, or B ints.
         top (int): how many of the highest-contributing units carry maps and images.
         preprocess (callable): applied to x inside the graph (default: the LoadedModel's, else none).

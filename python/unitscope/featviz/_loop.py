@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from unitscope._model_state import untouched
 from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 
@@ -23,15 +24,14 @@ def resolve_preprocess(preprocess):
 
 @contextmanager
 def frozen(model: nn.Module):
-    """The model in eval mode with no parameter requiring gradients; both restored on exit."""
-    was_training = model.training
+    """The model in eval mode with no parameter requiring gradients; on exit each module's own mode,
+    every buffer and the parameters' requires_grad come back (unitscope._model_state)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
+    with untouched(model, eval=True):
         for p in trainable:
-            p.requires_grad_(True)
-        model.train(was_training)
+            p.requires_grad_(False)
+        try:
+            yield model
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)

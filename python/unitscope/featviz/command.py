@@ -13,13 +13,15 @@ from unitscope.featviz.dataset_examples import dataset_examples
 from unitscope.featviz._loop import frozen
 from unitscope.featviz.dae import dae_prior
 from unitscope.featviz.render import render
-from unitscope.hooks import LayerCapture, resolve_layer
+from unitscope.hooks import LayerCapture
 from unitscope.viz import save_grid, save_image, to_image_array
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="registry name (see unitscope.models.names())")
-    p.add_argument("--layer", required=True, help="module name as in model.named_modules(), e.g. _blocks.6")
+    p.add_argument("--layer", required=True, help="module name as in model.named_modules(), e.g. _blocks.6, or "
+                   "NAME@K for the K-th call (from 0) of a module that runs several times per forward, e.g. _swish@1 "
+                   "(required, no default)")
     p.add_argument("--channels", default="0,1,2,3",
                    help="comma-separated channel indices, or a range START-END (inclusive) (default: %(default)s)")
     p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
@@ -78,10 +80,11 @@ def _check(args, model, preprocess, device) -> list[int]:
     if args.dataset is not None and not os.path.isdir(args.dataset):
         raise ValueError(f"--dataset {args.dataset!r} is not a folder")
     channels = _channels(args.channels)
-    name, _ = resolve_layer(model, args.layer)
-    with frozen(model), torch.no_grad(), LayerCapture(model, [name], detach=True) as cap:
+    cap = LayerCapture(model, args.layer, detach=True)  # a bad name (or '@k') fails here, with the close names
+    name = cap.spec
+    with frozen(model), torch.no_grad(), cap:
         model(preprocess(torch.full((1, 3, args.size, args.size), 0.5, device=device)))
-    num = cap.outputs[name].shape[1]
+    num = cap.output.shape[1]
     bad = [c for c in channels if not 0 <= c < num]
     if bad:
         raise ValueError(f"--channels: channel {bad[0]} is out of range for layer {name!r} with {num} channels "

@@ -13,7 +13,7 @@ import torch
 from unitscope._progress import progress_bar
 from unitscope.dissect.topk import TopKImages
 from unitscope.featviz._loop import frozen, resolve_preprocess
-from unitscope.hooks import LayerCapture, resolve_layer
+from unitscope.hooks import LayerCapture
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -121,7 +121,7 @@ def receptive_field(model, layer, size, *, preprocess="imagenet", device=None, s
     "gradient"; or method "stride" and a one-stride box when no gradient reaches the input.
     """
     preprocess = resolve_preprocess(preprocess)
-    name, _ = resolve_layer(model, layer)
+    name = LayerCapture(model, layer).spec  # a bad name (or '@k') fails here, with the close names
     device = torch.device(device) if device is not None else next(model.parameters()).device
     size = tuple(size)
     box, (cy, cx), (sy, sx) = _gradient_box(model, name, preprocess, device, size, samples)
@@ -229,7 +229,8 @@ def dataset_examples(model, layer, dataset, k: int = 9, units=None, *, preproces
 
     Args:
         model: the network (eval mode for the duration, no gradients).
-        layer: module name (as in model.named_modules()) or the module.
+        layer: module name (as in model.named_modules()), "name@k" for the k-th call (from 0) of a
+            module that runs several times per forward, or the module.
         dataset: a Broden folder (has index.csv), a folder of images (read recursively, resized to
             size x size), a map-style torch Dataset whose items are images (3, H, W) in [0, 1],
             (image, ...) tuples or dicts with 'image', or a DataLoader over one that keeps its order.
@@ -247,7 +248,7 @@ def dataset_examples(model, layer, dataset, k: int = 9, units=None, *, preproces
         raise ValueError(f"k must be a positive int, got {k!r}")
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
-    name, _ = resolve_layer(model, layer)
+    name = LayerCapture(model, layer).spec  # a bad name (or '@k') fails here, with the close names
     pre = resolve_preprocess(preprocess)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ds, loader = _source(dataset, size, batch_size, num_workers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from unitscope._model_state import ModelState
 from unitscope.reference.bilinear import bilinear_resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,9 +35,10 @@ def collect_activations(model, layers, dataset, preprocess=None, batch_size=16) 
     """{layer: float32[N, K, h, w]} for every image of the dataset, in index order."""
     modules = dict(model.named_modules())
     store = {layer: [] for layer in layers}
-    handles = [modules[layer].register_forward_hook(lambda m, i, o, layer=layer: store[layer].append(o.detach().float()))
-               for layer in layers]
-    was = model.training
+    # a copy at hook time: the layer's output as it returned it, before any later in-place operation
+    handles = [modules[layer].register_forward_hook(
+        lambda m, i, o, layer=layer: store[layer].append(o.detach().float().clone())) for layer in layers]
+    saved = ModelState(model)
     model.eval()
     try:
         with torch.no_grad():
@@ -50,7 +52,7 @@ def collect_activations(model, layers, dataset, preprocess=None, batch_size=16) 
                     x = preprocess(x)
                 model(x)
     finally:
-        model.train(was)
+        saved.restore()
         for h in handles:
             h.remove()
     return {layer: torch.cat(v) for layer, v in store.items()}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from unitscope._compile import Runner
+from unitscope._model_state import untouched
 
 REDUCTIONS = ("abs", "signed", "positive", "negative")
 CHANNEL_REDUCTIONS = ("max", "sum", None)
@@ -76,8 +77,10 @@ class Attribution:
     # ---- the scored forward pass -------------------------------------------------------------
     def scores(self, x, eager=False):
         """Scores (B, N) of the explained output for input x (B, C, H, W); eager=True bypasses
-        torch.compile (for a forward with hooks of its own)."""
-        out = self._forward(x) if eager else self._runner(x)
+        torch.compile (for a forward with hooks of its own). Every model pass of every method comes
+        here, and leaves the model unchanged: a model in train mode keeps its BatchNorm statistics."""
+        with untouched(self.model):
+            out = self._forward(x) if eager else self._runner(x)
         if self.output == "softmax":
             out = torch.softmax(out, dim=1)
         elif self.output == "log_softmax":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from unitscope.saliency.base import Attribution
-from unitscope.saliency.hooks import LayerCapture
+from unitscope.hooks import LayerCapture
 
 
 class CAMBase(Attribution):
