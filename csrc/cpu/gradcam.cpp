@@ -88,9 +88,7 @@ Rescale rescale(bool normalize, float lo, float hi) {
 }  // namespace
 
 void gradcam_cpu(const GradcamArgs& a) {
-  check_arg(a.h < (1 << 30) && a.w < (1 << 30) && a.H < (1 << 30) && a.W < (1 << 30),
-            "gradcam (cpp): map sizes must be below 2^30, got " + std::to_string(a.h) + " x " + std::to_string(a.w) +
-                " -> " + std::to_string(a.H) + " x " + std::to_string(a.W));
+  check_gradcam_sizes(a, "gradcam (cpp)");
   const int64_t hw = a.h * a.w, HW = a.H * a.W, maps = a.B * a.T;
   const bool resize = !(a.H == a.h && a.W == a.w);
   // Only the source rows some output row reads are interpolated to width W: at most min(h, 2H) of

@@ -57,7 +57,7 @@ struct ExactChannel {
     if (v != v) {
       ++nan;
     } else if (!(v <= thr)) {  // thr NaN (no threshold yet) accepts everything
-      buf[fill++] = v;
+      buf[fill++] = v == 0.0f ? 0.0f : v;  // -0.0 kept as +0.0, as by every backend (positive_zero)
       if (fill >= full) compact();
     }
   }

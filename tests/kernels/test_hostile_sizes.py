@@ -153,3 +153,15 @@ def test_compiled_kernels_bound_num_threads_themselves():
         C.gradcam_cpu(ptr(A), ptr(A), 0, ptr(out), 0, 1, 1, 2, 3, 3, 3, 3, True, False, False, 4097)
     C.gradcam_cpu(ptr(A), ptr(A), 0, ptr(out), 0, 1, 1, 2, 3, 3, 3, 3, True, False, False, 4096)
     torch.testing.assert_close(out[:, 0], gradcam(A, A, backend="torch"))
+
+
+@pytest.mark.skipif(not unitscope.cuda_compiled(), reason="needs a build with the CUDA kernels")
+def test_gradcam_cuda_checks_sizes_before_touching_the_device():
+    # checked like gradcam_cpu, before any CUDA call: runs on a machine without a GPU too
+    C = _backend.compiled_module()
+    for h, w, H, W, what in [(1 << 30, 1, 1, 1, r"map sizes must be below 2\^30"),
+                             (7, 7, 1, 1 << 31, r"map sizes must be below 2\^30")]:
+        with pytest.raises(ValueError, match=what):
+            C.gradcam_cuda(1, 1, 0, 1, 1, 0, 1, 1, 4, h, w, H, W, True, False, False, 0, 0)
+    with pytest.raises(ValueError, match=r"B \* T must be below 2\^31 maps"):
+        C.gradcam_cuda(1, 0, 1, 1, 1, 0, 1 << 20, 1 << 12, 4, 7, 7, 8, 8, True, False, False, 0, 0)
