@@ -59,6 +59,42 @@ def copy_bandwidth(timer, device, nbytes):
     return 2 * nbytes / timer(lambda: dst.copy_(src), repeats=10, warmup=2)
 
 
+def read_bandwidth(timer, device, nbytes):
+    """Bytes per second of x.sum() over nbytes: one read of memory, the floor of a kernel that reads
+    its input once (the copy bandwidth above counts a read and a write)."""
+    x = torch.rand(nbytes // 4, device=device)
+    return nbytes / timer(lambda: x.sum(), repeats=10, warmup=2)
+
+
+def profile_op(device, fn, name, rows=8):
+    """One call of fn under torch.profiler, labelled `name`: its top rows by self time on the device
+    (on the CPU for --device cpu; unitscope's kernels are not torch operators, so on the CPU only the
+    label's total shows them), and the peak memory the call allocated on the GPU beyond what was
+    allocated before."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        with record_function(name):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    table = None
+    for key in (("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)):
+        try:  # the device column's name changed between torch versions
+            table = events.table(sort_by=key, row_limit=rows)
+            break
+        except (AttributeError, KeyError, ValueError):
+            continue
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if cuda else None
+    return {"peak_memory_MiB": peak, "profiler_top": table}
+
+
 def plain_tally(A, thr, pix, img, cat, num_categories):
     """The tally as plain PyTorch on the tensors' device: F.interpolate, a mask, one bincount per
     label map (no repeated-label removal: the benchmark's label maps use disjoint label ranges)."""
@@ -117,13 +153,14 @@ def bench_tally(timer, device, quick):
                                device=device, backend=backend).update(A[:b_plain], thr, pix[:b_plain], img[:b_plain])
     diff = (first.intersection - inter).abs().sum().item() / max(1, inter.sum().item())
     ours_ips, plain_ips = n / t_ours, n_plain / t_plain
-    return {"shape": f"K={K} {h}x{h}->{S}x{S}, {NUM_LABELS} labels, 4 maps + 2 image labels", "images": n,
+    return {"profile": profile_op(device, ours, "unitscope.tally"),
+            "shape": f"K={K} {h}x{h}->{S}x{S}, {NUM_LABELS} labels, 4 maps + 2 image labels", "images": n,
             "batch": batch, "unitscope_images_per_s": ours_ips, "plain_torch_images_per_s": plain_ips,
             "x_plain_torch": ours_ips / plain_ips, "intersection_rel_diff_vs_plain": diff,
             "images_counted": got.images, "goal": ">= 20,000 images/s and >= 20x plain PyTorch"}
 
 
-def bench_quantiles(timer, device, bw, quick):
+def bench_quantiles(timer, device, bw, quick, rbw=None):
     B, K, hw, batches = (4, 32, 14, 2) if quick else (64, 512, 56, 8)
     g = torch.Generator(device=device).manual_seed(1)
     xs = [torch.randn(B, K, hw, hw, generator=g, device=device).relu_() for _ in range(batches)]
@@ -142,10 +179,13 @@ def bench_quantiles(timer, device, bw, quick):
 
         t_ours = timer(lambda: feed(backend), repeats=3)
         t_plain = timer(lambda: feed("torch"), repeats=1 if quick else 2)
-        rows.append({"method": name, "channels": K, "values_per_channel": total, "read_GB": read_bytes / 1e9,
+        prof = profile_op(device, lambda: feed(backend), f"unitscope.{name.split()[0]}")
+        rows.append({"profile": prof, "method": name, "channels": K,
+                     "values_per_channel": total, "read_GB": read_bytes / 1e9,
                      "unitscope_ms": t_ours * 1e3, "plain_torch_backend_ms": t_plain * 1e3,
                      "x_plain_torch": t_plain / t_ours, "read_GBps": read_bytes / t_ours / 1e9,
                      "fraction_of_copy_bandwidth": read_bytes / t_ours / bw,
+                     "x_one_read": read_bytes / t_ours / rbw if rbw else None,  # issue 24: >= 0.4x for ExactQuantile
                      "goal": "one read of the activations at >= 50% of the copy bandwidth"})
     flat = torch.cat([x.transpose(0, 1).reshape(K, -1) for x in xs], 1)
     k = max(1, round(0.995 * (flat.shape[1] - 1)) + 1)
@@ -167,7 +207,9 @@ def bench_gradcam(timer, device, bw, quick):
     traffic = (A.numel() + G.numel() + B * S_out * S_out) * 4
     err = (unitscope.kernels.gradcam(A, G, out_size=S_out, normalize=True, backend=backend)
            - plain_gradcam(A, G, (S_out, S_out))).abs().max().item()
-    return {"shape": f"B={B} K={K} {h}x{h}->{S_out}x{S_out} normalized", "unitscope_ms": t_ours * 1e3,
+    prof = profile_op(device, lambda: unitscope.kernels.gradcam(A, G, out_size=S_out, normalize=True, backend=backend),
+                      "unitscope.gradcam")
+    return {"profile": prof, "shape": f"B={B} K={K} {h}x{h}->{S_out}x{S_out} normalized", "unitscope_ms": t_ours * 1e3,
             "plain_torch_ms": t_plain * 1e3, "x_plain_torch": t_plain / t_ours, "traffic_GB": traffic / 1e9,
             "fraction_of_copy_bandwidth": traffic / t_ours / bw, "max_abs_diff_vs_plain": err,
             "goal": ">= 50% of the copy bandwidth and >= 3x plain PyTorch"}
@@ -184,12 +226,16 @@ def main():
         print(f"bench_cuda: error: the cuda backend is {unitscope.backends(verbose=True)['cuda']}", file=sys.stderr)
         return 2
     timer = Timer(device)
-    bw = copy_bandwidth(timer, device, (64 << 20) if args.quick else (2 << 30))
+    size = (64 << 20) if args.quick else (2 << 30)
+    bw = copy_bandwidth(timer, device, size)
+    rbw = read_bandwidth(timer, device, size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test, not a measurement)"
-    print(f"{name}: device copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
-    out = {"device": name, "torch": torch.__version__, "quick": args.quick, "copy_bandwidth_GBps": bw / 1e9}
+    print(f"{name}: device copy bandwidth {bw / 1e9:.0f} GB/s (read + write); x.sum() over {size / 1e9:.2f} GB reads "
+          f"{rbw / 1e9:.0f} GB/s (the floor of one read)")
+    out = {"device": name, "torch": torch.__version__, "quick": args.quick, "copy_bandwidth_GBps": bw / 1e9,
+           "read_bandwidth_GBps": rbw / 1e9, "read_bandwidth_GB_read": size / 1e9}
     steps = (("tally", lambda: bench_tally(timer, device, args.quick)),
-             ("quantiles", lambda: bench_quantiles(timer, device, bw, args.quick)),
+             ("quantiles", lambda: bench_quantiles(timer, device, bw, args.quick, rbw)),
              ("gradcam", lambda: bench_gradcam(timer, device, bw, args.quick)))
     for key, run in steps:  # one failing part does not lose the others' figures
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ and tallied. A warm-up dissection measures the rate first; when the full run wou
 
     python benchmarks/gpu/dissect_cuda.py [--images 63000] [--distinct 600] [--budget-s 150] [--json PATH]
     python benchmarks/gpu/dissect_cuda.py --device cpu --images 64 --distinct 16   # smoke test
+    python benchmarks/gpu/dissect_cuda.py --generate-only   # the dataset alone (run.sh, in the background)
 """
 from __future__ import annotations
 
@@ -83,6 +84,20 @@ def repeated_dataset(base: Path, root: Path, rows: int) -> BrodenDataset:
     return BrodenDataset(root)
 
 
+def generated_base(work: Path, distinct: int, size: int) -> tuple[Path, float]:
+    """The generated dataset of `distinct` images (made once: in a side folder renamed into place when
+    complete, so a run that finds it never sees half of it); its path and the seconds it took."""
+    base = work / f"base_{distinct}_{size}"
+    t = time.perf_counter()
+    if not (base / "index.csv").is_file():
+        part = work / f"{base.name}.{os.getpid()}.partial"
+        shutil.rmtree(part, ignore_errors=True)
+        make_concept_dataset(part, distinct, size=size, seed=0)
+        shutil.rmtree(base, ignore_errors=True)
+        part.rename(base)
+    return base, time.perf_counter() - t
+
+
 def run_dissection(model, ds, args, device):
     t0 = time.perf_counter()
     d = unitscope.dissect(model, ["layer4"], ds, batch_size=args.batch_size, device=device,
@@ -105,18 +120,19 @@ def main():
     ap.add_argument("--device", default="cuda", help="cuda (default; the current device) or cpu (smoke test only)")
     ap.add_argument("--work", default="/tmp/unitscope_dissect_cuda", help="scratch folder (default: %(default)s)")
     ap.add_argument("--json", default="benchmarks/out/dissect_cuda.json", help="where the JSON goes (default: %(default)s)")
+    ap.add_argument("--generate-only", action="store_true", help="generate the dataset into --work and stop")
     args = ap.parse_args()
+    if args.generate_only:
+        base, t_gen = generated_base(Path(args.work), args.distinct, args.size)
+        print(f"generated {base} in {t_gen:.1f} s")
+        return 0
     device = T.resolve_device(args.device)
     if device.type == "cuda" and "cuda" not in unitscope.backends():
         print(f"dissect_cuda: error: the cuda backend is {unitscope.backends(verbose=True)['cuda']}", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True
     work = Path(args.work)
-    base = work / f"base_{args.distinct}_{args.size}"
-    t = time.perf_counter()
-    if not (base / "index.csv").is_file():
-        make_concept_dataset(base, args.distinct, size=args.size, seed=0)
-    t_gen = time.perf_counter() - t
+    base, t_gen = generated_base(work, args.distinct, args.size)
     torch.manual_seed(0)
     model = ResNet18().eval().to(device)
 

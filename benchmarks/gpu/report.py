@@ -1,7 +1,9 @@
 """run.sh's bookkeeping: `env WORK` prints and saves the machine's facts (GPU, driver, toolkits,
-versions); `summary WORK OUT HAVE_GPU` gathers the steps, test counts, sanitizer verdicts and
-benchmark figures into OUT/summary.json and OUT/summary.md, prints the Markdown, and exits 0 only
-when a GPU was present and every step passed.
+versions); `summary WORK OUT HAVE_GPU` gathers the steps (WORK/steps.tsv), test counts (OUT/junit_*.xml),
+sanitizer verdicts (WORK/sanitizer_*.log), the module's register report (OUT/resources.txt) and the
+benchmark figures (OUT/bench_cuda.json, OUT/dissect.json, with torch.profiler rows and peak memory per
+op) into OUT/summary.json and OUT/summary.md, prints the Markdown, and exits 0 only when a GPU was
+present and every step passed. run.sh calls it after every step, so a call cut short keeps a summary.
 """
 from __future__ import annotations
 
@@ -61,8 +63,10 @@ def _junit(path: Path) -> dict | None:
 
 def _sanitizer(log: Path, step: dict | None) -> str:
     """A verdict: clean, N errors, unsupported on this machine, not run, or failed (why)."""
-    if step is None or step["status"] == "skipped":
-        return "not run (budget spent)"
+    if step is None:
+        return "not run (the call ended before it, or UNITSCOPE_GPU_STEPS left it out)"
+    if step["status"] == "skipped":
+        return "not run (" + ("the budget was spent" if step["rc"] == "-" else step["rc"]) + ")"
     text = log.read_text(errors="replace") if log.is_file() else ""
     if "not on the PATH" in text:
         return "not available: compute-sanitizer is not on the PATH"
@@ -79,6 +83,46 @@ def _sanitizer(log: Path, step: dict | None) -> str:
     return f"failed (rc {step['rc']}): {tail}"
 
 
+SANITIZERS = ("memcheck", "racecheck", "initcheck", "synccheck")
+
+
+def _resources(path: Path) -> dict | None:
+    """cuobjdump --dump-resource-usage: per kernel registers, stack, local memory (spills), shared memory."""
+    if not path.is_file():
+        return None
+    kernels, name = [], None
+    for line in path.read_text(errors="replace").splitlines():
+        m = re.search(r"Function ([^:\s]+)", line)
+        if m:
+            name = m.group(1)
+        r = re.search(r"REG:(\d+)", line)
+        if r and name:
+            num = lambda key: int(x.group(1)) if (x := re.search(key + r":(\d+)", line)) else 0  # noqa: E731
+            kernels.append({"kernel": name, "registers": int(r.group(1)), "stack": num("STACK"),
+                            "local": num("LOCAL"), "shared": num("SHARED")})
+            name = None
+    unitscope = [k for k in kernels if "unitscope" in k["kernel"]]
+    if not kernels:  # cuobjdump missing, or a module without CUDA code: say what it printed
+        return {"error": (path.read_text(errors="replace").strip().splitlines() or ["empty"])[0][:200]}
+    return {"kernels": len(kernels), "unitscope_kernels": unitscope,
+            "max_registers": max((k["registers"] for k in unitscope), default=None),
+            "spilling": [k["kernel"] for k in unitscope if k["local"] or k["stack"]]}
+
+
+def _profiles(kb: dict) -> list[str]:
+    """Markdown: peak GPU memory and the top torch.profiler rows of each op of bench_cuda.json."""
+    ops = [("tally", kb.get("tally"))] + [(r.get("method"), r) for r in kb.get("quantiles") or []
+                                          if isinstance(r, dict)] + [("Grad-CAM", kb.get("gradcam"))]
+    md = []
+    for name, r in ops:
+        p = (r or {}).get("profile") if isinstance(r, dict) else None
+        if not p:
+            continue
+        md += ["", f"**{name}**: peak GPU memory {_fmt(p.get('peak_memory_MiB'))} MiB", "", "```",
+               (p.get("profiler_top") or "(no profiler table)").rstrip(), "```"]
+    return md
+
+
 def _fmt(v, digits=1):
     if v is None:
         return "-"
@@ -91,11 +135,23 @@ def summary(work: Path, out: Path, have_gpu: bool) -> int:
         name, status, seconds, rc = line.split("\t")
         steps.append({"step": name, "status": status, "seconds": int(seconds), "rc": rc})
     by = {s["step"]: s for s in steps}
-    load = lambda name: json.loads((work / name).read_text()) if (work / name).is_file() else None  # noqa: E731
-    res = {"gpu_present": have_gpu, "environment": load("env.json"), "steps": steps,
-           "cuda_tests": _junit(work / "junit_cuda.xml"), "backend_tests": _junit(work / "junit_backends.xml"),
-           "compute_sanitizer": {t: _sanitizer(work / f"sanitizer_{t}.log", by.get(t)) for t in ("memcheck", "racecheck")},
-           "kernel_bench": load("bench_cuda.json"), "dissect": load("dissect.json")}
+    def load(path: Path):  # a file a step still writes, or cut short, counts as absent
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def junit(path: Path):
+        try:
+            return _junit(path)
+        except ET.ParseError:
+            return None
+
+    res = {"gpu_present": have_gpu, "environment": load(work / "env.json"), "steps": steps,
+           "cuda_tests": junit(out / "junit_cuda.xml"), "backend_tests": junit(out / "junit_backends.xml"),
+           "compute_sanitizer": {t: _sanitizer(work / f"sanitizer_{t}.log", by.get(t)) for t in SANITIZERS},
+           "resources": _resources(out / "resources.txt"),
+           "kernel_bench": load(out / "bench_cuda.json"), "dissect": load(out / "dissect.json")}
     ok = have_gpu and all(s["status"] == "ok" for s in steps)
     res["passed"] = ok
     (out / "summary.json").write_text(json.dumps(res, indent=1))
@@ -114,11 +170,19 @@ def summary(work: Path, out: Path, have_gpu: bool) -> int:
                       f"{t['skipped']} skipped" + (f"; failing, first 5: {', '.join(t['failed_names'][:5])}"
                                                    if t["failed_names"] else ""))
     md.append("")
-    md += [f"compute-sanitizer {t}: {v}" for t, v in res["compute_sanitizer"].items()]
+    md += [f"compute-sanitizer {t} (PYTORCH_NO_CUDA_MEMORY_CACHING=1): {v}" for t, v in res["compute_sanitizer"].items()]
+    rs = res["resources"]
+    if rs and "error" in rs:
+        md += ["", f"cuobjdump: {rs['error']}"]
+    elif rs:
+        md += ["", f"cuobjdump: {len(rs['unitscope_kernels'])} unitscope kernels of {rs['kernels']}, at most "
+               f"{rs['max_registers']} registers; spilling (stack or local memory): {', '.join(rs['spilling']) or 'none'}"]
     kb = res["kernel_bench"]
     if kb:
         md += ["", f"Kernels on {kb['device']}; device copy bandwidth {_fmt(kb['copy_bandwidth_GBps'], 0)} GB/s "
-               "(read + write)", "", "| kernel | unitscope | plain PyTorch | x plain | of copy bandwidth | goal |",
+               f"(read + write); read bandwidth (x.sum() over {_fmt(kb.get('read_bandwidth_GB_read'), 2)} GB, "
+               f"the floor of one read) {_fmt(kb.get('read_bandwidth_GBps'), 0)} GB/s",
+               "", "| kernel | unitscope | plain PyTorch | x plain | of copy bandwidth | goal |",
                "| --- | --- | --- | --- | --- | --- |"]
         t = kb.get("tally", {})
         if "error" not in t:
@@ -134,6 +198,7 @@ def summary(work: Path, out: Path, have_gpu: bool) -> int:
             md.append(f"| Grad-CAM {g['shape']} | {_fmt(g['unitscope_ms'], 2)} ms | {_fmt(g['plain_torch_ms'], 2)} ms | "
                       f"{_fmt(g['x_plain_torch'])} | {_fmt(100 * g['fraction_of_copy_bandwidth'])}% | {g['goal']} |")
         md += [f"\n{k} failed: {v['error']}" for k, v in kb.items() if isinstance(v, dict) and "error" in v]
+        md += _profiles(kb)
     d = res["dissect"]
     if d:
         md += ["", f"Dissection on {d['device']}: {d['model']}, {d['layer']}, {d['rows_run']:,} rows "

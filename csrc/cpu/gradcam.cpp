@@ -2,6 +2,7 @@
 // thread-local buffer, then resized, ReLU'd and normalized straight into the output.
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -10,6 +11,7 @@
 
 #include "unitscope/bilinear.h"
 #include "unitscope/gradcam.h"
+#include "unitscope/parallel.h"
 
 namespace unitscope {
 
@@ -86,19 +88,48 @@ Rescale rescale(bool normalize, float lo, float hi) {
 }  // namespace
 
 void gradcam_cpu(const GradcamArgs& a) {
+  check_gradcam_sizes(a, "gradcam (cpp)");
   const int64_t hw = a.h * a.w, HW = a.H * a.W, maps = a.B * a.T;
   const bool resize = !(a.H == a.h && a.W == a.w);
-  std::vector<LinearTap> ty(a.H), tx(a.W);
+  // Only the source rows some output row reads are interpolated to width W: at most min(h, 2H) of
+  // them, each given a slot of `rows` in order (a 100000 x 1 map resized to 1 x 100000 needs 2
+  // rows, not 100000 x 100000 floats). ty[y].i0/i1 are then slot numbers; used[s] is slot s's row.
+  std::vector<LinearTap> ty(resize ? a.H : 0), tx(resize ? a.W : 0);
+  std::vector<int64_t> used;
   if (resize) {
     const float sy = bilinear_scale((int)a.h, (int)a.H, a.align_corners);
     const float sx = bilinear_scale((int)a.w, (int)a.W, a.align_corners);
-    for (int64_t i = 0; i < a.H; ++i) ty[i] = bilinear_tap((int)i, (int)a.h, sy, a.align_corners);
     for (int64_t i = 0; i < a.W; ++i) tx[i] = bilinear_tap((int)i, (int)a.w, sx, a.align_corners);
+    std::vector<int> slot(a.h, -1);
+    for (int64_t i = 0; i < a.H; ++i) {
+      LinearTap t = bilinear_tap((int)i, (int)a.h, sy, a.align_corners);
+      for (int* r : {&t.i0, &t.i1}) {
+        if (slot[*r] < 0) {
+          slot[*r] = (int)used.size();
+          used.push_back(*r);
+        }
+        *r = slot[*r];
+      }
+      ty[i] = t;
+    }
   }
-  const int threads = a.num_threads > 0 ? a.num_threads : 1;
+  const int64_t nrows = (int64_t)used.size();
+  const int threads = plan_threads(a.num_threads, maps, (hw + a.K + nrows * a.W) * 4,
+                                   "gradcam (cpp) of " + std::to_string(a.h) + " x " + std::to_string(a.w) +
+                                       " maps to " + std::to_string(a.H) + " x " + std::to_string(a.W));
+  struct Scratch {
+    std::vector<float> cam, weights, rows;  // [h*w], [K], [nrows*W]
+  };
+  std::vector<Scratch> scratch(threads);  // allocated here: a std::bad_alloc becomes a MemoryError
+  for (Scratch& s : scratch) {
+    s.cam.resize(hw);
+    s.weights.resize(a.K);
+    s.rows.resize(nrows * a.W);
+  }
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> cam(hw), weights(a.K), rows(resize ? a.h * a.W : 0);
+    std::vector<float>&cam = scratch[thread_index()].cam, &weights = scratch[thread_index()].weights,
+    &rows = scratch[thread_index()].rows;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t m = 0; m < maps; ++m) {
       const int64_t b = m / a.T;
@@ -131,8 +162,8 @@ void gradcam_cpu(const GradcamArgs& a) {
       if (resize) {
         // separable: interpolate every source row to width W once, then each output row mixes two
         // of them; the same products and sums, in the same order, as bilinear_combine
-        for (int64_t r = 0; r < a.h; ++r) {
-          const float* src = cam.data() + r * a.w;
+        for (int64_t r = 0; r < nrows; ++r) {
+          const float* src = cam.data() + used[r] * a.w;
           float* dst = rows.data() + r * a.W;
           for (int64_t x = 0; x < a.W; ++x) {
             const LinearTap& s = tx[x];

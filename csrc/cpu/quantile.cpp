@@ -15,6 +15,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "unitscope/parallel.h"
 #include "unitscope/quantile.h"
 
 namespace unitscope {
@@ -56,7 +57,7 @@ struct ExactChannel {
     if (v != v) {
       ++nan;
     } else if (!(v <= thr)) {  // thr NaN (no threshold yet) accepts everything
-      buf[fill++] = v;
+      buf[fill++] = v == 0.0f ? 0.0f : v;  // -0.0 kept as +0.0, as by every backend (positive_zero)
       if (fill >= full) compact();
     }
   }
@@ -208,7 +209,7 @@ void exact_quantile_update_cpu(const ExactQuantileArgs& a) {
     check_arg(a.fill[k] >= 0 && a.fill[k] < a.cap,
               "exact_quantile: fill[" + std::to_string(k) + "] = " + std::to_string(a.fill[k]) +
                   " is outside [0, cap) = [0, " + std::to_string(a.cap) + ")");
-  const int threads = (int)std::max<int64_t>(1, std::min<int64_t>(a.num_threads > 0 ? a.num_threads : 1, a.K));
+  const int threads = plan_threads(a.num_threads, a.K, 0, "exact_quantile (cpp)");
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
@@ -251,7 +252,7 @@ void quantile_sketch_update_cpu(const SketchArgs& a) {
     check_arg(a.top[k] >= -1 && a.top[k] < kSketchCoarse - 1,
               "quantile_sketch: top[" + std::to_string(k) + "] = " + std::to_string(a.top[k]) +
                   " is outside [-1, " + std::to_string(kSketchCoarse - 2) + "]");
-  const int threads = a.num_threads > 0 ? a.num_threads : 1;
+  const int threads = plan_threads(a.num_threads, a.K, 0, "quantile_sketch (cpp)");
   const int64_t nf = a.nb * kSketchSub;
 #pragma omp parallel num_threads(threads)
   {

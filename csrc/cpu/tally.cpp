@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "unitscope/bilinear.h"
+#include "unitscope/parallel.h"
 #include "unitscope/tally.h"
 
 namespace unitscope {
@@ -40,6 +41,15 @@ struct Prepared {
   std::vector<uint8_t> present;     // [B, NC]: the category has a label in the image
 };
 
+// One thread's phase-1 buffers: counts, hist [C]; kept [L, P]; change [P]; ivl, where [P] (L > 0);
+// labs [L * P + 1]; is_img [C].
+struct PrepScratch {
+  std::vector<int64_t> counts, hist;
+  std::vector<int32_t> kept, labs, where;
+  std::vector<uint8_t> change, is_img;
+  std::vector<Interval> ivl;
+};
+
 // Phase 1 for pixel labels of type LT. Throws std::invalid_argument (nothing counted) when a label
 // is out of [0, C).
 template <typename LT>
@@ -53,16 +63,24 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
   bool bad = false;
   int64_t bad_value = 0;
   const char* bad_arg = "";
-#pragma omp parallel num_threads(threads)
+  const int64_t per_thread = C * 17 + L * P * 8 + P + (L > 0 ? P * (int64_t)(sizeof(Interval) + 4) : 0) + 4;
+  const int nt = plan_threads(threads, B, per_thread, "tally (cpp) with " + std::to_string(L) + " label maps of " +
+                                                       std::to_string(Sh) + " x " + std::to_string(Sw));
+  std::vector<PrepScratch> scratch(nt);  // allocated here: a std::bad_alloc becomes a MemoryError
+  for (PrepScratch& t : scratch) {
+    t.counts.assign(C, 0); t.hist.assign(C, 0); t.kept.resize(L * P); t.change.resize(P);
+    t.ivl.resize(L > 0 ? P : 0); t.labs.resize(L * P + 1); t.where.resize(L > 0 ? P : 0); t.is_img.assign(C, 0);
+  }
+  ErrorCarrier error;  // R's own arrays are sized per image, inside the region
+#pragma omp parallel num_threads(nt)
   {
-    std::vector<int64_t> counts(C, 0), hist(C, 0);
-    std::vector<int32_t> kept(L * P);  // [L, P]
-    std::vector<uint8_t> change(P);
-    std::vector<Interval> ivl(L > 0 ? P : 0);
-    std::vector<int32_t> labs(L * P + 1), where(L > 0 ? P : 0);
-    std::vector<uint8_t> is_img(C, 0);
+    PrepScratch& t = scratch[thread_index()];
+    std::vector<int64_t>&counts = t.counts, &hist = t.hist;
+    std::vector<int32_t>&kept = t.kept, &labs = t.labs, &where = t.where;
+    std::vector<uint8_t>&change = t.change, &is_img = t.is_img;
+    std::vector<Interval>& ivl = t.ivl;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = 0; b < B; ++b) error.run([&] {
       int32_t* img = out.img.data() + b * L2;
       const char* arg = nullptr;
       int64_t value = 0;
@@ -105,7 +123,7 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
       if (arg) {
 #pragma omp critical(unitscope_tally_error)
         if (!bad) { bad = true; bad_value = value; bad_arg = arg; }
-        continue;
+        return;
       }
       ImageLabels& R = out.pixels[b];
       if (L > 0) {
@@ -152,10 +170,11 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
         hist[c] = 0;
       }
       hist[0] = 0;
-    }
+    });
 #pragma omp critical(unitscope_tally_labels)
     for (int64_t c = 0; c < C; ++c) label_total[c] += counts[c];
   }
+  error.rethrow();
   check_arg(!bad, std::string(bad_arg) + " must hold labels in [0, num_labels) = [0, " + std::to_string(C) +
                       "), got " + std::to_string(bad_value));
   for (int64_t c = 1; c < C; ++c) a.label[c] += label_total[c];
@@ -168,12 +187,31 @@ struct ColumnTaps {
   std::vector<float> l0, l1;
 };
 
+// One thread's phase-2 buffers. H holds two source rows interpolated to width Sw: output rows read
+// source rows in non-decreasing order, so the two rows the current output row needs are usually the
+// ones computed for the previous row (h x Sw floats would be 40 GB for a 100000 x 1 map resized to
+// 1 x 100000).
 struct Scratch {
-  std::vector<float> map, rowmax, H, V;  // map [h*w], rowmax [h], H [h*Sw], V [w]
+  std::vector<float> map, rowmax, H, V;  // map [h*w], rowmax [h], H [2*Sw], V [w]
   std::vector<uint8_t> pass;             // [Sw]
-  std::vector<int64_t> H_for;            // H_for[i]: the (unit, image) pair H's row i belongs to
+  int64_t H_row[2] = {-1, -1}, H_pair[2] = {-1, -1};  // the source row and pair each slot of H holds
   int64_t pair = 0;
+  static int64_t bytes(int64_t h, int64_t w, int64_t Sw) { return (h * w + h + 2 * Sw + w) * 4 + Sw; }
 };
+
+// Source row i of the current pair interpolated to width Sw, in a slot of s.H that does not hold
+// row `keep`.
+inline const float* h_row(Scratch& s, int64_t i, int64_t keep, int64_t w, int64_t Sw, const ColumnTaps& tx) {
+  for (int j = 0; j < 2; ++j)
+    if (s.H_row[j] == i && s.H_pair[j] == s.pair) return s.H.data() + j * Sw;
+  const int j = (s.H_row[0] == keep && s.H_pair[0] == s.pair) ? 1 : 0;
+  s.H_row[j] = i;
+  s.H_pair[j] = s.pair;
+  const float* r = s.map.data() + i * w;
+  float* Hi = s.H.data() + j * Sw;
+  for (int64_t x = 0; x < Sw; ++x) Hi[x] = lerp_rn(tx.l0[x], tx.l1[x], r[tx.i0[x]], r[tx.i1[x]]);
+  return Hi;
+}
 
 // Add the passing pixels [x0, x1) of output row y (row = y * Sw) to the unit's intersections,
 // interval by interval.
@@ -246,15 +284,9 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
         vmax = s.V[j] > vmax ? s.V[j] : vmax;
       }
       if (!may_pass(value_bound(vmax, maxabs), thr, GE)) continue;
-      for (int i : {t.i0, t.i1}) {  // horizontal interpolation of source row i, once per pair
-        if (s.H_for[i] == s.pair) continue;
-        s.H_for[i] = s.pair;
-        const float* r = s.map.data() + i * w;
-        float* Hi = s.H.data() + i * Sw;
-        for (int64_t x = 0; x < Sw; ++x) Hi[x] = lerp_rn(tx.l0[x], tx.l1[x], r[tx.i0[x]], r[tx.i1[x]]);
-      }
-      const float* h0 = s.H.data() + t.i0 * Sw;
-      const float* h1 = s.H.data() + t.i1 * Sw;
+      // horizontal interpolation of source rows i0 and i1 (each once per pair, rows being monotone)
+      const float* h0 = h_row(s, t.i0, t.i1, w, Sw, tx);
+      const float* h1 = h_row(s, t.i1, t.i0, w, Sw, tx);
       uint8_t* pass = s.pass.data();
       int64_t cursor = 0;  // output columns before it were evaluated already
       for (int64_t j = 0; j < w; ++j) {
@@ -315,15 +347,20 @@ void tally_typed(const TallyArgs& a, int threads) {
       tx.xhi[j] = std::max(tx.xhi[j], (int)x);
     }
   }
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch s;
+  const int nt = plan_threads(threads, (a.K + 15) / 16, Scratch::bytes(a.h, a.w, a.Sw),
+                              "tally (cpp) of " + std::to_string(a.h) + " x " + std::to_string(a.w) + " maps to " +
+                                  std::to_string(a.Sh) + " x " + std::to_string(a.Sw));
+  std::vector<Scratch> scratch(nt);  // allocated here: a std::bad_alloc becomes a MemoryError
+  for (Scratch& s : scratch) {
     s.map.resize(a.h * a.w);
     s.rowmax.resize(a.h);
-    s.H.resize(a.h * a.Sw);
+    s.H.resize(2 * a.Sw);
     s.V.resize(a.w);
     s.pass.resize(a.Sw);
-    s.H_for.assign(a.h, 0);
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    Scratch& s = scratch[thread_index()];
     // blocks of units: a thread owns its block's counter rows for all images (no barrier ever
     // stalls one thread behind another); within a block, image by image, so that one image's label
     // data and the block's counter rows both stay in cache
@@ -346,7 +383,7 @@ void tally_typed(const TallyArgs& a, int threads) {
 }  // namespace
 
 void tally_cpu(const TallyArgs& a) {
-  const int threads = a.num_threads > 0 ? a.num_threads : 1;
+  const int threads = plan_threads(a.num_threads, kMaxThreads, 0, "tally (cpp)");
   check_arg(a.L < kMaxLabelCells && a.Sh * a.Sw < kMaxLabelCells && a.L * a.Sh * a.Sw < kMaxLabelCells,
             "tally (cpp): one image's pixel labels must have L * S_h * S_w < 2^31 cells (the interval "
             "tables index them with int32), got L = " + std::to_string(a.L) + ", S_h = " + std::to_string(a.Sh) +

@@ -44,20 +44,21 @@ __global__ void cam_kernel(const void* act, int dtype, const float* weights, int
   }
 }
 
-__global__ void resize_kernel(const float* cam, int64_t maps, int h, int w, int H, int W,
+__global__ void resize_kernel(const float* cam, int64_t maps, int64_t h, int64_t w, int H, int W,
                               bool align_corners, float* out) {
-  const float sy = bilinear_scale(h, H, align_corners), sx = bilinear_scale(w, W, align_corners);
+  const float sy = bilinear_scale((int)h, H, align_corners), sx = bilinear_scale((int)w, W, align_corners);
   const int64_t n = maps * H * W;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
        idx += (int64_t)gridDim.x * blockDim.x) {
     const int x = (int)(idx % W);
     const int y = (int)((idx / W) % H);
     const int64_t m = idx / ((int64_t)H * W);
-    const LinearTap ty = bilinear_tap(y, h, sy, align_corners);
-    const LinearTap tx = bilinear_tap(x, w, sx, align_corners);
-    const float* c = cam + m * h * w;
-    out[idx] = bilinear_combine(ty, tx, c[ty.i0 * w + tx.i0], c[ty.i0 * w + tx.i1],
-                                c[ty.i1 * w + tx.i0], c[ty.i1 * w + tx.i1]);
+    const LinearTap ty = bilinear_tap(y, (int)h, sy, align_corners);
+    const LinearTap tx = bilinear_tap(x, (int)w, sx, align_corners);
+    const float* c = cam + m * h * w;  // int64: m * h * w and row * w exceed 2^31 on large maps
+    const float* r0 = c + (int64_t)ty.i0 * w;
+    const float* r1 = c + (int64_t)ty.i1 * w;
+    out[idx] = bilinear_combine(ty, tx, r0[tx.i0], r0[tx.i1], r1[tx.i0], r1[tx.i1]);
   }
 }
 
@@ -108,6 +109,7 @@ __global__ void normalize_kernel(float* out, int64_t maps, int64_t HW, const flo
 }  // namespace
 
 void gradcam_cuda(const GradcamArgs& a, int device, void* stream_ptr) {
+  check_gradcam_sizes(a, "gradcam_cuda");  // before the device is touched, as gradcam_cpu
   DeviceGuard guard(device, "gradcam_cuda");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t hw = a.h * a.w, HW = a.H * a.W, maps = a.B * a.T;
@@ -130,7 +132,7 @@ void gradcam_cuda(const GradcamArgs& a, int device, void* stream_ptr) {
   check_launch("gradcam cam");
   if (resize) {
     resize_kernel<<<grid_size(maps * HW, threads), threads, 0, stream>>>(
-        cam, maps, (int)a.h, (int)a.w, (int)a.H, (int)a.W, a.align_corners, a.out);
+        cam, maps, a.h, a.w, (int)a.H, (int)a.W, a.align_corners, a.out);
     check_launch("gradcam resize");
   }
   if (a.normalize && maps > 0) {

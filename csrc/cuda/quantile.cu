@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "unitscope/cuda_check.h"
 #include "unitscope/quantile.h"
@@ -32,7 +34,9 @@ __global__ void exact_append_kernel(ExactQuantileArgs a) {
       atomicAdd(reinterpret_cast<ull*>(a.nan + k), 1ull);
     } else if (!(v <= a.thr[k])) {  // thr NaN: accept all
       const ull pos = atomicAdd(reinterpret_cast<ull*>(a.fill + k), 1ull);
-      a.buf[k * a.cap + (int64_t)pos] = v;
+      // always in range once the host check passed; -0.0 kept as +0.0, as by every backend (CUDA's
+      // topk orders -0.0 below +0.0, the CPU's does not)
+      if (pos < (ull)a.cap) a.buf[k * a.cap + (int64_t)pos] = v == 0.0f ? 0.0f : v;
     }
   }
 }
@@ -130,11 +134,26 @@ __global__ void sketch_count_kernel(SketchArgs a) {
   }
 }
 
+// (K,) int64 state values of the caller's, read on the host after the stream's earlier work.
+std::vector<int64_t> read_state(const int64_t* p, int64_t K, cudaStream_t s, const char* what) {
+  std::vector<int64_t> host((size_t)K);
+  check_cuda(cudaMemcpyAsync(host.data(), p, (size_t)K * sizeof(int64_t), cudaMemcpyDeviceToHost, s), what);
+  check_cuda(cudaStreamSynchronize(s), what);
+  return host;
+}
+
 }  // namespace
 
 void exact_quantile_update_cuda(const ExactQuantileArgs& a, int device, void* stream) {
   DeviceGuard guard(device, "exact_quantile_update_cuda");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // the buffers' fill levels come from the caller's state: the chunk appends up to `length` values
+  // per channel, so fill + length must stay within cap (checked like exact_quantile_update_cpu)
+  const std::vector<int64_t> fill = read_state(a.fill, a.K, s, "exact_quantile_update_cuda (fill)");
+  for (int64_t k = 0; k < a.K; ++k)
+    check_arg(fill[k] >= 0 && fill[k] <= a.cap - a.length,
+              "exact_quantile: fill[" + std::to_string(k) + "] = " + std::to_string(fill[k]) + " plus the chunk's " +
+                  std::to_string(a.length) + " values is outside [0, cap] = [0, " + std::to_string(a.cap) + "]");
   exact_append_kernel<<<grid_size(a.K * a.length, kThreads), kThreads, 0, s>>>(a);
   check_launch("exact_quantile_update_cuda");
 }
@@ -142,6 +161,12 @@ void exact_quantile_update_cuda(const ExactQuantileArgs& a, int device, void* st
 void quantile_sketch_update_cuda(const SketchArgs& a, int device, void* stream) {
   DeviceGuard guard(device, "quantile_sketch_update_cuda");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // the fine window's top comes from the caller's state (checked like quantile_sketch_update_cpu)
+  const std::vector<int64_t> top = read_state(a.top, a.K, s, "quantile_sketch_update_cuda (top)");
+  for (int64_t k = 0; k < a.K; ++k)
+    check_arg(top[k] >= -1 && top[k] < kSketchCoarse - 1,
+              "quantile_sketch: top[" + std::to_string(k) + "] = " + std::to_string(top[k]) + " is outside [-1, " +
+                  std::to_string(kSketchCoarse - 2) + "]");
   const unsigned runs = grid_size(a.outer * a.K, 1);
   sketch_scan_kernel<<<runs, kThreads, 0, s>>>(a);
   check_launch("quantile_sketch_update_cuda (scan)");

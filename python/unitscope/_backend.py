@@ -12,6 +12,7 @@ import functools
 import importlib
 import os
 
+import numpy as np
 import torch
 
 ALL_BACKENDS = ("cuda", "cpp", "numba", "torch")
@@ -158,13 +159,22 @@ def select_backend(backend: str | None, device: torch.device, op: str) -> str:
     return "torch"
 
 
+def max_threads() -> int:
+    """The largest num_threads a kernel accepts: max(64, 4 x the machine's cores)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def num_threads(explicit: int | None = None) -> int:
-    """Threads for a CPU kernel: an explicit count, else torch.get_num_threads()."""
+    """Threads for a CPU kernel: an explicit count in [1, max_threads()], else torch.get_num_threads()
+    (capped the same way). Raises TypeError for a non-integer, ValueError outside the range."""
     if explicit is not None:
-        if int(explicit) < 1:
-            raise ValueError(f"num_threads must be >= 1, got {explicit}")
+        if isinstance(explicit, bool) or not isinstance(explicit, (int, np.integer)):
+            raise TypeError(f"num_threads must be an int or None, got {type(explicit).__name__} {explicit!r}")
+        if not 1 <= int(explicit) <= max_threads():
+            raise ValueError(f"num_threads must be in [1, {max_threads()}] (max(64, 4 x the {os.cpu_count()} "
+                             f"cores)), got {int(explicit)}")
         return int(explicit)
-    return max(1, torch.get_num_threads())
+    return max(1, min(torch.get_num_threads(), max_threads()))
 
 
 def set_numba_threads(explicit: int | None = None) -> None:

@@ -3,10 +3,10 @@ colormap centred on 0; pixel-gradient maps as clipped, smoothed magnitudes), a u
 region outlined on the photo, and grids of them written as PNG with Pillow."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
+
+from unitscope._io import atomic_path
 
 
 def to_image_array(image):
@@ -160,9 +160,8 @@ def save_image(array, path):
     arr = np.asarray(array)
     if arr.dtype != np.uint8:
         arr = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
     return path
 
 
@@ -191,7 +190,6 @@ def save_grid(tiles, path, titles=None, ncols=None, pad=4, title_height=18):
         if titles:
             draw.text((x0 + 2, y0 + 2), str(titles[i])[: max(8, cw // 6)], fill="black")
         canvas.paste(Image.fromarray(a), (x0, y0 + th))
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path

@@ -185,6 +185,27 @@ def test_gradcam_cuda_close_to_cpp_non_contiguous(dtype):
     assert empty.shape == (0, 5, 5) and empty.device == dev
 
 
+# ---------------------------------------------------------------- the CUDA entry points check state like cpp
+def test_cuda_entry_points_check_fill_and_top_like_cpp():
+    # a tampered state may not make the kernel write outside a buffer: refused before any launch
+    from unitscope import _backend
+
+    C = _backend.compiled_module()
+    dev = T.resolve_device("cuda")
+    x = torch.rand(2, 3, 5, device=dev)
+    e = unitscope.ExactQuantile(3, 0.9, 10, device=dev, backend="cuda")
+    for bad in (e.cap, -1, e.cap - 5):  # the chunk adds up to 10 values a channel
+        e._fill[1] = bad
+        with pytest.raises(ValueError, match=rf"fill\[1\] = {bad} plus the chunk's 10 values is outside"):
+            C.exact_quantile_update_cuda(T.ptr(x), 0, 2, 3, 5, 0, 10, T.ptr(e._buf), e.cap, T.ptr(e._fill),
+                                         T.ptr(e._thr), T.ptr(e._nan), False, *T.cuda_launch(x))
+    s = unitscope.QuantileSketch(3, device=dev, backend="cuda")
+    for bad in (-2, 511, 1 << 40):
+        s._s["top"][2] = bad
+        with pytest.raises(ValueError, match=rf"top\[2\] = {bad} is outside \[-1, 510\]"):
+            s.update(x)
+
+
 # ---------------------------------------------------------------- a bare "cuda", and the tensors' device
 def test_bare_cuda_accepts_tensors_on_the_current_device():
     dev = torch.device("cuda", torch.cuda.current_device())

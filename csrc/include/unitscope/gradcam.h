@@ -2,6 +2,9 @@
 // normalized per map. Declarations of the CPU and CUDA entry points and their argument block.
 #pragma once
 #include <cstdint>
+#include <string>
+
+#include "unitscope/common.h"
 
 namespace unitscope {
 
@@ -16,6 +19,17 @@ struct GradcamArgs {
   bool relu, align_corners, normalize;
   int num_threads;          // CPU only; <= 0 means the OpenMP default
 };
+
+// Sizes both kernels index with int (source and output rows and columns, taps) and the CUDA grid
+// (one block per map): checked by both entry points before any work.
+inline void check_gradcam_sizes(const GradcamArgs& a, const char* op) {
+  constexpr int64_t kMaxSide = int64_t(1) << 30;
+  check_arg(a.h < kMaxSide && a.w < kMaxSide && a.H < kMaxSide && a.W < kMaxSide,
+            std::string(op) + ": map sizes must be below 2^30, got " + std::to_string(a.h) + " x " +
+                std::to_string(a.w) + " -> " + std::to_string(a.H) + " x " + std::to_string(a.W));
+  check_arg(a.B * a.T < (int64_t(1) << 31), std::string(op) + ": B * T must be below 2^31 maps, got " +
+                                                std::to_string(a.B) + " * " + std::to_string(a.T));
+}
 
 void gradcam_cpu(const GradcamArgs& a);
 void gradcam_cuda(const GradcamArgs& a, int device, void* stream);  // stream: a cudaStream_t of `device`

@@ -16,7 +16,7 @@ def _exact_push(v, buf, k, fill, thr, nan, m):
         return
     if not (v <= thr[k]):  # thr NaN: no threshold yet, accept everything
         f = fill[k]
-        buf[k, f] = v
+        buf[k, f] = v if v != 0 else 0.0  # -0.0 kept as +0.0, as by every backend (reference.quantile.positive_zero)
         f += 1
         if f == buf.shape[1]:
             part = np.partition(buf[k, :f], f - m)  # the m largest end up at f-m .. f-1

@@ -99,8 +99,11 @@ def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, 
     for k in prange(K):
         t = thr[k]
         rowmax = np.empty(h, np.float32)
-        H = np.empty((h, Sw), np.float32)
-        H_done = np.zeros(h, np.bool_)
+        # two source rows interpolated to width Sw (output rows read source rows in non-decreasing
+        # order); H_row[s] is the row slot s holds, -1 none (h x Sw floats would be 40 GB for a
+        # 100000 x 1 map resized to 1 x 100000)
+        H = np.empty((2, Sw), np.float32)
+        H_row = np.full(2, -1, np.int64)
         tot = 0
         for b in range(B):
             a = act[b, k]
@@ -120,20 +123,24 @@ def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, 
                     m = rm
             if not may_pass(value_bound(m, maxabs), t, ge):
                 continue
-            H_done[:] = False
+            H_row[:] = -1
             n = 0
             for y in range(Sh):
                 i0 = yi0[y]
                 i1 = yi1[y]
                 if not may_pass(value_bound(max(rowmax[i0], rowmax[i1]), maxabs), t, ge):
                     continue
-                for i in (i0, i1):  # horizontal interpolation of source row i, once per (unit, image)
-                    if not H_done[i]:
-                        H_done[i] = True
-                        for x in range(Sw):
-                            H[i, x] = lerp(xl0[x], xl1[x], a[i, xi0[x]], a[i, xi1[x]])
+                for i, keep in ((i0, i1), (i1, i0)):  # horizontal interpolation of source row i
+                    if H_row[0] == i or H_row[1] == i:
+                        continue
+                    s = 1 if H_row[0] == keep else 0
+                    H_row[s] = i
+                    for x in range(Sw):
+                        H[s, x] = lerp(xl0[x], xl1[x], a[i, xi0[x]], a[i, xi1[x]])
+                s0 = 0 if H_row[0] == i0 else 1
+                s1 = 0 if H_row[0] == i1 else 1
                 for x in range(Sw):
-                    v = lerp(yl0[y], yl1[y], H[i0, x], H[i1, x])  # = bilinear_combine, see tally.h
+                    v = lerp(yl0[y], yl1[y], H[s0, x], H[s1, x])  # = bilinear_combine, see tally.h
                     if not ((v >= t) if ge else (v > t)):
                         continue
                     n += 1

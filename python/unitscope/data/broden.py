@@ -159,13 +159,11 @@ class BrodenDataset(torch.utils.data.Dataset):
         from unitscope.models.images import read_image, resize_image
 
         path = self._open_file(row.image, row)
-        try:
-            arr = read_image(path)  # float32 (H, W, 3) in [0, 1], scaled by the file's bit depth
+        try:  # the header's size is checked against index.csv's ih, iw before decoding; no EXIF
+            # rotation: the label maps are drawn on the stored pixel grid
+            arr = read_image(path, exif=False, expect=(row.ih, row.iw))  # float32 (H, W, 3) in [0, 1]
         except (ValueError, OSError) as e:
             raise BrodenFormatError(f"{row.describe()}: {e}") from e
-        if arr.shape[:2] != (row.ih, row.iw):
-            raise BrodenFormatError(f"{row.describe()}: image {path} is {arr.shape[0]}x{arr.shape[1]}, "
-                                    f"index.csv says ih={row.ih}, iw={row.iw}")
         x = torch.from_numpy(arr).permute(2, 0, 1)
         return resize_image(x[None], self.resolution)[0] if self.resolution is not None else x.contiguous()
 
@@ -175,7 +173,7 @@ class BrodenDataset(torch.utils.data.Dataset):
                 self._packed_maps = np.load(self.root / PACKED_DIR / "labels.npy", mmap_mode="r")
             m = np.asarray(self._packed_maps[self._packed_rows[rel]])
         else:
-            m = decode_label_png(self._open_file(rel, row), row.describe())
+            m = decode_label_png(self._open_file(rel, row), row.describe(), expect=(row.sh, row.sw))
         if m.shape != (row.sh, row.sw):
             raise BrodenFormatError(f"{row.describe()}: label map {rel!r} is {m.shape[0]}x{m.shape[1]}, "
                                     f"index.csv says sh={row.sh}, sw={row.sw}")
@@ -262,11 +260,16 @@ def file_stamps(folder: Path, rels) -> str:
     return h.hexdigest()
 
 
-def decode_label_png(path: Path, where: str = "") -> np.ndarray:
-    """A Broden label PNG -> int32[h, w] label numbers (R + 256 * G)."""
+def decode_label_png(path: Path, where: str = "", expect=None) -> np.ndarray:
+    """A Broden label PNG -> int32[h, w] label numbers (R + 256 * G). The header's size is checked
+    first (models.images.open_image: at most MAX_PIXELS pixels, exactly expect=(h, w) when given)."""
+    from unitscope.models.images import open_image
+
     try:
-        with Image.open(path) as im:
+        with open_image(path, expect=expect, what="label PNG") as im:
             arr = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im)
+    except (ValueError, FileNotFoundError) as e:  # open_image's message names the file
+        raise BrodenFormatError(f"{where + ': ' if where else ''}{e}") from e
     except Exception as e:
         raise BrodenFormatError(f"{where + ': ' if where else ''}cannot read label PNG {path}: {e}") from e
     return arr[..., 0].astype(np.int32) + 256 * arr[..., 1].astype(np.int32)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from unitscope._io import atomic_paths
 from unitscope.data.broden import PACKED_DIR, BrodenDataset, _sha256, decode_label_png, file_stamps
 from unitscope.data.broden_meta import BrodenFormatError
 
@@ -32,10 +32,9 @@ def pack_broden(root, *, progress: bool = False) -> Path:
     sh, sw = sizes.pop() if sizes else (1, 1)
     out = ds.root / PACKED_DIR
     out.mkdir(exist_ok=True)
-    temps = [out / "labels.npy.tmp", out / "paths.txt.tmp", out / "source.json.tmp"]
     source = {"index_sha256": _sha256(ds.root / "index.csv"), "label_sha256": _sha256(ds.root / "label.csv"),
               "count": len(paths), "pngs": file_stamps(ds.root / "images", paths)}  # before reading them
-    try:
+    with atomic_paths(out / "labels.npy", out / "paths.txt", out / "source.json") as temps:
         arr = np.lib.format.open_memmap(temps[0], mode="w+", dtype=ds.label_dtype, shape=(len(paths), sh, sw))
         it = paths
         if progress:
@@ -54,9 +53,4 @@ def pack_broden(root, *, progress: bool = False) -> Path:
         del arr
         temps[1].write_text("".join(p + "\n" for p in paths), encoding="utf-8")
         temps[2].write_text(json.dumps(source))
-        for tmp in temps:
-            os.replace(tmp, out / tmp.stem)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
     return out

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from unitscope.dissect.result import Dissection, LayerDissection, csv_cell
+from unitscope.models.images import open_image
 from unitscope.reference.bilinear import bilinear_resize
 
 THUMB = 112
@@ -38,7 +39,7 @@ def _thumb(path: Path, cache: dict) -> np.ndarray:
     if path not in cache:
         if len(cache) > 2048:  # thumbnails of 37 KiB each
             cache.clear()
-        with Image.open(path) as im:
+        with open_image(path, what="dataset image") as im:  # header checked first; the stored pixel grid
             cache[path] = np.asarray(im.convert("RGB").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.uint8)
     return cache[path]
 

@@ -87,9 +87,8 @@ def from_json(path, layer: str) -> UnitConcepts:
     """UnitConcepts of `layer` from a dissection.json written by Dissection.to_json. The report's
     strips of top images (<dir>/<layer>/unit_NNNN.jpg or <dir>/report/<layer>/unit_NNNN.jpg, written
     by save_report) are used when present."""
-    from PIL import Image
-
     from unitscope.dissect.result import file_stems
+    from unitscope.models.images import open_image
 
     path = Path(path)
     if not path.is_file():
@@ -136,9 +135,9 @@ def from_json(path, layer: str) -> UnitConcepts:
         if p is None:
             return None
         try:
-            with Image.open(p) as im:
+            with open_image(p, what="top-images strip") as im:  # header checked before decoding
                 return np.asarray(im.convert("RGB"))
-        except OSError:
+        except (OSError, ValueError):
             return None
 
     return UnitConcepts(layer=layer, thresholds=thresholds, labels=labels, categories=cats, iou=iou,

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from unitscope._io import atomic_write_text
 from unitscope.featviz import objectives
 from unitscope.featviz.dataset_examples import dataset_examples
 from unitscope.featviz._loop import frozen
@@ -159,7 +160,4 @@ def _page(args, cells, ex):
             f"<p>Each row pair: the image that maximizes the {args.objective} (top row, then the dataset images that "
             f"activate it most) and the one that minimizes it (bottom row, then the least activating images). "
             f"{args.steps} steps, {args.param} parameterization, seed {args.seed}.</p>{rf}\n{rows}\n")
-    tmp = os.path.join(args.out, f"featviz.html.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(page)
-    os.replace(tmp, os.path.join(args.out, "featviz.html"))
+    atomic_write_text(os.path.join(args.out, "featviz.html"), page)

@@ -187,7 +187,7 @@ class ExactQuantile:
         fill, count, nan_count (K,) int64, and a digest of all of it (kernels/_state.py)."""
         cand, fill = ref.canonical(self._buf, self._fill, self.m)
         return S.with_digest({"kind": "ExactQuantile", "version": _VERSION, **self._config(), "dim": self.dim,
-                              "candidates": (cand if self.top else -cand).cpu(), "fill": fill.cpu(),
+                              "candidates": ref.positive_zero(cand if self.top else -cand).cpu(), "fill": fill.cpu(),
                               "count": self._count.cpu(), "nan_count": self._nan.cpu()})
 
     def load_state_dict(self, state: dict) -> None:
@@ -221,7 +221,7 @@ class ExactQuantile:
             S.fail(what, "candidates", f"is out of order: the first fill[k] entries must be sorted "
                    f"{'descending' if self.top else 'ascending'}", (bad[0], bad[1] + 1))
         S.check_digest(state, what)
-        self._buf[:, :m] = stored.to(dev)
+        self._buf[:, :m] = ref.positive_zero(stored).to(dev)
         self._fill.copy_(fill)
         self._count.copy_(count)
         self._nan.copy_(nan)

@@ -26,7 +26,8 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
             F.interpolate(mode="bilinear", align_corners=align_corners).
         normalize (bool): min-max normalize each map to [0, 1]; a constant map becomes 0.
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
-        num_threads (int, optional): CPU threads; default torch.get_num_threads().
+        num_threads (int, optional): CPU threads in [1, max(64, 4 x cores)]; default
+            torch.get_num_threads().
 
     Returns:
         float32 Tensor[B, H, W] (Tensor[B, T, H, W] for 3-d weights), on the input's device; a
@@ -63,6 +64,8 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
         else:
             raise ValueError(f"weights must have shape (B, K) or (B, T, K), got {tuple(W.shape)}")
     H, Wd = (h, w) if out_size is None else T.size_2d(out_size, "out_size")
+    if num_threads is not None:
+        _backend.num_threads(num_threads)  # checked whichever backend runs
 
     name = _backend.select_backend(backend, A.device, "gradcam")
     if name == "torch":

@@ -38,7 +38,8 @@ class IoUTally:
         device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda");
             a bare "cuda" means the current CUDA device when the tally is built.
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
-        num_threads (int, optional): CPU threads; default torch.get_num_threads().
+        num_threads (int, optional): CPU threads in [1, max(64, 4 x cores)]; default
+            torch.get_num_threads().
     """
 
     def __init__(self, num_units, num_labels, *, label_category, num_categories, out_size, align_corners=False,
@@ -52,7 +53,7 @@ class IoUTally:
             raise ValueError(f"union must be 'category' or 'dataset', got {union!r}")
         self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "IoUTally")
-        self.num_threads = num_threads
+        self.num_threads = None if num_threads is None else _backend.num_threads(num_threads)
         cat, _ = T.as_tensor(label_category, "label_category")
         T.check_int(cat, "label_category")
         T.check_shape(cat, (num_labels,), "label_category", "(num_labels,)")

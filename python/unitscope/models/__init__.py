@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from unitscope.models.images import load_image, read_image
+from unitscope.models.images import MAX_PIXELS, load_image, open_image, read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,4 +117,5 @@ def load(name: str, device=None) -> LoadedModel:
 
 
 __all__ = ["LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image", "read_image",
+           "open_image", "MAX_PIXELS",
            "IMAGENET_MEAN", "IMAGENET_STD"]

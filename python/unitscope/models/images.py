@@ -3,11 +3,17 @@ and feature visualization. Integers are scaled by their bit depth (8- and 16-bit
 floats must already lie in [0, 1]; `skimage:NAME` names a photo bundled with scikit-image."""
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# The most pixels an image file may declare (PIL's default Image.MAX_IMAGE_PIXELS, its
+# decompression-bomb bound): open_image refuses more from the header, before decoding anything.
+MAX_PIXELS = 89_478_485
 
 # photos bundled with scikit-image (no download): what `skimage:NAME` accepts
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
@@ -24,6 +30,52 @@ def _skimage_photo(spec: str) -> np.ndarray:
     except ImportError as e:
         raise ImportError(f"image {spec!r} needs scikit-image: pip install scikit-image") from e
     return np.asarray(getattr(skimage.data, name)())
+
+
+@contextlib.contextmanager
+def open_image(path, *, expect=None, exif=False, max_pixels=MAX_PIXELS, what="image"):
+    """Open an image file, checking its header before any pixel is decoded; yields a PIL image.
+
+    The size the header declares must hold at most max_pixels pixels and, when expect=(h, w) is
+    given, be exactly h x w (a mismatch is refused without decoding). exif=True applies the photo's
+    EXIF orientation (PIL.ImageOps.exif_transpose: a phone photo comes out upright; this decodes it).
+    Every image file unitscope reads goes through here. Raises FileNotFoundError for a missing file,
+    ValueError (naming `what` and the path) for an unreadable file or a refused size.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = os.fsdecode(path)
+    if not os.path.isfile(path):
+        why = "is a directory, not an image file" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"{what} {name!r} {why}")
+    try:
+        with warnings.catch_warnings():  # PIL warns above MAX_IMAGE_PIXELS and raises above twice that
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:  # its message gives the size from the header
+        raise ValueError(f"{what} {name!r} declares more than {max_pixels} pixels (the decompression-bomb "
+                         f"limit): {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
+        raise ValueError(f"cannot read {what} {name!r}: {e}") from e
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ValueError(f"{what} {name!r} declares {h}x{w} = {h * w} pixels, more than the limit {max_pixels} "
+                             "(a decompression bomb, or too large to read)")
+        if expect is not None and (h, w) != tuple(expect):
+            raise ValueError(f"{what} {name!r} is {h}x{w}, expected {expect[0]}x{expect[1]}")
+        try:
+            if exif:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    upright = ImageOps.exif_transpose(im)
+                if upright is not im:
+                    with upright:
+                        yield upright
+                    return
+            yield im
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:  # truncated or corrupt pixel data
+            raise ValueError(f"cannot read {what} {name!r}: {e}") from e
 
 
 def _pil_to_array(im) -> np.ndarray:
@@ -45,29 +97,25 @@ def _pil_to_array(im) -> np.ndarray:
     return np.asarray(im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB"))
 
 
-def read_image(image) -> np.ndarray:
+def read_image(image, *, exif=True, expect=None) -> np.ndarray:
     """Any image form -> float32 array (H, W, 3) in [0, 1].
 
     image: a file path (any format Pillow reads; 8- or 16-bit, grayscale, palette, RGB, RGBA), the
     string `skimage:NAME` for a photo bundled with scikit-image (SKIMAGE_PHOTOS), a PIL image, or an
     array (H, W) / (H, W, 1|3|4) of uint8 (scaled by 1/255), uint16 (1/65535), bool, or floats in
     [0, 1]. Grayscale is repeated to 3 channels; an alpha channel is dropped.
+    A file's header is checked before decoding (open_image: at most MAX_PIXELS pixels, exactly
+    expect=(H, W) when given); exif=True turns a photo upright by its EXIF orientation.
     Raises FileNotFoundError for a missing file, ValueError for an unreadable file or bad values.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(image, str) and image.startswith("skimage:") and not os.path.exists(image):
         arr = _skimage_photo(image)
     elif isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        if not os.path.isfile(image):
-            what = "is a directory, not an image file" if os.path.isdir(image) else "does not exist"
-            raise FileNotFoundError(f"image {os.fsdecode(image)!r} {what}")
-        try:
-            with Image.open(image) as im:
-                im.load()
-                arr = _pil_to_array(im)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL's errors for broken files
-            raise ValueError(f"cannot read image {os.fsdecode(image)!r}: {e}") from e
+        with open_image(image, expect=expect, exif=exif) as im:
+            im.load()
+            arr = _pil_to_array(im)
     elif isinstance(image, Image.Image):
         arr = _pil_to_array(image)
     else:

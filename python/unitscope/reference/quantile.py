@@ -58,6 +58,7 @@ def torch_update(buf, fill, nan_count, vals: torch.Tensor, m: int) -> None:
 
     vals (Tensor[K, n] float32, stored sign, NaN allowed).
     """
+    vals = positive_zero(vals)
     isnan = torch.isnan(vals)
     nan_count += isnan.sum(dim=1)
     valid = vals.shape[1] - isnan.sum(dim=1)
@@ -102,4 +103,11 @@ def finish(cand: torch.Tensor, fill: torch.Tensor, n: torch.Tensor, q: float, to
         w = torch.full_like(ranks, 0.5) if interpolation == "midpoint" else ranks - below
         out = torch.lerp(out, value_at(above), w)
     out = torch.where(n.to(dev) > 0, out, torch.full((K,), math.nan, dtype=torch.float64, device=dev))
-    return out.to(torch.float32)
+    return positive_zero(out.to(torch.float32))
+
+
+def positive_zero(x: torch.Tensor) -> torch.Tensor:
+    """x with -0.0 replaced by +0.0. Every backend stores, states and returns zeros as +0.0: the
+    candidates are ordered by torch.topk, which on CUDA puts -0.0 below +0.0 and on the CPU does not,
+    so mixed zeros would make equal results differ bit for bit."""
+    return torch.where(x == 0, torch.zeros_like(x), x)

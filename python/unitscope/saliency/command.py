@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from unitscope._io import atomic_write_text
+
 PAGE = "saliency.html"  # the page of this command; featviz and dissect write their own names into a shared --out
 METHODS = ("gradient", "gxi", "smoothgrad", "ig", "guided", "gradcam", "gradcam++", "hirescam", "scorecam",
            "guided_gradcam", "occlusion", "lime", "kernelshap")
@@ -169,9 +171,9 @@ def run(args) -> int:
     viz.save_grid(tiles, os.path.join(args.out, "grid.png"), titles=titles, ncols=len(methods))
     _write_html(args, rows, methods, layer, timing)
     image = args.image if args.image.startswith("skimage:") and not os.path.exists(args.image) else os.path.abspath(args.image)
-    with open(os.path.join(args.out, "targets.json"), "w") as f:
-        json.dump({"model": lm.name, "image": image, "layer": layer, "targets": rows,
-                   "seconds": timing}, f, indent=2)
+    atomic_write_text(os.path.join(args.out, "targets.json"),
+                      json.dumps({"model": lm.name, "image": image, "layer": layer, "targets": rows,
+                                  "seconds": timing}, indent=2))
     print(f"wrote {len(tiles)} overlays, grid.png and {PAGE} to {args.out}")
     return 0
 
@@ -189,7 +191,4 @@ def _write_html(args, rows, methods, layer, timing):
             f"<h1>{esc(os.path.basename(args.image))} &mdash; {esc(args.model)}</h1>"
             f"<p><img src='image.png' width='224'></p><p>CAM layer: <code>{esc(layer)}</code></p>"
             f"<table><tr><th>class</th>{head}</tr>{''.join(body)}</table></body></html>")
-    tmp = os.path.join(args.out, PAGE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, os.path.join(args.out, PAGE))
+    atomic_write_text(os.path.join(args.out, PAGE), page)
