@@ -4,17 +4,20 @@ int64 and exact; batches, backends and processes combine by addition (merge, sta
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
 from unitscope.kernels import _state as S
-from unitscope.kernels.tally import TallyConfig, check_batch, count_batch
+from unitscope.kernels._lock import Locked
+from unitscope.kernels.tally import TallyConfig, check_batch
 
 _COUNTS = ("intersection", "activation", "label", "activation_total")
 
 
-class IoUTally:
+class IoUTally(Locked):
     """Accumulates, over a dataset, for unit k and label c:
 
     - intersection (Tensor[K, C] int64): pixels where unit k's mask and label c coincide;
@@ -70,6 +73,7 @@ class IoUTally:
         self.label = z(num_labels)
         self.activation_total = z(num_units)
         self.images = 0
+        self._lock = threading.RLock()
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -108,10 +112,17 @@ class IoUTally:
 
         A batch that fails a check raises ValueError/TypeError and changes no count.
         """
+        # the label range (and NaN thresholds, when traced) are checked by the operator, before it counts
         batch = check_batch(self._cfg, self.device, activations, thresholds, pixel_labels, image_labels, annotated,
-                            check_label_range=self.backend not in ("cpp", "numba"))
-        count_batch(self.backend, self._cfg, batch, self._counts(), self.num_threads)
-        self.images += int(batch.activations.shape[0])
+                            check_label_range=False)
+        c = self._cfg
+        with self._locked():
+            torch.ops.unitscope.tally_(batch.activations, batch.thresholds32, batch.pixel_labels, batch.image_labels,
+                                       batch.annotated, c.label_category, self.intersection, self.activation,
+                                       self.label, self.activation_total, c.out_size[0], c.out_size[1],
+                                       c.align_corners, c.threshold_op == ">=", c.union == "dataset", self.backend,
+                                       self.num_threads)
+            self.images += int(batch.activations.shape[0])
         return self
 
     def _counts(self) -> dict:
@@ -122,8 +133,9 @@ class IoUTally:
         0 where the denominator is 0 (label 0's column is 0)."""
         cat = self._cfg.label_category.clone()
         cat[0] = 0
-        inter = self.intersection.to(torch.float64)
-        denom = self.activation[:, cat].to(torch.float64) + self.label.to(torch.float64)[None, :] - inter
+        with self._locked():
+            inter = self.intersection.to(torch.float64)
+            denom = self.activation[:, cat].to(torch.float64) + self.label.to(torch.float64)[None, :] - inter
         out = torch.where(denom > 0, inter / torch.where(denom > 0, denom, torch.ones_like(denom)),
                           torch.zeros_like(denom))
         out[:, 0] = 0.0
@@ -150,18 +162,23 @@ class IoUTally:
         if not isinstance(other, IoUTally):
             raise TypeError(f"merge expects an IoUTally, got {type(other).__name__}")
         self._check_compatible(other.config(), "merge")
-        for k in _COUNTS:
-            getattr(self, k).add_(getattr(other, k).to(self.device))
-        self.images += other.images
+        with other._locked():  # a snapshot first: other may be self, or updated by another thread
+            theirs = {k: getattr(other, k).to(self.device, copy=True) for k in _COUNTS}
+            images = other.images
+        with self._locked():
+            for k in _COUNTS:
+                getattr(self, k).add_(theirs[k])
+            self.images += images
         return self
 
     def state_dict(self) -> dict:
         """{'config': plain values, 'intersection', 'activation', 'label', 'activation_total': int64
         tensors (cloned, on the tally's device), 'images': int64 0-d tensor, 'digest' (kernels/_state.py)}."""
         out = {"config": self.config()}
-        for k in _COUNTS:
-            out[k] = getattr(self, k).clone()
-        out["images"] = torch.tensor(self.images, dtype=torch.int64)
+        with self._locked():
+            for k in _COUNTS:
+                out[k] = getattr(self, k).clone()
+            out["images"] = torch.tensor(self.images, dtype=torch.int64)
         return S.with_digest(out)
 
     def load_state_dict(self, state: dict) -> None:
@@ -195,9 +212,10 @@ class IoUTally:
             if pos is not None:
                 S.fail(what, key, f"= {int(new[key][pos])} must be {bound}", pos)
         S.check_digest(state, what)
-        for k, t in new.items():
-            setattr(self, k, t.to(self.device))
-        self.images = int(images)
+        with self._locked():
+            for k, t in new.items():
+                setattr(self, k, t.to(self.device))
+            self.images = int(images)
 
     def __repr__(self) -> str:
         c = self._cfg
