@@ -4,7 +4,6 @@ every backend's gradients equal to autograd through that reference. float64 inpu
 every backend (issue 19: the kernel used to refuse them) and read as float32, like every kernel."""
 import pytest
 import torch
-
 import unitscope
 from unitscope.kernels import _gradcam_grad, gradcam
 from unitscope.reference.bilinear import bilinear_taps
@@ -68,7 +67,6 @@ def _inputs(seed, weights=False):
 @pytest.mark.parametrize("weights", [False, True])
 def test_gradcheck_float64_registered_backward(flags, weights):
     A, X = _inputs(0, weights)
-    G, W = (None, X) if weights else (X, None)
     assert torch.autograd.gradcheck(lambda a, x: _RegisteredBackward.apply(a, None if weights else x,
                                                                           x if weights else None, flags),
                                     (A, X), eps=1e-6, atol=1e-7)
