@@ -62,16 +62,16 @@ def mask_iou(scores: Tensor, labels: Tensor, thresholds: float | Tensor = 0.5, *
         thresholds = torch.full((K,), float(thresholds), dtype=torch.float64, device=A.device)
     elif not isinstance(thresholds, Tensor):
         raise TypeError(f"thresholds must be a float or a (K,) = ({K},) tensor, got {type(thresholds).__name__}")
-    valid = (lab >= 0) & (lab < K)
+    lab64 = lab.to(torch.int64)
+    ignored = torch.zeros_like(lab64, dtype=torch.bool) if ignore_index is None else lab64 == int(ignore_index)
+    valid = (lab64 >= 0) & (lab64 < K) & ~ignored  # an ignore_index in [0, K) leaves that class unlabelled
     if not torch.compiler.is_compiling():  # traced, the kernel refuses the out-of-range code set below
-        bad = ~valid if ignore_index is None else ~valid & (lab != ignore_index)
+        bad = ~valid & ~ignored
         if bool(bad.any()):
             raise ValueError(f"labels must hold classes in [0, K) = [0, {K})"
                              f"{'' if ignore_index is None else f' or ignore_index = {ignore_index}'}, "
                              f"got {int(lab[bad][0])}")
     # tally labels: 0 none (unused), 1..K the classes, K+1 ignored, K+2 invalid (refused by the kernel)
-    lab64 = lab.to(torch.int64)
-    ignored = torch.zeros_like(valid) if ignore_index is None else lab64 == int(ignore_index)
     code = torch.where(valid, lab64 + 1, torch.where(ignored, K + 1, K + 2))
     C = K + 2
     cfg = TallyConfig(K, C, 1, tuple(lab.shape[1:]), bool(align_corners), threshold_op, "dataset",
