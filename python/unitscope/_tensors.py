@@ -9,6 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# the types of the public kernel API's arguments (annotations only)
+ArrayLike = torch.Tensor | np.ndarray
+DeviceLike = str | torch.device | None
+Size2D = int | tuple[int, int]
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 

@@ -26,7 +26,7 @@ def _check_int(value, name, minimum):
     return int(value)
 
 
-def channel_view(x, dim: int, K: int, name: str = "x"):
+def channel_view(x: T.ArrayLike, dim: int, K: int, name: str = "x") -> tuple[torch.Tensor, int, int, bool]:
     """(tensor, outer, inner, was_numpy): x with its channel axis at `dim` checked, made contiguous.
 
     Element (o, k, i) of the (outer, K, inner) view is channel k's value number o * inner + i.
@@ -124,7 +124,8 @@ class ExactQuantile(Locked):
     a bare "cuda" means the current CUDA device when the ExactQuantile is built.
     """
 
-    def __init__(self, num_channels, q, total, *, dim=1, interpolation="linear", device=None, backend=None):
+    def __init__(self, num_channels: int, q: float, total: int, *, dim: int = 1, interpolation: str = "linear",
+                 device: T.DeviceLike = None, backend: str | None = None) -> None:
         self.num_channels = _check_int(num_channels, "num_channels", 1)
         if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
             raise ValueError(f"q must be a number in [0, 1], got {q!r}")
@@ -147,7 +148,7 @@ class ExactQuantile(Locked):
         self._lock = threading.RLock()
 
     # ---- streaming ---------------------------------------------------------------------------
-    def update(self, x) -> "ExactQuantile":
+    def update(self, x: T.ArrayLike) -> ExactQuantile:
         """Add values. x: (…, K, …) with the channel axis at ``dim``, any float dtype, on ``device``."""
         t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
         if t.device != self.device:
@@ -248,7 +249,7 @@ class ExactQuantile(Locked):
             self._nan.copy_(nan)
             self._thr.fill_(math.nan)
 
-    def merge(self, other: "ExactQuantile") -> "ExactQuantile":
+    def merge(self, other: ExactQuantile) -> ExactQuantile:
         """Add another ExactQuantile's values (same num_channels, q, total, interpolation)."""
         if not isinstance(other, ExactQuantile):
             raise TypeError(f"other must be an ExactQuantile, got {type(other).__name__}")
@@ -269,7 +270,7 @@ class ExactQuantile(Locked):
             self._count += their_count
         return self
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"ExactQuantile(num_channels={self.num_channels}, q={self.q}, total={self.total}, "
                 f"interpolation={self.interpolation!r}, backend={self.backend!r}, device={self.device})")
 

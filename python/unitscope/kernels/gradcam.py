@@ -11,8 +11,9 @@ from unitscope.reference.gradcam import gradcam as reference_gradcam
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=None,
-            align_corners=False, normalize=False, backend=None, num_threads=None):
+def gradcam(activations: T.ArrayLike, gradients: T.ArrayLike | None = None, *, weights: T.ArrayLike | None = None,
+            relu: bool = True, out_size: T.Size2D | None = None, align_corners: bool = False, normalize: bool = False,
+            backend: str | None = None, num_threads: int | None = None) -> T.ArrayLike:
     """Class activation maps from a layer's activations and either its gradients or channel weights.
 
     Args:

@@ -44,8 +44,9 @@ class IoUTally(Locked):
         num_threads (int, optional): CPU threads; default torch.get_num_threads().
     """
 
-    def __init__(self, num_units, num_labels, *, label_category, num_categories, out_size, align_corners=False,
-                 threshold_op=">", union="category", device=None, backend=None, num_threads=None):
+    def __init__(self, num_units: int, num_labels: int, *, label_category: T.ArrayLike, num_categories: int,
+                 out_size: T.Size2D, align_corners: bool = False, threshold_op: str = ">", union: str = "category",
+                 device: T.DeviceLike = None, backend: str | None = None, num_threads: int | None = None) -> None:
         for name, v in (("num_units", num_units), ("num_labels", num_labels), ("num_categories", num_categories)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -100,7 +101,8 @@ class IoUTally(Locked):
                 "union": c.union, "label_category": c.label_category.cpu().tolist()}
 
     # -- counting --------------------------------------------------------------------------------
-    def update(self, activations, thresholds, pixel_labels=None, image_labels=None, annotated=None):
+    def update(self, activations: T.ArrayLike, thresholds: T.ArrayLike, pixel_labels: T.ArrayLike | None = None,
+               image_labels: T.ArrayLike | None = None, annotated: T.ArrayLike | None = None) -> IoUTally:
         """Count one batch.
 
         Args:
@@ -157,7 +159,7 @@ class IoUTally(Locked):
                 raise ValueError(f"{what}: label_category differs from this tally's")
             raise ValueError(f"{what}: {k} is {theirs!r}, this tally has {mine[k]!r}")
 
-    def merge(self, other: "IoUTally") -> "IoUTally":
+    def merge(self, other: IoUTally) -> IoUTally:
         """Add another tally's counts (same configuration; e.g. another process or data shard)."""
         if not isinstance(other, IoUTally):
             raise TypeError(f"merge expects an IoUTally, got {type(other).__name__}")

@@ -21,7 +21,7 @@ class MaskIoU(NamedTuple):
     union: Tensor         # (K,) int64
 
 
-def mask_iou(scores: Tensor, labels: Tensor, thresholds: float | Tensor = 0.5, *,
+def mask_iou(scores: T.ArrayLike, labels: T.ArrayLike, thresholds: float | Tensor = 0.5, *,
              ignore_index: int | None = None, threshold_op: str = ">", align_corners: bool = False,
              backend: str | None = None, num_threads: int | None = None) -> MaskIoU:
     """IoU of each class's mask with its label, over every pixel of the batch.

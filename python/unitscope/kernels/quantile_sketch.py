@@ -4,6 +4,7 @@ length, through every backend (cpp, cuda, numba, torch).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 import threading
 
 import torch
@@ -129,7 +130,8 @@ class QuantileSketch(Locked):
             current CUDA device when the sketch is built). backend: "cuda" | "cpp" | "numba" | "torch" | None.
     """
 
-    def __init__(self, num_channels, *, dim=1, size=16384, device=None, seed=0, backend=None):
+    def __init__(self, num_channels: int, *, dim: int = 1, size: int = 16384, device: T.DeviceLike = None,
+                 seed: int = 0, backend: str | None = None) -> None:
         self.num_channels = _check_int(num_channels, "num_channels", 1)
         self.dim = _check_int(dim, "dim", -(2 ** 31))
         self.size = _check_int(size, "size", _FIXED_BYTES + 8 * ref.SUB)
@@ -154,7 +156,7 @@ class QuantileSketch(Locked):
     def memory_bytes_per_channel(self) -> int:
         return _FIXED_BYTES + 8 * ref.SUB * self.nb
 
-    def update(self, x) -> "QuantileSketch":
+    def update(self, x: T.ArrayLike) -> QuantileSketch:
         """Add values. x: (…, K, …) with the channel axis at ``dim``, any float dtype (rounded to float32)."""
         t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
         if t.device != self.device:
@@ -167,7 +169,7 @@ class QuantileSketch(Locked):
                                                         self._num_threads)
         return self
 
-    def quantile(self, q) -> torch.Tensor:
+    def quantile(self, q: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
         """q (float or 1-d sequence/tensor of floats in [0, 1]) -> float32 (K,) or (len(q), K)."""
         if isinstance(q, numbers.Real) and not isinstance(q, bool):
             qs, scalar = [float(q)], True
@@ -183,7 +185,7 @@ class QuantileSketch(Locked):
             out = [ref.quantile(self._s, self.nb, v) for v in qs]
         return out[0] if scalar else torch.stack(out) if out else torch.empty((0, self.num_channels))
 
-    def cdf(self, values) -> torch.Tensor:
+    def cdf(self, values: T.ArrayLike) -> torch.Tensor:
         """values (K,) or (M, K) -> float64 same shape: estimated fraction of non-NaN values <= value."""
         v, _ = T.as_tensor(values, "values")
         v = v.to(self.device)
@@ -203,7 +205,7 @@ class QuantileSketch(Locked):
         """(K,) int64 non-NaN values seen."""
         return self._s["coarse"].sum(1) + self._s["fine"].sum(1) + self._s["zeros"]
 
-    def merge(self, other: "QuantileSketch") -> "QuantileSketch":
+    def merge(self, other: QuantileSketch) -> QuantileSketch:
         if not isinstance(other, QuantileSketch):
             raise TypeError(f"other must be a QuantileSketch, got {type(other).__name__}")
         if (other.num_channels, other.nb) != (self.num_channels, self.nb):
@@ -240,6 +242,6 @@ class QuantileSketch(Locked):
             for k, v in self._s.items():
                 v.copy_(new[k])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"QuantileSketch(num_channels={self.num_channels}, size={self.size}, backend={self.backend!r}, "
                 f"device={self.device})")
