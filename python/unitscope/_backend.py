@@ -26,6 +26,11 @@ def _compiled():
     if os.environ.get("UNITSCOPE_NO_EXTENSION", "") not in ("", "0"):
         return None, "disabled by UNITSCOPE_NO_EXTENSION"
     try:
+        import torch  # noqa: F401  (its OpenMP runtime is the one the module binds to)
+
+        from unitscope import _openmp
+
+        _openmp.make_global()
         return importlib.import_module("unitscope._C"), ""
     except ImportError as e:  # a source checkout without a build, or a broken build
         return None, f"compiled module unitscope._C not importable ({e}); reinstall with 'pip install .'"
