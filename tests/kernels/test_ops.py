@@ -135,10 +135,11 @@ class _Metric(torch.nn.Module):
         return gradcam(A, G, out_size=(8, 8)), mask_iou(A, labels[:, 0], 0.25).iou
 
 
-def test_torch_export_of_a_module_calling_the_kernels():
+@pytest.mark.parametrize("strict", [True, False])
+def test_torch_export_of_a_module_calling_the_kernels(strict):
     A, G = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     labels = torch.randint(0, 3, (2, 1, 8, 8))
-    exported = torch.export.export(_Metric(), (A, G, labels))
+    exported = torch.export.export(_Metric(), (A, G, labels), strict=strict)
     names = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert any("unitscope.gradcam" in n for n in names) and any("unitscope.tally_" in n for n in names), names
     eager, m = _Metric(), exported.module()
