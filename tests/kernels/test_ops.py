@@ -173,3 +173,39 @@ def test_no_pointer_without_storage():
             C.quantile_sketch_update_cpu(1, 0, 1, 3, 5, 0, 1, 1, 1, 1, 1, 1, 11, 1)
         with pytest.raises(ValueError, match="null pointer"):
             C.tally_cpu(1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 2, 1, False, False, False, 1)
+
+
+def _to_cuda(args):
+    return tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+@pytest.mark.cuda
+def test_opcheck_every_operator_cuda():
+    """The cuda implementations: opcheck on CUDA tensors, and the same results as the CPU's."""
+    ops = torch.ops.unitscope
+    for op, args in ((ops.gradcam.default, _gradcam_args("cuda", True)), (ops.gradcam.default, _gradcam_args("cuda", False)),
+                     (ops.tally_.default, _tally_args("cuda")), (ops.exact_quantile_update_.default, _exact_args("cuda")),
+                     (ops.quantile_sketch_update_.default, _sketch_args("cuda"))):
+        cuda_args = _to_cuda(args)
+        torch.library.opcheck(op, cuda_args)
+        cpu_args = args[:-2] + ("torch", None)
+        cuda_args = _to_cuda(args)
+        got, want = op(*cuda_args), op(*cpu_args)
+        if got is not None:
+            assert torch.equal(got.cpu(), want)
+        if op is ops.exact_quantile_update_.default:
+            continue  # its buffers' layout differs by backend (compared through results in test_cuda.py)
+        for g, w in zip(cuda_args, cpu_args):
+            if isinstance(g, torch.Tensor) and g.dtype == torch.int64:
+                assert torch.equal(g.cpu(), w)
+
+
+@pytest.mark.cuda
+def test_gradcam_backward_cuda_equals_cpu():
+    A, G = (t.detach().cuda().requires_grad_() for t in _gradcam_args("cuda", True)[:2])
+    out = gradcam(A, G, out_size=(7, 6), normalize=True, backend="cuda")
+    gA, gG = torch.autograd.grad(out.sum(), (A, G))
+    Ac, Gc = (t.detach().cpu().requires_grad_() for t in (A, G))
+    want = torch.autograd.grad(gradcam(Ac, Gc, out_size=(7, 6), normalize=True, backend="torch").sum(), (Ac, Gc))
+    torch.testing.assert_close(gA.cpu(), want[0])
+    torch.testing.assert_close(gG.cpu(), want[1])
