@@ -19,6 +19,7 @@ GradcamArgs make_args(uintptr_t act, uintptr_t grad, uintptr_t weights, uintptr_
   check_arg(B >= 0 && T >= 1 && K >= 1 && h >= 1 && w >= 1 && H >= 1 && W >= 1,
             "gradcam: sizes must be positive");
   check_arg(grad == 0 || T == 1, "gradcam: gradients give one target per image (T must be 1)");
+  check_arg(B == 0 || (act != 0 && out != 0), "gradcam: activations and out must have data (a null pointer)");
   GradcamArgs a;
   a.activations = reinterpret_cast<const void*>(act);
   a.gradients = reinterpret_cast<const void*>(grad);

@@ -16,6 +16,7 @@ ExactQuantileArgs exact_args(uintptr_t x, int dtype, int64_t outer, int64_t K, i
   check_arg(outer >= 0 && K >= 1 && inner >= 0, "exact_quantile: sizes must be non-negative, K >= 1");
   check_arg(m >= 1 && cap > m, "exact_quantile: need 1 <= m < cap");
   check_arg(buf && fill && thr && nan, "exact_quantile: state buffers must be given");
+  check_arg(x != 0 || outer * inner == 0, "exact_quantile: x has no data (a null pointer)");
   ExactQuantileArgs a{};
   a.x = reinterpret_cast<const void*>(x);
   a.dtype = dtype; a.outer = outer; a.K = K; a.inner = inner;
@@ -31,6 +32,8 @@ SketchArgs sketch_args(uintptr_t x, int dtype, int64_t outer, int64_t K, int64_t
   check_dtype_code(dtype, "x");
   check_arg(outer >= 0 && K >= 1 && inner >= 0, "quantile_sketch: sizes must be non-negative, K >= 1");
   check_arg(nb >= 1 && nb < kSketchCoarse, "quantile_sketch: fine window must hold 1..511 coarse buckets");
+  check_arg(coarse && fine && top && zeros && nan && kmin && kmax, "quantile_sketch: state buffers must be given");
+  check_arg(x != 0 || outer * inner == 0, "quantile_sketch: x has no data (a null pointer)");
   SketchArgs a{};
   a.x = reinterpret_cast<const void*>(x);
   a.dtype = dtype; a.outer = outer; a.K = K; a.inner = inner;

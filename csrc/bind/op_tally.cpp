@@ -26,6 +26,9 @@ TallyArgs make_args(uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, 
   check_arg((img != 0) == (L2 > 0), "tally: image_labels pointer and L2 disagree");
   check_arg(label_dtype >= kUInt8 && label_dtype <= kInt64, "pixel_labels: unsupported dtype code");
   check_arg(image_label_dtype >= kUInt8 && image_label_dtype <= kInt64, "image_labels: unsupported dtype code");
+  check_arg(thr && label_category && inter && activation && label && total,
+            "tally: thresholds, label_category and the count buffers must have data (a null pointer)");
+  check_arg(B == 0 || act != 0, "tally: activations has no data (a null pointer)");
   TallyArgs a;
   a.activations = reinterpret_cast<const void*>(act);
   a.thresholds = reinterpret_cast<const float*>(thr);

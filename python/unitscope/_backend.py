@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
+import sys
+import types
 
 import numpy as np
 import torch
@@ -24,12 +27,17 @@ def _compiled():
     if os.environ.get("UNITSCOPE_NO_EXTENSION", "") not in ("", "0"):
         return None, "disabled by UNITSCOPE_NO_EXTENSION"
     try:
+        import torch  # noqa: F401  (its OpenMP runtime is the one the module binds to)
+
+        from unitscope import _openmp
+
+        _openmp.make_global()
         return importlib.import_module("unitscope._C"), ""
     except ImportError as e:  # a source checkout without a build, or a broken build
         return None, f"compiled module unitscope._C not importable ({e}); reinstall with 'pip install .'"
 
 
-def compiled_module():
+def compiled_module() -> types.ModuleType:
     """The unitscope._C module, or raise RuntimeError saying why it is missing."""
     mod, why = _compiled()
     if mod is None:
@@ -45,11 +53,15 @@ def cuda_compiled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _numba_status() -> str:
+    """'' when numba is installed. Found without importing it (numba brings scipy and ~1 s of imports);
+    it is imported when a kernel first runs on it."""
+    if "numba" in sys.modules:
+        return ""
     try:
-        import numba  # noqa: F401
-    except ImportError as e:
+        spec = importlib.util.find_spec("numba")
+    except (ImportError, ValueError) as e:
         return f"numba not importable ({e}); pip install numba"
-    return ""
+    return "" if spec is not None else "numba not installed; pip install numba"
 
 
 def _cuda_version(v: int) -> str:
@@ -121,7 +133,7 @@ def _status(name: str) -> str:
     raise ValueError(f"backend must be one of {ALL_BACKENDS}, got {name!r}")
 
 
-def backends(verbose: bool = False):
+def backends(verbose: bool = False) -> list[str] | dict[str, str]:
     """The available backends, best first: e.g. ['cpp', 'numba', 'torch'].
 
     With verbose=True, a dict of every backend to 'available' or 'not available (why)'.

@@ -9,6 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# the types of the public kernel API's arguments (annotations only)
+ArrayLike = torch.Tensor | np.ndarray
+DeviceLike = str | torch.device | None
+Size2D = int | tuple[int, int]
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -68,10 +73,15 @@ def size_2d(value, name: str) -> tuple[int, int]:
 
 
 def ptr(t: torch.Tensor | None) -> int:
-    """Raw data pointer of a contiguous tensor (0 for None)."""
+    """Raw data pointer of a contiguous tensor (0 for None). A tensor without real storage (a
+    FakeTensor or a meta tensor, what torch.compile and torch.export trace with) is refused: no
+    pointer that is not backed by memory may reach the compiled kernels."""
     if t is None:
         return 0
     assert t.is_contiguous()
+    if t.device.type == "meta" or (t.numel() > 0 and t.untyped_storage().data_ptr() == 0):
+        raise ValueError(f"a {tuple(t.shape)} tensor without data (a FakeTensor or meta tensor) cannot reach a "
+                         "compiled kernel; call the kernel on real tensors (torch.ops.unitscope.* trace on their own)")
     return t.data_ptr()
 
 

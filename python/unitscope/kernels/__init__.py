@@ -17,9 +17,11 @@ NaN policy (every backend and the reference in unitscope.reference follow it; te
 Results agree bit for bit across backends wherever they do without NaN (quantiles, tally counts,
 the resize); Grad-CAM's NaN pixels are the same on every backend.
 """
+from unitscope.kernels import _ops  # noqa: F401  (registers torch.ops.unitscope.*)
 from unitscope.kernels.exact_quantile import ExactQuantile
 from unitscope.kernels.gradcam import gradcam
 from unitscope.kernels.iou_tally import IoUTally
+from unitscope.kernels.mask_iou import MaskIoU, mask_iou
 from unitscope.kernels.quantile_sketch import QuantileSketch
 
-__all__ = ["ExactQuantile", "IoUTally", "QuantileSketch", "gradcam"]
+__all__ = ["ExactQuantile", "IoUTally", "MaskIoU", "QuantileSketch", "gradcam", "mask_iou"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 
 import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
 from unitscope.kernels import _state as S
+from unitscope.kernels._lock import Locked
 from unitscope.reference import quantile as ref
 
 _VERSION = 1
@@ -24,7 +26,7 @@ def _check_int(value, name, minimum):
     return int(value)
 
 
-def channel_view(x, dim: int, K: int, name: str = "x"):
+def channel_view(x: T.ArrayLike, dim: int, K: int, name: str = "x") -> tuple[torch.Tensor, int, int, bool]:
     """(tensor, outer, inner, was_numpy): x with its channel axis at `dim` checked, made contiguous.
 
     Element (o, k, i) of the (outer, K, inner) view is channel k's value number o * inner + i.
@@ -47,7 +49,55 @@ def channel_view(x, dim: int, K: int, name: str = "x"):
     return t.contiguous().reshape(outer, K, inner), outer, inner, was_numpy
 
 
-class ExactQuantile:
+def feed(name, t, buf, fill, thr, nan, m, negate, num_threads):
+    """Add x = t (outer, K, inner) to the candidate buffers with backend `name` (what the operator
+    torch.ops.unitscope.exact_quantile_update_ runs, kernels/_ops.py)."""
+    t = t.detach()
+    outer, K, inner = t.shape
+    if outer * inner == 0:
+        return
+    if name == "torch":
+        vals = t.movedim(1, 0).reshape(K, -1).to(torch.float32)
+        ref.torch_update(buf, fill, nan, -vals if negate else vals, m)
+        thr.fill_(math.nan)
+    elif name == "numba":
+        from unitscope._numba.quantile import exact_update
+
+        _backend.set_numba_threads(num_threads)
+        exact_update(t.to(torch.float32).numpy(), buf.numpy(), fill.numpy(), thr.numpy(), nan.numpy(), m, negate)
+    elif name == "cpp":
+        _backend.compiled_module().exact_quantile_update_cpu(
+            T.ptr(t), T.DTYPE_CODE[t.dtype], outer, K, inner, T.ptr(buf), buf.shape[1], m, T.ptr(fill),
+            T.ptr(thr), T.ptr(nan), negate, _backend.num_threads(num_threads))
+    else:
+        _feed_cuda(t, outer, K, inner, buf, fill, thr, nan, m, negate)
+
+
+def _feed_cuda(t, outer, K, inner, buf, fill, thr, nan, m, negate):
+    # The CUDA kernel only appends accepted values; a chunk may add at most cap - m values per
+    # channel, so the buffers are cut back (torch.topk on the device) before a chunk that could overflow.
+    C = _backend.compiled_module()
+    cap = buf.shape[1]
+    n = outer * inner
+    step = cap - m
+    for start in range(0, n, step):
+        length = min(step, n - start)
+        if int(fill.max()) + length > cap:
+            _compact(buf, fill, thr, m)
+        C.exact_quantile_update_cuda(
+            T.ptr(t), T.DTYPE_CODE[t.dtype], outer, K, inner, start, length, T.ptr(buf), cap, T.ptr(fill),
+            T.ptr(thr), T.ptr(nan), negate, *T.cuda_launch(t))
+
+
+def _compact(buf, fill, thr, m):
+    cand, new_fill = ref.canonical(buf, fill, m)
+    buf[:, : cand.shape[1]] = cand
+    full = new_fill >= m
+    thr.copy_(torch.where(full, cand[:, m - 1], torch.full_like(thr, math.nan)))
+    fill.copy_(new_fill)
+
+
+class ExactQuantile(Locked):
     """Exact streaming q-quantile per channel when the number of values per channel is known.
 
     ``update(x)`` with x (Tensor[..., K, ...] or ndarray, float16/bfloat16/float32/float64, channel
@@ -74,7 +124,8 @@ class ExactQuantile:
     a bare "cuda" means the current CUDA device when the ExactQuantile is built.
     """
 
-    def __init__(self, num_channels, q, total, *, dim=1, interpolation="linear", device=None, backend=None):
+    def __init__(self, num_channels: int, q: float, total: int, *, dim: int = 1, interpolation: str = "linear",
+                 device: T.DeviceLike = None, backend: str | None = None) -> None:
         self.num_channels = _check_int(num_channels, "num_channels", 1)
         if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
             raise ValueError(f"q must be a number in [0, 1], got {q!r}")
@@ -94,58 +145,23 @@ class ExactQuantile:
         self._thr = torch.full((K,), math.nan, dtype=torch.float32, device=dev)
         self._nan = torch.zeros(K, dtype=torch.int64, device=dev)
         self._count = torch.zeros(K, dtype=torch.int64, device=dev)
+        self._lock = threading.RLock()
 
     # ---- streaming ---------------------------------------------------------------------------
-    def update(self, x) -> "ExactQuantile":
+    def update(self, x: T.ArrayLike) -> ExactQuantile:
         """Add values. x: (…, K, …) with the channel axis at ``dim``, any float dtype, on ``device``."""
         t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
         if t.device != self.device:
             raise ValueError(f"x must be on {self.device} (this ExactQuantile's device), got {t.device}")
-        if outer * inner:
-            self._feed(t, outer, inner)
-        self._count += outer * inner
+        with self._locked():
+            if outer * inner:
+                self._feed(t, outer, inner)
+            self._count += outer * inner
         return self
 
     def _feed(self, t, outer, inner):
-        if self.backend == "torch":
-            vals = t.movedim(1, 0).reshape(self.num_channels, -1).to(torch.float32)
-            ref.torch_update(self._buf, self._fill, self._nan, vals if self.top else -vals, self.m)
-            self._thr.fill_(math.nan)
-        elif self.backend == "numba":
-            from unitscope._numba.quantile import exact_update
-
-            _backend.set_numba_threads(self._num_threads)
-            exact_update(t.to(torch.float32).numpy(), self._buf.numpy(), self._fill.numpy(),
-                         self._thr.numpy(), self._nan.numpy(), self.m, not self.top)
-        elif self.backend == "cpp":
-            _backend.compiled_module().exact_quantile_update_cpu(
-                T.ptr(t), T.DTYPE_CODE[t.dtype], outer, self.num_channels, inner, T.ptr(self._buf), self.cap,
-                self.m, T.ptr(self._fill), T.ptr(self._thr), T.ptr(self._nan), not self.top,
-                _backend.num_threads(self._num_threads))
-        else:
-            self._feed_cuda(t, outer, inner)
-
-    def _feed_cuda(self, t, outer, inner):
-        # The CUDA kernel only appends accepted values; a chunk may add at most cap - m values per
-        # channel, so the buffers are cut back (torch.topk on the device) before a chunk that could overflow.
-        C = _backend.compiled_module()
-        n = outer * inner
-        step = self.cap - self.m
-        for start in range(0, n, step):
-            length = min(step, n - start)
-            if int(self._fill.max()) + length > self.cap:
-                self._compact()
-            C.exact_quantile_update_cuda(
-                T.ptr(t), T.DTYPE_CODE[t.dtype], outer, self.num_channels, inner, start, length,
-                T.ptr(self._buf), self.cap, T.ptr(self._fill), T.ptr(self._thr), T.ptr(self._nan),
-                not self.top, *T.cuda_launch(t))
-
-    def _compact(self):
-        cand, fill = ref.canonical(self._buf, self._fill, self.m)
-        self._buf[:, : cand.shape[1]] = cand
-        full = fill >= self.m
-        self._thr.copy_(torch.where(full, cand[:, self.m - 1], torch.full_like(self._thr, math.nan)))
-        self._fill.copy_(fill)
+        torch.ops.unitscope.exact_quantile_update_(t, self._buf, self._fill, self._thr, self._nan, self.m,
+                                                   not self.top, self.backend, self._num_threads)
 
     # ---- results -----------------------------------------------------------------------------
     @property
@@ -165,6 +181,10 @@ class ExactQuantile:
 
     def result(self) -> torch.Tensor:
         """(K,) float32 on ``device``: the q-quantile of each channel's non-NaN values."""
+        with self._locked():
+            return self._result()
+
+    def _result(self) -> torch.Tensor:
         bad = (self._count != self.total).nonzero().flatten()
         if len(bad):
             k = int(bad[0])
@@ -185,10 +205,11 @@ class ExactQuantile:
         """Backend-independent state: config, candidates (K, m) float32 on the CPU (the kept extreme
         values in their original sign, most extreme first; entries at or past fill[k] are padding),
         fill, count, nan_count (K,) int64, and a digest of all of it (kernels/_state.py)."""
-        cand, fill = ref.canonical(self._buf, self._fill, self.m)
-        return S.with_digest({"kind": "ExactQuantile", "version": _VERSION, **self._config(), "dim": self.dim,
-                              "candidates": ref.positive_zero(cand if self.top else -cand).cpu(), "fill": fill.cpu(),
-                              "count": self._count.cpu(), "nan_count": self._nan.cpu()})
+        with self._locked():
+            cand, fill = ref.canonical(self._buf, self._fill, self.m)
+            return S.with_digest({"kind": "ExactQuantile", "version": _VERSION, **self._config(), "dim": self.dim,
+                                  "candidates": ref.positive_zero(cand if self.top else -cand).cpu(), "fill": fill.cpu(),
+                                  "count": self._count.cpu(), "nan_count": self._nan.cpu()})
 
     def load_state_dict(self, state: dict) -> None:
         """Replace the state by one from state_dict() of an ExactQuantile with the same (num_channels,
@@ -221,30 +242,35 @@ class ExactQuantile:
             S.fail(what, "candidates", f"is out of order: the first fill[k] entries must be sorted "
                    f"{'descending' if self.top else 'ascending'}", (bad[0], bad[1] + 1))
         S.check_digest(state, what)
-        self._buf[:, :m] = ref.positive_zero(stored).to(dev)
-        self._fill.copy_(fill)
-        self._count.copy_(count)
-        self._nan.copy_(nan)
-        self._thr.fill_(math.nan)
+        with self._locked():
+            self._buf[:, :m] = ref.positive_zero(stored).to(dev)
+            self._fill.copy_(fill)
+            self._count.copy_(count)
+            self._nan.copy_(nan)
+            self._thr.fill_(math.nan)
 
-    def merge(self, other: "ExactQuantile") -> "ExactQuantile":
+    def merge(self, other: ExactQuantile) -> ExactQuantile:
         """Add another ExactQuantile's values (same num_channels, q, total, interpolation)."""
         if not isinstance(other, ExactQuantile):
             raise TypeError(f"other must be an ExactQuantile, got {type(other).__name__}")
         if other._config() != self._config():
             raise ValueError(f"cannot merge ExactQuantile with {other._config()} into one with {self._config()}")
-        cand, fill = ref.canonical(other._buf, other._fill, other.m)
+        with other._locked():  # a snapshot first: other may be self, or updated by another thread
+            cand, fill = ref.canonical(other._buf, other._fill, other.m)
+            their_nan = other._nan.to(self.device, copy=True)
+            their_count = other._count.to(self.device, copy=True)
         cand = (cand if self.top else -cand).to(self.device)
         pos = torch.arange(cand.shape[1], device=self.device)
         cand = torch.where(pos[None, :] < fill.to(self.device)[:, None], cand,
                            torch.tensor(math.nan, device=self.device))  # padding enters as NaN ...
-        nan_before = self._nan.clone()
-        self._feed(cand.reshape(1, self.num_channels, -1).contiguous(), 1, cand.shape[1])
-        self._nan.copy_(nan_before + other._nan.to(self.device))  # ... and is not counted
-        self._count += other._count.to(self.device)
+        with self._locked():
+            nan_before = self._nan.clone()
+            self._feed(cand.reshape(1, self.num_channels, -1).contiguous(), 1, cand.shape[1])
+            self._nan.copy_(nan_before + their_nan)  # ... and is not counted
+            self._count += their_count
         return self
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"ExactQuantile(num_channels={self.num_channels}, q={self.q}, total={self.total}, "
                 f"interpolation={self.interpolation!r}, backend={self.backend!r}, device={self.device})")
 

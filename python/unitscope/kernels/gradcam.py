@@ -8,15 +8,17 @@ from unitscope import _backend
 from unitscope import _tensors as T
 from unitscope.reference.gradcam import gradcam as reference_gradcam
 
-_ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=None,
-            align_corners=False, normalize=False, backend=None, num_threads=None):
+def gradcam(activations: T.ArrayLike, gradients: T.ArrayLike | None = None, *, weights: T.ArrayLike | None = None,
+            relu: bool = True, out_size: T.Size2D | None = None, align_corners: bool = False, normalize: bool = False,
+            backend: str | None = None, num_threads: int | None = None) -> T.ArrayLike:
     """Class activation maps from a layer's activations and either its gradients or channel weights.
 
     Args:
-        activations (Tensor[B, K, h, w] or ndarray; float32, float16 or bfloat16): the layer output.
+        activations (Tensor[B, K, h, w] or ndarray; float32, float16, bfloat16 or float64, rounded to
+            float32 on every backend): the layer output.
         gradients (same shape and dtype as activations, optional): d score / d activations; the
             channel weights are their spatial mean (one target per image).
         weights (Tensor[B, K] or Tensor[B, T, K], optional): channel weights given directly, e.g.
@@ -67,11 +69,25 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
     if num_threads is not None:
         _backend.num_threads(num_threads)  # checked whichever backend runs
 
-    name = _backend.select_backend(backend, A.device, "gradcam")
+    if W is not None:
+        W = W.reshape(B, targets, K)
+    out = torch.ops.unitscope.gradcam(A, G, W, bool(relu), H, Wd, bool(align_corners), bool(normalize), backend,
+                                      num_threads)
+    out = out[:, 0] if squeeze else out
+    return out.numpy() if was_numpy else out
+
+
+def run(name, A, G, W, relu, H, Wd, align_corners, normalize, num_threads):
+    """The Grad-CAM maps (B, T, H, Wd) float32 from backend `name`; W is None or (B, T, K) (what the
+    operator torch.ops.unitscope.gradcam calls, kernels/_ops.py)."""
+    A, G, W = (None if t is None else t.detach() for t in (A, G, W))
+    B, K, h, w = A.shape
+    targets = 1 if W is None else W.shape[1]
     if name == "torch":
         out = reference_gradcam(A, G, weights=W, relu=relu, out_size=(H, Wd), align_corners=align_corners,
                                 normalize=normalize)
-    elif name == "numba":
+        return out[:, None] if G is not None else out
+    if name == "numba":
         from unitscope._numba.gradcam import gradcam_numba
 
         act = A.float().contiguous().numpy()
@@ -79,13 +95,9 @@ def gradcam(activations, gradients=None, *, weights=None, relu=True, out_size=No
         wts = (W.float().reshape(B, targets, K).contiguous().numpy() if W is not None
                else np.zeros_like(act[:, None, :, 0, 0]))  # unused placeholders (never act * 0: inf * 0 is NaN)
         _backend.set_numba_threads(num_threads)
-        out = torch.from_numpy(gradcam_numba(act, grad, wts, G is not None, bool(relu), H, Wd,
-                                             bool(align_corners), bool(normalize)))
-        out = out[:, 0] if squeeze else out
-    else:
-        out = _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads)
-        out = out[:, 0] if squeeze else out
-    return out.numpy() if was_numpy else out
+        return torch.from_numpy(gradcam_numba(act, grad, wts, G is not None, bool(relu), H, Wd,
+                                              bool(align_corners), bool(normalize)))
+    return _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads)
 
 
 def _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads):

@@ -4,17 +4,20 @@ int64 and exact; batches, backends and processes combine by addition (merge, sta
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
 from unitscope.kernels import _state as S
-from unitscope.kernels.tally import TallyConfig, check_batch, count_batch
+from unitscope.kernels._lock import Locked
+from unitscope.kernels.tally import TallyConfig, check_batch
 
 _COUNTS = ("intersection", "activation", "label", "activation_total")
 
 
-class IoUTally:
+class IoUTally(Locked):
     """Accumulates, over a dataset, for unit k and label c:
 
     - intersection (Tensor[K, C] int64): pixels where unit k's mask and label c coincide;
@@ -42,8 +45,9 @@ class IoUTally:
             torch.get_num_threads().
     """
 
-    def __init__(self, num_units, num_labels, *, label_category, num_categories, out_size, align_corners=False,
-                 threshold_op=">", union="category", device=None, backend=None, num_threads=None):
+    def __init__(self, num_units: int, num_labels: int, *, label_category: T.ArrayLike, num_categories: int,
+                 out_size: T.Size2D, align_corners: bool = False, threshold_op: str = ">", union: str = "category",
+                 device: T.DeviceLike = None, backend: str | None = None, num_threads: int | None = None) -> None:
         for name, v in (("num_units", num_units), ("num_labels", num_labels), ("num_categories", num_categories)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -71,6 +75,7 @@ class IoUTally:
         self.label = z(num_labels)
         self.activation_total = z(num_units)
         self.images = 0
+        self._lock = threading.RLock()
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -97,7 +102,8 @@ class IoUTally:
                 "union": c.union, "label_category": c.label_category.cpu().tolist()}
 
     # -- counting --------------------------------------------------------------------------------
-    def update(self, activations, thresholds, pixel_labels=None, image_labels=None, annotated=None):
+    def update(self, activations: T.ArrayLike, thresholds: T.ArrayLike, pixel_labels: T.ArrayLike | None = None,
+               image_labels: T.ArrayLike | None = None, annotated: T.ArrayLike | None = None) -> IoUTally:
         """Count one batch.
 
         Args:
@@ -109,10 +115,17 @@ class IoUTally:
 
         A batch that fails a check raises ValueError/TypeError and changes no count.
         """
+        # the label range (and NaN thresholds, when traced) are checked by the operator, before it counts
         batch = check_batch(self._cfg, self.device, activations, thresholds, pixel_labels, image_labels, annotated,
-                            check_label_range=self.backend not in ("cpp", "numba"))
-        count_batch(self.backend, self._cfg, batch, self._counts(), self.num_threads)
-        self.images += int(batch.activations.shape[0])
+                            check_label_range=False)
+        c = self._cfg
+        with self._locked():
+            torch.ops.unitscope.tally_(batch.activations, batch.thresholds32, batch.pixel_labels, batch.image_labels,
+                                       batch.annotated, c.label_category, self.intersection, self.activation,
+                                       self.label, self.activation_total, c.out_size[0], c.out_size[1],
+                                       c.align_corners, c.threshold_op == ">=", c.union == "dataset", self.backend,
+                                       self.num_threads)
+            self.images += int(batch.activations.shape[0])
         return self
 
     def _counts(self) -> dict:
@@ -123,8 +136,9 @@ class IoUTally:
         0 where the denominator is 0 (label 0's column is 0)."""
         cat = self._cfg.label_category.clone()
         cat[0] = 0
-        inter = self.intersection.to(torch.float64)
-        denom = self.activation[:, cat].to(torch.float64) + self.label.to(torch.float64)[None, :] - inter
+        with self._locked():
+            inter = self.intersection.to(torch.float64)
+            denom = self.activation[:, cat].to(torch.float64) + self.label.to(torch.float64)[None, :] - inter
         out = torch.where(denom > 0, inter / torch.where(denom > 0, denom, torch.ones_like(denom)),
                           torch.zeros_like(denom))
         out[:, 0] = 0.0
@@ -146,23 +160,28 @@ class IoUTally:
                 raise ValueError(f"{what}: label_category differs from this tally's")
             raise ValueError(f"{what}: {k} is {theirs!r}, this tally has {mine[k]!r}")
 
-    def merge(self, other: "IoUTally") -> "IoUTally":
+    def merge(self, other: IoUTally) -> IoUTally:
         """Add another tally's counts (same configuration; e.g. another process or data shard)."""
         if not isinstance(other, IoUTally):
             raise TypeError(f"merge expects an IoUTally, got {type(other).__name__}")
         self._check_compatible(other.config(), "merge")
-        for k in _COUNTS:
-            getattr(self, k).add_(getattr(other, k).to(self.device))
-        self.images += other.images
+        with other._locked():  # a snapshot first: other may be self, or updated by another thread
+            theirs = {k: getattr(other, k).to(self.device, copy=True) for k in _COUNTS}
+            images = other.images
+        with self._locked():
+            for k in _COUNTS:
+                getattr(self, k).add_(theirs[k])
+            self.images += images
         return self
 
     def state_dict(self) -> dict:
         """{'config': plain values, 'intersection', 'activation', 'label', 'activation_total': int64
         tensors (cloned, on the tally's device), 'images': int64 0-d tensor, 'digest' (kernels/_state.py)}."""
         out = {"config": self.config()}
-        for k in _COUNTS:
-            out[k] = getattr(self, k).clone()
-        out["images"] = torch.tensor(self.images, dtype=torch.int64)
+        with self._locked():
+            for k in _COUNTS:
+                out[k] = getattr(self, k).clone()
+            out["images"] = torch.tensor(self.images, dtype=torch.int64)
         return S.with_digest(out)
 
     def load_state_dict(self, state: dict) -> None:
@@ -196,9 +215,10 @@ class IoUTally:
             if pos is not None:
                 S.fail(what, key, f"= {int(new[key][pos])} must be {bound}", pos)
         S.check_digest(state, what)
-        for k, t in new.items():
-            setattr(self, k, t.to(self.device))
-        self.images = int(images)
+        with self._locked():
+            for k, t in new.items():
+                setattr(self, k, t.to(self.device))
+            self.images = int(images)
 
     def __repr__(self) -> str:
         c = self._cfg

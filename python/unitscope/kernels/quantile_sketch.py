@@ -4,12 +4,15 @@ length, through every backend (cpp, cuda, numba, torch).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+import threading
 
 import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
 from unitscope.kernels import _state as S
+from unitscope.kernels._lock import Locked
 from unitscope.kernels.exact_quantile import _check_int, channel_view
 from unitscope.reference import quantile_sketch as ref
 
@@ -60,7 +63,37 @@ def check_counts(s: dict, nb: int, what: str) -> None:
                f"{ref.EMPTY_KMAX} when none), got {int(kmax[bad])}", bad)
 
 
-class QuantileSketch:
+_FIELDS = ("coarse", "fine", "top", "zeros", "nan", "kmin", "kmax")
+
+
+def feed(name, t, s, nb, num_threads):
+    """Add x = t (outer, K, inner) to the counts `s` with backend `name` (what the operator
+    torch.ops.unitscope.quantile_sketch_update_ runs, kernels/_ops.py)."""
+    t = t.detach()
+    outer, K, inner = t.shape
+    if outer * inner == 0:
+        return
+    if name == "torch":
+        ref.torch_update(s, t.movedim(1, 0).reshape(K, -1).to(torch.float32), nb)
+    elif name == "numba":
+        import numpy as np
+
+        from unitscope._numba.quantile import sketch_update
+
+        _backend.set_numba_threads(num_threads)
+        bits = t.to(torch.float32).view(torch.int32).numpy().view(np.uint32)
+        sketch_update(bits, *(s[n].numpy() for n in _FIELDS), nb)
+    else:
+        C = _backend.compiled_module()
+        args = (T.ptr(t), T.DTYPE_CODE[t.dtype], outer, K, inner, *(T.ptr(s[n]) for n in _FIELDS), nb)
+        if name == "cpp":
+            C.quantile_sketch_update_cpu(*args, _backend.num_threads(num_threads))
+        else:
+            work = s["top"].clone()
+            C.quantile_sketch_update_cuda(*args, T.ptr(work), *T.cuda_launch(t))
+
+
+class QuantileSketch(Locked):
     """Per-channel quantile sketch: a float32-key histogram with a fine window under the maximum.
 
     Algorithm. Each float32 value maps to an order-preserving 32-bit key (sign, exponent, mantissa).
@@ -97,7 +130,8 @@ class QuantileSketch:
             current CUDA device when the sketch is built). backend: "cuda" | "cpp" | "numba" | "torch" | None.
     """
 
-    def __init__(self, num_channels, *, dim=1, size=16384, device=None, seed=0, backend=None):
+    def __init__(self, num_channels: int, *, dim: int = 1, size: int = 16384, device: T.DeviceLike = None,
+                 seed: int = 0, backend: str | None = None) -> None:
         self.num_channels = _check_int(num_channels, "num_channels", 1)
         self.dim = _check_int(dim, "dim", -(2 ** 31))
         self.size = _check_int(size, "size", _FIXED_BYTES + 8 * ref.SUB)
@@ -116,42 +150,26 @@ class QuantileSketch:
             "kmin": torch.full((K,), ref.EMPTY_KMIN, dtype=i64, device=dev),
             "kmax": torch.full((K,), ref.EMPTY_KMAX, dtype=i64, device=dev),
         }
+        self._lock = threading.RLock()
 
     @property
     def memory_bytes_per_channel(self) -> int:
         return _FIXED_BYTES + 8 * ref.SUB * self.nb
 
-    def update(self, x) -> "QuantileSketch":
+    def update(self, x: T.ArrayLike) -> QuantileSketch:
         """Add values. x: (…, K, …) with the channel axis at ``dim``, any float dtype (rounded to float32)."""
         t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
         if t.device != self.device:
             raise ValueError(f"x must be on {self.device} (this QuantileSketch's device), got {t.device}")
         if outer * inner == 0:
             return self
-        s, K = self._s, self.num_channels
-        if self.backend == "torch":
-            ref.torch_update(s, t.movedim(1, 0).reshape(K, -1).to(torch.float32), self.nb)
-        elif self.backend == "numba":
-            import numpy as np
-
-            from unitscope._numba.quantile import sketch_update
-
-            _backend.set_numba_threads(self._num_threads)
-            bits = t.to(torch.float32).view(torch.int32).numpy().view(np.uint32)
-            sketch_update(bits, *(s[n].numpy() for n in ("coarse", "fine", "top", "zeros", "nan", "kmin", "kmax")),
-                          self.nb)
-        else:
-            C = _backend.compiled_module()
-            args = (T.ptr(t), T.DTYPE_CODE[t.dtype], outer, K, inner,
-                    *(T.ptr(s[n]) for n in ("coarse", "fine", "top", "zeros", "nan", "kmin", "kmax")), self.nb)
-            if self.backend == "cpp":
-                C.quantile_sketch_update_cpu(*args, _backend.num_threads(self._num_threads))
-            else:
-                work = s["top"].clone()
-                C.quantile_sketch_update_cuda(*args, T.ptr(work), *T.cuda_launch(t))
+        s = self._s
+        with self._locked():
+            torch.ops.unitscope.quantile_sketch_update_(t, *(s[n] for n in _FIELDS), self.nb, self.backend,
+                                                        self._num_threads)
         return self
 
-    def quantile(self, q) -> torch.Tensor:
+    def quantile(self, q: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
         """q (float or 1-d sequence/tensor of floats in [0, 1]) -> float32 (K,) or (len(q), K)."""
         if isinstance(q, numbers.Real) and not isinstance(q, bool):
             qs, scalar = [float(q)], True
@@ -163,17 +181,19 @@ class QuantileSketch:
         for v in qs:
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"q must be in [0, 1], got {v}")
-        out = [ref.quantile(self._s, self.nb, v) for v in qs]
+        with self._locked():
+            out = [ref.quantile(self._s, self.nb, v) for v in qs]
         return out[0] if scalar else torch.stack(out) if out else torch.empty((0, self.num_channels))
 
-    def cdf(self, values) -> torch.Tensor:
+    def cdf(self, values: T.ArrayLike) -> torch.Tensor:
         """values (K,) or (M, K) -> float64 same shape: estimated fraction of non-NaN values <= value."""
         v, _ = T.as_tensor(values, "values")
         v = v.to(self.device)
         if v.dim() not in (1, 2) or v.shape[-1] != self.num_channels:
             raise ValueError(f"values must have shape (K,) or (M, K) with K = {self.num_channels}, got {tuple(v.shape)}")
         rows = v.reshape(-1, self.num_channels)
-        out = torch.stack([ref.cdf(self._s, self.nb, r) for r in rows]) if len(rows) else rows.double()
+        with self._locked():
+            out = torch.stack([ref.cdf(self._s, self.nb, r) for r in rows]) if len(rows) else rows.double()
         return out.reshape(v.shape)
 
     @property
@@ -185,21 +205,25 @@ class QuantileSketch:
         """(K,) int64 non-NaN values seen."""
         return self._s["coarse"].sum(1) + self._s["fine"].sum(1) + self._s["zeros"]
 
-    def merge(self, other: "QuantileSketch") -> "QuantileSketch":
+    def merge(self, other: QuantileSketch) -> QuantileSketch:
         if not isinstance(other, QuantileSketch):
             raise TypeError(f"other must be a QuantileSketch, got {type(other).__name__}")
         if (other.num_channels, other.nb) != (self.num_channels, self.nb):
             raise ValueError(f"cannot merge a QuantileSketch with (num_channels, size) = ({other.num_channels}, "
                              f"{other.size}) into one with ({self.num_channels}, {self.size})")
-        ref.merge(self._s, {k: v.to(self.device) for k, v in other._s.items()}, self.nb)
+        with other._locked():  # a snapshot first: other may be self, or updated by another thread
+            theirs = {k: v.to(self.device, copy=True) for k, v in other._s.items()}
+        with self._locked():
+            ref.merge(self._s, theirs, self.nb)
         return self
 
     def state_dict(self) -> dict:
         """{kind, version, num_channels, size, seed, the seven (K, ...) int64 count tensors on the CPU,
         digest (kernels/_state.py)}."""
+        with self._locked():
+            counts = {k: v.cpu().clone() for k, v in self._s.items()}
         return S.with_digest({"kind": "QuantileSketch", "version": _VERSION, "num_channels": self.num_channels,
-                              "size": self.size, "seed": self.seed,
-                              **{k: v.cpu().clone() for k, v in self._s.items()}})
+                              "size": self.size, "seed": self.seed, **counts})
 
     def load_state_dict(self, state: dict) -> None:
         """Replace the state by one from state_dict() of a sketch with the same (num_channels, size).
@@ -214,9 +238,10 @@ class QuantileSketch:
         new = {k: S.tensor(state, k, what, tuple(v.shape), torch.int64, self.device) for k, v in self._s.items()}
         check_counts(new, self.nb, what)
         S.check_digest(state, what)
-        for k, v in self._s.items():
-            v.copy_(new[k])
+        with self._locked():
+            for k, v in self._s.items():
+                v.copy_(new[k])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"QuantileSketch(num_channels={self.num_channels}, size={self.size}, backend={self.backend!r}, "
                 f"device={self.device})")

@@ -62,12 +62,32 @@ def _labels(x, name, layout, ndim, B, num_labels, device, check_range):
         raise ValueError(f"{name} must be on the tally's device ({device}), got {t.device}")
     if t.shape[0] != B:
         raise ValueError(f"{name} must have B = {B} rows (the batch of activations), got shape {tuple(t.shape)}")
-    if check_range and t.numel() > 0:  # cpp and numba check while they read, before counting
+    if check_range and not torch.compiler.is_compiling():  # cpp and numba check while they read
+        _check_label_range(t, name, num_labels)
+    return t.contiguous()
+
+
+def _check_label_range(t, name, num_labels):
+    if t.numel() > 0:
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= num_labels:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} must hold labels in [0, num_labels) = [0, {num_labels}), got {bad}")
-    return t.contiguous()
+
+
+def _check_not_nan(t):
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"thresholds must not be NaN, got NaN for units {torch.nonzero(torch.isnan(t)).flatten().tolist()[:10]}")
+
+
+def check_values(thresholds32, *labels, num_labels, check_label_range) -> None:
+    """The checks that read values, made when the operator torch.ops.unitscope.tally_ runs (also in
+    a compiled graph): no NaN threshold; labels in [0, num_labels) unless the kernel checks them."""
+    _check_not_nan(thresholds32)
+    if check_label_range:
+        for t, name in labels:
+            if t is not None:
+                _check_label_range(t, name, num_labels)
 
 
 def check_batch(cfg: TallyConfig, device: torch.device, activations, thresholds, pixel_labels=None,
@@ -92,8 +112,8 @@ def check_batch(cfg: TallyConfig, device: torch.device, activations, thresholds,
     T.check_shape(t, (K,), "thresholds", "(K,)")
     if t.device != device:
         raise ValueError(f"thresholds must be on the tally's device ({device}), got {t.device}")
-    if bool(torch.isnan(t).any()):
-        raise ValueError(f"thresholds must not be NaN, got NaN for units {torch.nonzero(torch.isnan(t)).flatten().tolist()[:10]}")
+    if not torch.compiler.is_compiling():  # traced, the operator checks it when it runs (check_values)
+        _check_not_nan(t)
     Sh, Sw = cfg.out_size
     pix = _labels(pixel_labels, "pixel_labels", "(B, L, S_h, S_w)", 4, B, cfg.num_labels, device, check_label_range)
     if pix is not None and tuple(pix.shape[2:]) != (Sh, Sw):
