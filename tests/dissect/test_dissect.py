@@ -248,8 +248,12 @@ def test_exports_and_report(ds, tmp_path):
     assert len(dets) == int((ld.best_iou > 0.01).sum())
     labels, ious = ld.best_in_category()
     for ci, cat in enumerate(ld.categories):
-        assert ld.unique_detectors()[cat] == len({int(l) for l, v in zip(labels[ci], ious[ci]) if v > 0.01})
+        assert ld.unique_detectors(rule="category")[cat] == len({int(l) for l, v in zip(labels[ci], ious[ci])
+                                                                 if v > 0.01})
+    # the default is the paper's and NetDissect-Lite's count: one best concept per detector unit
+    assert ld.unique_detectors() == ld.unique_detectors(rule="best")
     assert sum(ld.unique_detectors(rule="best").values()) == len({x["label"] for x in dets})
+    assert ld.unique_detectors(rule="best") != ld.unique_detectors(rule="category")
     index = d.save_report(tmp_path / "report")
     page = (tmp_path / "report" / "3.html").read_text()
     assert index.is_file() and "unit_0000.jpg" in page and (tmp_path / "report" / "3_unique.png").stat().st_size > 1000

@@ -107,10 +107,11 @@ class LayerDissection:
         return [{"unit": int(k), "label": self.label_names[best[k]], "category": self.categories[cat[k]],
                  "iou": float(iou[k])} for k in units]
 
-    def unique_detectors(self, iou_threshold: float | None = None, rule: str = "category") -> dict:
-        """{category: number of distinct concepts}. rule='category' (default): a concept counts if it
-        is some unit's best label within its category with IoU above the threshold; rule='best': only
-        each unit's overall best label counts (one concept per detector unit)."""
+    def unique_detectors(self, iou_threshold: float | None = None, rule: str = "best") -> dict:
+        """{category: number of distinct concepts}. rule='best' (default; the paper's count and
+        NetDissect-Lite's bar graph): each detector unit counts its overall best label only, so a unit
+        adds at most one concept; rule='category': a concept counts if it is some unit's best label
+        within its own category with IoU above the threshold (a unit may add one per category)."""
         thr = self._threshold(iou_threshold)
         found = {c: set() for c in self.categories}
         if rule == "category":
@@ -203,7 +204,7 @@ class Dissection:
     def detectors(self, iou_threshold=None) -> dict:
         return {l.layer: l.detectors(iou_threshold) for l in self}
 
-    def unique_detectors(self, iou_threshold=None, rule="category") -> dict:
+    def unique_detectors(self, iou_threshold=None, rule="best") -> dict:
         return {l.layer: l.unique_detectors(iou_threshold, rule) for l in self}
 
     def file_stems(self) -> dict:
