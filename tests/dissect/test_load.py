@@ -63,7 +63,7 @@ def test_round_trip_of_a_dissection(dissected, tmp_path):
     index = loaded.save_report(tmp_path / "report")
     page = (tmp_path / "report" / "3.html").read_text()
     assert index.is_file() and "tiny &lt;net&gt;" in index.read_text() and "unit_0000.jpg" not in page
-    assert page.count("<tr") == dissected["3"].num_units + 2  # two table heads
+    assert page.count("<tr") == dissected["3"].num_units + page.count("<table")  # a head row per table
 
 
 def _layer(iou, label_category, names, categories, thresholds=None):
