@@ -23,6 +23,8 @@ COMMANDS = {
     "models": ("unitscope.models.command", "the registered models, their input sizes and weights"),
     "compare": ("unitscope.dissect.compare_command",
                 "one page comparing dissections: detectors and unique detectors per category, layer and model"),
+    "benchmark": ("unitscope.dissect.benchmark",
+                  "dissect every model x transform of a TOML spec (resumable) and write their comparison"),
 }
 DESCRIPTION = ("Interpretability of convolutional networks: network dissection, saliency maps and feature "
                "visualization. `unitscope COMMAND --help` describes each command.")
