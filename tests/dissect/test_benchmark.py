@@ -2,12 +2,11 @@
 the comparison page written, a finished entry never recomputed, a changed spec refused, bad specs one
 line with exit 2; the rotation path passes transform= to dissect() (run for real where dissect has it)."""
 import inspect
-import json
 
+import cli_models  # tests/dissect is on sys.path (conftest), so MODULE:FACTORY finds it too
 import numpy as np
 import pytest
 import torch
-
 import unitscope
 from unitscope import cli
 from unitscope.data import BrodenDataset
@@ -15,8 +14,6 @@ from unitscope.dissect import Dissection
 from unitscope.dissect import benchmark as bench
 from unitscope.dissect.result import file_stems
 from unitscope.dissect.rotation import random_rotation
-
-import cli_models  # noqa: F401  (importable by MODULE:FACTORY: tests/dissect is on sys.path)
 
 SPEC = """
 [dataset]
@@ -84,7 +81,7 @@ def test_entries_are_models_times_transforms_and_rotations_reach_dissect(tmp_pat
     for entry in (entries[0], entries[1]):
         with pytest.raises(RuntimeError, match="stop"):
             bench.run_entry(entry, None, spec["settings"], tmp_path / "x", False)
-    (layers0, t0), (layers1, t1) = calls
+    (_, t0), (layers1, t1) = calls
     assert t0 is None  # no transform= without a rotation: dissect() without that argument still serves
     assert layers1 == ["0", "2"] and set(t1) == {"0", "2"}
     x = torch.randn(2, 8, 3, 3)
