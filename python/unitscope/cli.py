@@ -19,6 +19,12 @@ COMMANDS = {
     "explain": ("unitscope.explain.command", "which dissected concepts of a layer made a model's prediction for a photo"),
     "data": ("unitscope.data.command", "write datasets: `unitscope data concepts DIR` generates the concept dataset"),
     "info": ("unitscope.info", "backends and build facts of this installation"),
+    # comparing networks (issue 20)
+    "models": ("unitscope.models.command", "the registered models, their input sizes and weights"),
+    "compare": ("unitscope.dissect.compare_command",
+                "one page comparing dissections: detectors and unique detectors per category, layer and model"),
+    "benchmark": ("unitscope.dissect.benchmark",
+                  "dissect every model x transform of a TOML spec (resumable) and write their comparison"),
 }
 DESCRIPTION = ("Interpretability of convolutional networks: network dissection, saliency maps and feature "
                "visualization. `unitscope COMMAND --help` describes each command.")

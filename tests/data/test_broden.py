@@ -39,6 +39,8 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
 
 
 def test_items_shapes_and_label_semantics(gen):
+    # two kinds of image, as Broden's sources (issue 20): scene images (color, object, part maps and a
+    # scene label) and, every third, full-frame texture images (a color map and a texture label)
     ds = BrodenDataset(gen)
     assert ds.categories == ["color", "object", "part", "scene", "texture"]
     assert len(ds) == 12
@@ -46,21 +48,27 @@ def test_items_shapes_and_label_semantics(gen):
         it = ds[i]
         assert it["image"].shape == (3, 48, 48) and it["image"].dtype == torch.float32
         assert 0 <= float(it["image"].min()) and float(it["image"].max()) <= 1
-        pl = it["pixel_labels"]
+        pl, ann = it["pixel_labels"], it["annotated"]
+        whole = [int(ds.label_category[n]) for n in it["image_labels"].tolist()]
+        assert (pl[0] > 0).all() and (ds.label_category[pl[0].long().flatten().numpy()] == 0).all()
+        if i % 3 == 2:  # texture image: one texture over the whole frame, in two colors
+            assert pl.shape == (1, 24, 24) and ann.tolist() == [True, False, False, False, True]
+            assert whole == [4] and len(pl[0].unique()) == 2
+            continue
         assert pl.shape[1:] == (24, 24) and pl.shape[0] in (2, 3)
         # every pixel has a color and an object label (backgrounds are objects too)
-        assert (pl[0] > 0).all() and (pl[1] > 0).all()
-        cats = ds.label_category[pl[0].long().flatten().numpy()]
-        assert (cats == 0).all()
-        assert (ds.label_category[pl[1].long().flatten().numpy()] == 1).all()
-        ann = it["annotated"]
-        assert ann[0] and ann[1] and ann[3]
+        assert (pl[1] > 0).all() and (ds.label_category[pl[1].long().flatten().numpy()] == 1).all()
+        assert ann[0] and ann[1] and ann[3] and not ann[4]
         assert bool(ann[2]) == (pl.shape[0] == 3)
-        scene = [n for n in it["image_labels"].tolist() if ds.label_category[n] == 3]
-        assert len(scene) == 1
+        assert whole == [3]  # one scene label
     # primary category from c_<cat>.csv coverage; label 0 has none
     assert ds.label_category[0] == -1
     assert ds.label_category[NUMBER["roof"]] == 2 and ds.label_names[NUMBER["roof"]] == "roof"
+    # no row for the empty label 0 in label.csv or c_*.csv (real Broden has none)
+    for name in ["label.csv"] + [f"c_{c}.csv" for c in ds.categories]:
+        rows = (gen / name).read_text().splitlines()[1:]
+        assert rows and not any(r.startswith("0,") or ",0,-," in r for r in rows), name
+    assert ds.label_names[0] == ""
 
 
 def test_label_png_decoding_uses_red_plus_256_green(tmp_path, gen):

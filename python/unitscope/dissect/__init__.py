@@ -18,7 +18,8 @@ from unitscope.dissect.capture import LayerCapture
 from unitscope.dissect.checkpoint import CheckpointError
 from unitscope.dissect.report import Comparison, compare, save_report
 from unitscope.dissect.result import Dissection, LayerDissection
+from unitscope.dissect.rotation import random_rotation
 from unitscope.dissect.run import dissect, imagenet_preprocess
 
 __all__ = ["CheckpointError", "Comparison", "compare", "save_report", "Dissection", "LayerCapture",
-           "LayerDissection", "dissect", "imagenet_preprocess"]
+           "LayerDissection", "dissect", "imagenet_preprocess", "random_rotation"]

@@ -190,8 +190,9 @@ class Comparison:
         return out / "compare.png"
 
 
-def compare(*dissections, names=None, iou_threshold: float | None = None, rule: str = "category") -> Comparison:
-    """Several dissections (models or layers) side by side: one row per layer of each."""
+def compare(*dissections, names=None, iou_threshold: float | None = None, rule: str = "best") -> Comparison:
+    """Several dissections (models or layers) side by side: one row per layer of each; unique
+    detectors counted by `rule` (LayerDissection.unique_detectors)."""
     if names is not None and len(names) != len(dissections):
         raise ValueError(f"names must have one entry per dissection ({len(dissections)}), got {len(names)}")
     rows, cats = [], []

@@ -107,10 +107,11 @@ class LayerDissection:
         return [{"unit": int(k), "label": self.label_names[best[k]], "category": self.categories[cat[k]],
                  "iou": float(iou[k])} for k in units]
 
-    def unique_detectors(self, iou_threshold: float | None = None, rule: str = "category") -> dict:
-        """{category: number of distinct concepts}. rule='category' (default): a concept counts if it
-        is some unit's best label within its category with IoU above the threshold; rule='best': only
-        each unit's overall best label counts (one concept per detector unit)."""
+    def unique_detectors(self, iou_threshold: float | None = None, rule: str = "best") -> dict:
+        """{category: number of distinct concepts}. rule='best' (default; the paper's count and
+        NetDissect-Lite's bar graph): each detector unit counts its overall best label only, so a unit
+        adds at most one concept; rule='category': a concept counts if it is some unit's best label
+        within its own category with IoU above the threshold (a unit may add one per category)."""
         thr = self._threshold(iou_threshold)
         found = {c: set() for c in self.categories}
         if rule == "category":
@@ -203,7 +204,7 @@ class Dissection:
     def detectors(self, iou_threshold=None) -> dict:
         return {l.layer: l.detectors(iou_threshold) for l in self}
 
-    def unique_detectors(self, iou_threshold=None, rule="category") -> dict:
+    def unique_detectors(self, iou_threshold=None, rule="best") -> dict:
         return {l.layer: l.unique_detectors(iou_threshold, rule) for l in self}
 
     def file_stems(self) -> dict:
@@ -232,6 +233,28 @@ class Dissection:
     def save_report(self, directory, **kw):
         from unitscope.dissect.report import save_report
         return save_report(self, directory, **kw)
+
+    @classmethod
+    def load(cls, path) -> Dissection:
+        """The Dissection a dissection.json (Dissection.to_json, `unitscope dissect --out DIR`) was written
+        from, or DIR/dissection.json for a folder. The file is untrusted: every field is checked
+        (types, shapes, ranges; names are kept as data) and a bad one raises ValueError naming it.
+
+        What the file records comes back equal: name, timings, settings, and per layer each unit's
+        threshold, best label/category/IoU and best label/IoU in every category; so detectors(),
+        unique_detectors() (both rules, any IoU threshold), units(), to_json(), compare(), explain()
+        and the report's tables and charts give what they gave before saving. What the file does not
+        record is not invented: the pixel counts (intersection, activation, label_count,
+        activation_total) are -1, there are no top images (topk_* of K x 0; the report shows no
+        strips), the iou matrix holds only each unit's best IoU per category (other labels -1, as a
+        non-concept), and a unit counts as dead only when its threshold is not finite (a constant
+        unit of finite value is not recognised; its IoUs are 0 in the file anyway). A non-finite
+        threshold is read from `Infinity`/`NaN` (Python's json), null (+inf, a dead unit) or the
+        strings "inf", "-inf", "nan" (any case, "Infinity" too).
+        """
+        from unitscope.dissect.saved import read_dissection
+
+        return read_dissection(cls, path)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
