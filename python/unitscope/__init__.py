@@ -11,9 +11,10 @@ from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
 # entry point; `from unitscope.dissect import ...` still reaches the subpackage
 from unitscope.dissect import Dissection, LayerDissection, compare, dissect
 from unitscope.explain import Explanation, explain
+from unitscope.models import layers
 
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cuda_compiled", "data", "featviz", "kernels", "models", "saliency", "viz",
            "ExactQuantile", "IoUTally", "QuantileSketch", "Dissection", "LayerDissection", "compare", "dissect",
-           "Explanation", "explain", "__version__"]
+           "Explanation", "explain", "layers", "__version__"]

@@ -17,6 +17,8 @@ COMMANDS = {
     "adversarial": ("unitscope.featviz.adversarial_command",
                     "a class's feature visualization beside the adversarial example towards it from a photo"),
     "explain": ("unitscope.explain.command", "which dissected concepts of a layer made a model's prediction for a photo"),
+    "layers": ("unitscope.models.layers_command",
+               "list a model's layers: names for --layer(s), types, output shapes, usual choices"),
     "data": ("unitscope.data.command", "write datasets: `unitscope data concepts DIR` generates the concept dataset"),
     "info": ("unitscope.info", "backends and build facts of this installation"),
 }

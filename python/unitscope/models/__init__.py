@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from unitscope.models.images import load_image, read_image
+from unitscope.models.layers import LayerInfo, cam_layer, layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,5 +117,5 @@ def load(name: str, device=None) -> LoadedModel:
     return _REGISTRY[key](torch.device(device) if device is not None else torch.device("cpu"))
 
 
-__all__ = ["LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image", "read_image",
+__all__ = ["LayerInfo", "cam_layer", "layers", "LoadedModel", "Normalize", "load", "names", "imagenet_class_names", "load_image", "read_image",
            "IMAGENET_MEAN", "IMAGENET_STD"]
