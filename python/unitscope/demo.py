@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-DEMO_LAYERS = ["_blocks.10", "_bn1"]
+DEMO_LAYERS = ["_blocks.10", "_swish@1"]  # a middle block, and the CAM layer (the activated head) explain uses
 PHOTOS = ["chelsea", "coffee"]  # scikit-image's bundled photos: a cat and a cup of espresso
 
 
@@ -119,7 +119,7 @@ def run(args) -> int:
     print(f"feature visualizations of {len(renders)} units of {layer} -> {out / 'featviz'}")
 
     # 4. which concepts of the last dissected layer made each photo's prediction
-    explained = DEMO_LAYERS[-1]
+    explained = loaded.cam_layer  # _swish@1, dissected above: contributions there sum to logit - fc bias
     explanations = []
     for name, x, target in photos:
         (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(explained, k))
@@ -150,14 +150,15 @@ def _write_page(out: Path, renders, layer, photos, explanations, explained, stem
             "body{font:14px sans-serif;margin:1.5em;max-width:1200px}figure{display:inline-block;margin:6px}"
             "table{border-collapse:collapse;margin:.6em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
             "text-align:left;vertical-align:middle}table.groups{display:inline-table;margin-right:2em;"
-            "vertical-align:top}caption{font-weight:bold}</style></head><body>"
+            "vertical-align:top}caption{font-weight:bold}.warning{background:#fff3cd;border:1px solid #e0c060;"
+            "padding:6px 10px}</style></head><body>"
             "<h1>unitscope demo: EfficientNet-Lite0</h1>"
             '<h2>1. Network dissection</h2><p><a href="dissection/index.html">Summary of the dissection</a> '
             f"(detectors and unique concepts per layer), and one page per layer:</p><ul>{links}</ul>"
             + saliency
             + f"<h2>3. What the best detectors of {esc(layer)} respond to</h2>{cells}"
             + (f"<h2>4. Which concepts made each prediction</h2><p>The units of {esc(explained)} ranked by their "
-               "contribution to the Grad-CAM sum of the predicted class, each with the concept the dissection "
+               "positive contribution to the Grad-CAM sum of the predicted class, each with the concept the dissection "
                "found for it, where it fires in this photo, its feature visualization and its top images in the "
                f"concept dataset.</p>{parts}" if explanations else "")
             + "</body></html>\n")
