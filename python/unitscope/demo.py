@@ -81,7 +81,9 @@ def run(args) -> int:
         make_concept_dataset(data_root, n_images, size=224, seed=0)
     result = dissect(loaded.model, DEMO_LAYERS, data_root, preprocess=loaded.preprocess, device=device,
                      batch_size=16, checkpoint_dir=out / "checkpoints", progress=progress)
-    result.save_report(out / "dissection", max_units=128 if args.quick else None, progress=progress)
+    result.name = "EfficientNet-Lite0"
+    result.save_report(out / "dissection", max_units=128 if args.quick else None, progress=progress,
+                       back=("../index.html", "the demo"))
     result.to_csv(out / "dissection")
     (out / "dissection" / "dissection.json").write_text(result.to_json())
     for layer in DEMO_LAYERS:
