@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 import unitscope
+from PIL import Image
 from unitscope.cli import main
 
 MODULE = '''
@@ -283,10 +282,10 @@ def test_version_and_python_m(tmp_path):
     import os
 
     env = dict(os.environ, PYTHONPATH=str(Path(unitscope.__file__).parents[1]))
-    done = subprocess.run([sys.executable, "-m", "unitscope", "--version"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "unitscope", "--version"], capture_output=True, text=True,
+                          env=env, check=False, cwd=tmp_path, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == f"unitscope {unitscope.__version__}"
-    done = subprocess.run([sys.executable, "-m", "unitscope", "info", "--bogus"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "unitscope", "info", "--bogus"], capture_output=True, text=True, check=False,
                           env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "unitscope: error: unrecognized arguments: --bogus"]

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import torch
 
-from unitscope.models.own import custom_normalization, import_factory, load_model, preprocess_from_args  # noqa: F401
+from unitscope.models.own import (  # noqa: F401
+    custom_normalization,
+    import_factory,
+    load_model,
+    preprocess_from_args,
+)
 
 REPORT_PAGE = "index.html"  # the report's own folder (OUT/report/) keeps it apart from saliency.html / featviz.html
 
@@ -19,7 +24,6 @@ def _workers(text: str):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from unitscope import cli
-
     from unitscope.models.own import add_model_arguments
 
     add_model_arguments(p, classes=False)  # --model, --weights, --mean/--std/--no-normalize (ImageNet's by default)
