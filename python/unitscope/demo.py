@@ -62,6 +62,7 @@ def run(args) -> int:
     from unitscope.data import make_concept_dataset
     from unitscope.dissect import dissect
     from unitscope.explain import explain
+    from unitscope.models.layers import render_layer
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = not args.quiet
@@ -123,8 +124,11 @@ def run(args) -> int:
     # 4. which concepts of the last dissected layer made each photo's prediction
     explained = loaded.cam_layer  # _swish@1, dissected above: contributions there sum to logit - fc bias
     explanations = []
+    # the units' renders optimize the ReLU6's input (_bn1): from a grey start most head units are off, and
+    # an inactive ReLU6 passes no gradient, so a render of _swish@1 itself stays grey
+    rendered = render_layer(loaded.model, explained, loaded.input_size, preprocess=loaded.preprocess)
     for name, x, target in photos:
-        (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(explained, k))
+        (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(rendered, k))
         explanations.append((name, e, e.html_fragment(out / "explain" / name, f"explain/{name}")))
         print(f"{name}: {e.summary()}")
 

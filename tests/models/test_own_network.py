@@ -265,12 +265,21 @@ def test_layers_api_on_efficientnet_and_resnet_style(user):
     assert by["_swish@1"].cam and by["_swish@1"].usual and by["_swish@1"].shape == (1, 1280, 7, 7)
     assert by["_swish@0"].shape == (1, 32, 112, 112) and not by["_bn1"].usual and by["_bn1"].type == "BatchNorm2d"
     assert by["_fc"].shape == (1, 1000) and not by["_fc"].usual and sum(r.cam for r in rows) == 1
+    # a render of _swish@1 from grey stays grey (an off ReLU6 passes no gradient): render its input, _bn1
+    assert by["_swish@1"].pre_activation == "_bn1" and by["_blocks.3._swish@1"].pre_activation == "_blocks.3._bn1"
+    assert by["_bn1"].pre_activation is None
+    from unitscope.models.layers import render_layer
+    assert render_layer(lm.model, "_swish@1", 224) == "_bn1" and render_layer(lm.model, "_blocks.10", 224) == "_blocks.10"
+    r = unitscope.featviz.render(lm.model, unitscope.featviz.channel("_swish@1", 254), size=64, steps=3,
+                                 preprocess=lm.preprocess, progress=False)
+    assert r.history[-1] == 0.0  # why: no gradient reached the image
     _, model = user
     rows = {r.name: r for r in unitscope.layers(model, 64)}
     assert rows["layer2"].cam and rows["layer2"].shape == (1, 16, 16, 16) and rows["layer2"].usual
     assert rows["layer1.0"].usual and rows["layer1.0.relu@0"].usual and rows["layer1.0.relu@1"].usual
     assert not rows["layer1.0.bn2"].usual and not rows["layer2.0.downsample"].usual
     assert "layer1.0.relu" not in rows  # a module called twice appears once per call
+    assert rows["layer1.0.relu@1"].pre_activation is None  # in place: no layer holds its input apart
     assert model.training is False
     with pytest.raises(ValueError, match="input_size must be a positive int"):
         unitscope.layers(model, 0)

@@ -33,7 +33,8 @@ def add_arguments(p):
     p.add_argument("--top", type=cli.positive_int, default=5,
                    help="how many of the highest-contributing units get maps and images (default: %(default)s)")
     p.add_argument("--featviz-steps", type=cli.nonnegative_int, default=0,
-                   help="render a feature visualization of each top unit with this many steps; 0 renders none "
+                   help="render a feature visualization of each top unit with this many steps, at the activation's "
+                        "input when --layer is an activation (an inactive ReLU passes no gradient); 0 renders none "
                         "(128 gives a readable picture, about a minute per unit on a CPU) (default: %(default)s)")
     p.add_argument("--device", type=cli.device, default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
@@ -52,8 +53,12 @@ def run(args) -> int:
         raise ValueError(f"--target must be a class id in [0, {len(lm.class_names)}), got {args.target}")
     render = None
     if args.featviz_steps:
+        from unitscope.models.layers import render_layer
+
+        at = render_layer(lm.model, layer, lm.input_size, preprocess=lm.preprocess)  # an activation's input
+
         def render(unit):
-            r = featviz.render(lm.model, featviz.channel(layer, unit), size=128, steps=args.featviz_steps,
+            r = featviz.render(lm.model, featviz.channel(at, unit), size=128, steps=args.featviz_steps,
                                preprocess=lm.preprocess, device=device, progress=not args.quiet)
             return r.images[0]
     (e,) = explain(lm, x, args.dissection, layer, target=args.target, top=args.top, featviz=render)

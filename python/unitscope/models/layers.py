@@ -19,12 +19,16 @@ class LayerInfo:
     type name, its output shape for the probe image (batch 1; None when the output is not a tensor),
     `usual`: its output is an activated convolutional map (B, C, h, w) with h*w > 1, the output of an
     activation module or of a block (a module with children) whose output is an activation's (a good layer to dissect or visualize), and `cam`:
-    it is the layer cam_layer() picks."""
+    it is the layer cam_layer() picks; `pre_activation`: for an activation module, the layer whose output it
+    activates (what a feature visualization should optimize: a ReLU passes no gradient where a unit is
+    off, so a render of the activation itself can stay grey), else None; None for an in-place activation
+    too (its input is its output: no other layer holds the value before it)."""
     name: str
     type: str
     shape: tuple | None
     usual: bool
     cam: bool = False
+    pre_activation: str | None = None
 
 
 def _check_size(input_size) -> tuple:
@@ -49,12 +53,14 @@ def layers(model: nn.Module, input_size=224, *, preprocess=None, device=None) ->
     names = {m: n for n, m in model.named_modules() if n}
     calls: dict[str, int] = {}
     records = []  # (name, module, call index, output)
+    first_inputs = []  # each call's first input (kept alive, so that id() identifies it)
 
     def hook(module, inputs, output):
         name = names[module]
         k = calls.get(name, 0)
         calls[name] = k + 1
         records.append((name, module, k, output))
+        first_inputs.append(inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None)
 
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -74,14 +80,20 @@ def layers(model: nn.Module, input_size=224, *, preprocess=None, device=None) ->
         for m, t in modes.items():
             m.training = t
     activated = {id(out) for _, mod, _, out in records if isinstance(mod, ACTIVATIONS)}
+    produced = {}  # id(tensor) -> the label of the last call that returned it, so far
+    labels = [f"{n}@{k}" if calls[n] > 1 else n for n, _, k, _ in records]
     cam = _cam_index(records)
     rows = []
     for i, (name, mod, k, out) in enumerate(records):
-        label = f"{name}@{k}" if calls[name] > 1 else name
+        label = labels[i]
+        feeds = produced.get(id(first_inputs[i])) if first_inputs[i] is not None else None
+        if isinstance(out, torch.Tensor):
+            produced[id(out)] = label
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
         ends_activated = isinstance(mod, ACTIVATIONS) or (next(mod.children(), None) is not None and id(out) in activated)
         usual = shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1 and ends_activated
-        rows.append(LayerInfo(label, type(mod).__name__, shape, usual, i == cam))
+        rows.append(LayerInfo(label, type(mod).__name__, shape, usual, i == cam,
+                              feeds if isinstance(mod, ACTIVATIONS) and first_inputs[i] is not out else None))
     return rows
 
 
@@ -108,6 +120,16 @@ def cam_layer(model: nn.Module, input_size=224, *, preprocess=None, device=None)
             return row.name
     raise ValueError(f"no layer of the model outputs a feature map (B, C, h, w) with h*w > 1 for a "
                      f"{_check_size(input_size)} image; pass the layer explicitly")
+
+
+def render_layer(model: nn.Module, layer: str, input_size=224, *, preprocess=None, device=None) -> str:
+    """The layer to render a feature visualization of `layer`'s channels at: its pre_activation when it
+    is an activation module that has one (channel k of the input of a monotone activation is maximized
+    where channel k of its output is), else `layer` itself."""
+    for row in layers(model, input_size, preprocess=preprocess, device=device):
+        if row.name == layer:
+            return row.pre_activation or layer
+    return layer
 
 
 def format_table(rows: list[LayerInfo], only_usual: bool = False) -> str:
