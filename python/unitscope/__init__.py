@@ -17,7 +17,7 @@ _SUBPACKAGES = ("data", "featviz", "kernels", "models", "saliency", "viz", "diss
 # subpackages on purpose (unitscope.dissect(model, ...)); `from unitscope.dissect import ...` still
 # reaches the subpackage through sys.modules
 _LAZY = {"Dissection": "dissect", "LayerDissection": "dissect", "compare": "dissect", "dissect": "dissect",
-         "Explanation": "explain", "explain": "explain"}
+         "Explanation": "explain", "explain": "explain", "layers": "models"}
 _FUNCTIONS = ("dissect", "explain")
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "explain",
     "featviz",
     "kernels",
+    "layers",
     "models",
     "saliency",
     "viz",

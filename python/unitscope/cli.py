@@ -17,6 +17,8 @@ COMMANDS = {
     "adversarial": ("unitscope.featviz.adversarial_command",
                     "a class's feature visualization beside the adversarial example towards it from a photo"),
     "explain": ("unitscope.explain.command", "which dissected concepts of a layer made a model's prediction for a photo"),
+    "layers": ("unitscope.models.layers_command",
+               "list a model's layers: names for --layer(s), types, output shapes, usual choices"),
     "data": ("unitscope.data.command", "write datasets: `unitscope data concepts DIR` generates the concept dataset"),
     "info": ("unitscope.info", "backends and build facts of this installation"),
     # comparing networks (issue 20)
@@ -42,6 +44,14 @@ class HelpFormatter(argparse.HelpFormatter):
         return text + " (default: %(default)s)"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that a bad argument prints only the one line `unitscope CMD: error: ...`
+    (no usage block: --help shows that) and exits with code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def _load(module: str):
     try:
         return importlib.import_module(module)
@@ -52,7 +62,11 @@ def _load(module: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unitscope", description=DESCRIPTION, formatter_class=HelpFormatter)
+    from unitscope import __version__
+
+    parser = ArgumentParser(prog="unitscope", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"unitscope {__version__}",
+                        help="print unitscope's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = _load(module)
@@ -75,6 +89,8 @@ def main(argv=None) -> int:
         return int(args._run(args) or 0)
     except USER_ERRORS as e:
         message = " ".join(str(e).split()) or type(e).__name__
+        if "is not a module of the model" in message and getattr(args, "model", None):
+            message += f" (`unitscope layers --model {args.model}` lists the layer names)"
         print(f"unitscope {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-DEMO_LAYERS = ["_blocks.10", "_bn1"]
+DEMO_LAYERS = ["_blocks.10", "_swish@1"]  # a middle block, and the CAM layer (the activated head) explain uses
 PHOTOS = ["chelsea", "coffee"]  # scikit-image's bundled photos: a cat and a cup of espresso
 
 
@@ -62,6 +62,7 @@ def run(args) -> int:
     from unitscope.data import make_concept_dataset
     from unitscope.dissect import dissect
     from unitscope.explain import explain
+    from unitscope.models.layers import render_layer
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = not args.quiet
@@ -81,7 +82,9 @@ def run(args) -> int:
         make_concept_dataset(data_root, n_images, size=224, seed=0)
     result = dissect(loaded.model, DEMO_LAYERS, data_root, preprocess=loaded.preprocess, device=device,
                      batch_size=16, checkpoint_dir=out / "checkpoints", progress=progress)
-    result.save_report(out / "dissection", max_units=128 if args.quick else None, progress=progress)
+    result.name = "EfficientNet-Lite0"
+    result.save_report(out / "dissection", max_units=128 if args.quick else None, progress=progress,
+                       back=("../index.html", "the demo"))
     result.to_csv(out / "dissection")
     (out / "dissection" / "dissection.json").write_text(result.to_json())
     for layer in DEMO_LAYERS:
@@ -119,10 +122,13 @@ def run(args) -> int:
     print(f"feature visualizations of {len(renders)} units of {layer} -> {out / 'featviz'}")
 
     # 4. which concepts of the last dissected layer made each photo's prediction
-    explained = DEMO_LAYERS[-1]
+    explained = loaded.cam_layer  # _swish@1, dissected above: contributions there sum to logit - fc bias
     explanations = []
+    # the units' renders optimize the ReLU6's input (_bn1): from a grey start most head units are off, and
+    # an inactive ReLU6 passes no gradient, so a render of _swish@1 itself stays grey
+    rendered = render_layer(loaded.model, explained, loaded.input_size, preprocess=loaded.preprocess)
     for name, x, target in photos:
-        (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(explained, k))
+        (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(rendered, k))
         explanations.append((name, e, e.html_fragment(out / "explain" / name, f"explain/{name}")))
         print(f"{name}: {e.summary()}")
 
@@ -150,14 +156,15 @@ def _write_page(out: Path, renders, layer, photos, explanations, explained, stem
             "body{font:14px sans-serif;margin:1.5em;max-width:1200px}figure{display:inline-block;margin:6px}"
             "table{border-collapse:collapse;margin:.6em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
             "text-align:left;vertical-align:middle}table.groups{display:inline-table;margin-right:2em;"
-            "vertical-align:top}caption{font-weight:bold}</style></head><body>"
+            "vertical-align:top}caption{font-weight:bold}.warning{background:#fff3cd;border:1px solid #e0c060;"
+            "padding:6px 10px}</style></head><body>"
             "<h1>unitscope demo: EfficientNet-Lite0</h1>"
             '<h2>1. Network dissection</h2><p><a href="dissection/index.html">Summary of the dissection</a> '
             f"(detectors and unique concepts per layer), and one page per layer:</p><ul>{links}</ul>"
             + saliency
             + f"<h2>3. What the best detectors of {esc(layer)} respond to</h2>{cells}"
             + (f"<h2>4. Which concepts made each prediction</h2><p>The units of {esc(explained)} ranked by their "
-               "contribution to the Grad-CAM sum of the predicted class, each with the concept the dissection "
+               "positive contribution to the Grad-CAM sum of the predicted class, each with the concept the dissection "
                "found for it, where it fires in this photo, its feature visualization and its top images in the "
                f"concept dataset.</p>{parts}" if explanations else "")
             + "</body></html>\n")

@@ -56,21 +56,59 @@ def colorize(attribution, cmap=None, signed=None, size=None, clip_percentile=99.
 
     size = size if size is not None else tuple(np.asarray(attribution.shape)[-2:])
     a = _map_2d(attribution, size)
+    signed, lo, hi = _limits(a, signed, clip_percentile)
+    if signed:
+        norm = 0.5 + 0.5 * np.clip(a / hi if hi > 0 else a * 0, -1, 1)
+        cmap = cmap or "RdBu_r"
+    else:
+        norm = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
+        cmap = cmap or "inferno"
+    rgb = matplotlib.colormaps[cmap](norm)[..., :3]
+    return rgb, (np.abs(norm - 0.5) * 2 if signed else norm)
+
+
+def _limits(a, signed, clip_percentile):
+    """(signed, lo, hi) of the colour scale of map `a` (see colorize): signed maps run from -hi to hi,
+    hi = the clip_percentile-th percentile of |a|; unsigned ones from lo = min(a.min(), 0) to hi = that
+    percentile of a."""
     if signed is None:
         signed = bool((a < 0).any())
     if signed:
         m = np.percentile(np.abs(a), clip_percentile)
         m = m if m > 0 else np.abs(a).max()
-        norm = 0.5 + 0.5 * np.clip(a / m if m > 0 else a * 0, -1, 1)
-        cmap = cmap or "RdBu_r"
-    else:
-        lo = min(a.min(), 0.0)
-        hi = np.percentile(a, clip_percentile)
-        hi = hi if hi > lo else a.max()
-        norm = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
-        cmap = cmap or "inferno"
-    rgb = matplotlib.colormaps[cmap](norm)[..., :3]
-    return rgb, (np.abs(norm - 0.5) * 2 if signed else norm)
+        return True, -float(m), float(m)
+    lo = min(a.min(), 0.0)
+    hi = np.percentile(a, clip_percentile)
+    hi = hi if hi > lo else a.max()
+    return False, float(lo), float(hi)
+
+
+def colorbar(image, attribution, cmap=None, signed=None, clip_percentile=99.5, label=None, width=14):
+    """`image` (an overlay, (H, W, 3)) with a colour bar on its right: the colormap overlay() and
+    colorize() use for `attribution`, labelled with the map values at its ends (and 0 in the middle of
+    a signed map); `label` (str, optional) is written under it (e.g. 'x 99th pct'). Returns uint8
+    (H, W + width + 50, 3)."""
+    import matplotlib
+    from PIL import Image, ImageDraw
+
+    img = np.round(to_image_array(image) * 255).astype(np.uint8)
+    h = img.shape[0]
+    signed, lo, hi = _limits(_map_2d(attribution, tuple(np.asarray(attribution.shape)[-2:])), signed,
+                             clip_percentile)
+    cmap = cmap or ("RdBu_r" if signed else "inferno")
+    ramp = np.linspace(1.0, 0.0, max(h - 12, 2))  # top = the largest value
+    bar = np.round(matplotlib.colormaps[cmap](ramp)[:, :3] * 255).astype(np.uint8)
+    canvas = Image.new("RGB", (img.shape[1] + width + 50, h), "white")
+    canvas.paste(Image.fromarray(img), (0, 0))
+    x0 = img.shape[1] + 4
+    canvas.paste(Image.fromarray(np.repeat(bar[:, None, :], width, axis=1)), (x0, 6))
+    draw = ImageDraw.Draw(canvas)
+    ticks = [(6, hi), (h - 16, lo)] + ([(h // 2 - 5, 0.0)] if signed else [])
+    for y, v in ticks:
+        draw.text((x0 + width + 3, y), f"{v:.2g}", fill="black")
+    if label:
+        draw.text((x0 + width + 3, h // 2 + 8), str(label)[:8], fill="black")
+    return np.asarray(canvas)
 
 
 def gradient_map(attribution, percentile=99.0, smooth=None):

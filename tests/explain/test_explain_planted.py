@@ -74,7 +74,7 @@ def test_red_unit_and_red_concept_rank_first(planted):
     assert e.units[0].unit == 0 and e.units[0].label == "red-c" and e.units[0].category == "color"
     assert e.concepts[0].name == "red-c" and e.concepts[0].units[0] == 0
     assert e.categories[0].name == "color"
-    assert e.summary().startswith("predicted 'red' (p=") and "detect: red-c (color, " in e.summary()
+    assert e.summary().startswith("predicted 'red' (p=") and "(the nearest of its concepts): red-c (color, " in e.summary()
     # the red unit passes its threshold on the red square and nowhere else
     m = e.units[0].mask
     assert m.shape == (SIZE, SIZE) and m[20:44, 12:36].all() and not m[:12].any() and not m[:, 44:].any()
@@ -95,11 +95,15 @@ def test_contributions_by_hand_and_against_gradcam(planted):
     cam = GradCAM(model, "units", relu=False, upsample=False)(x, target=target)  # (B, h, w), layer resolution
     for b, e in enumerate(expl):
         assert e.target == target[b]
-        by_hand = (model.fc.weight[target[b]].double() / hw * A[b].double().mean(dim=(1, 2))).detach().numpy()
+        # alpha_k = W[c, k] / hw, times the spatial sum of A_k: W[c, k] mean(A_k) (issue 21: contributions
+        # sum to the Grad-CAM map's sum, the logit minus the bias at a CAM layer, no longer its mean)
+        by_hand = (model.fc.weight[target[b]].double() / hw * A[b].double().sum(dim=(1, 2))).detach().numpy()
         np.testing.assert_allclose(e.contributions, by_hand, rtol=1e-6, atol=1e-9)
-        assert e.total == pytest.approx(float(cam[b].double().mean()), rel=1e-5, abs=1e-7)
+        assert e.total == pytest.approx(float(cam[b].double().sum()), rel=1e-5, abs=1e-7)
         assert e.total == pytest.approx(e.contributions.sum())
-        assert [u.unit for u in e.units] == list(np.argsort(-e.contributions, kind="stable")[:5])
+        assert e.total == pytest.approx(e.logit - float(model.fc.bias[target[b]].detach()), rel=1e-5, abs=1e-6)
+        ranked = [int(k) for k in np.argsort(-e.contributions, kind="stable")[:5] if e.contributions[k] > 0]
+        assert [u.unit for u in e.units] == ranked  # only positive contributors are listed
     assert "explaining 'class 1'" in expl[0].summary()  # the red image predicts class 0
 
 
@@ -173,3 +177,26 @@ def test_bad_input(planted, tmp_path):
         unitscope.explain(model, x, result, "units", top=0)
     with pytest.raises(ValueError, match="class_names must have one name per class"):
         unitscope.explain(model, x, result, "units", class_names=["a"])
+
+
+def test_close_concepts_rule():
+    """A concept is close to a class when a word of its name (3+ letters, plural 's' dropped) is a word of
+    the class name, among thing categories; colours and textures never are."""
+    from unitscope.data.generate import VOCAB
+    from unitscope.explain.concepts import close_concepts
+
+    assert close_concepts("tabby, tabby cat", [("cat", "object"), ("car", "object")]) == ["cat"]
+    assert close_concepts("sports car", [("cars", "object"), ("wheel", "part")]) == ["cars"]
+    assert close_concepts("Egyptian cat", VOCAB[1:]) == []  # the generated dataset knows no cats
+    assert close_concepts("red wine", [("red-c", "color"), ("striped", "texture")]) == []
+    assert close_concepts("beach wagon", [("beach-s", "scene")]) == ["beach-s"]
+
+
+def test_close_concept_lifts_the_warning(planted, tmp_path):
+    model, result = planted
+    (e,) = unitscope.explain(model, red_image(), result, "units", class_names=["red", "green", "blue"])
+    assert e.close_concepts == [] and "the nearest of these concepts" in e.warning()
+    assert "the nearest of these concepts" in e.to_html(tmp_path / "a.html").read_text()
+    (f,) = unitscope.explain(model, red_image(), result, "units", class_names=["red house", "green", "blue"])
+    assert f.close_concepts == ["house"] and f.warning() == ""
+    assert "nearest" not in f.to_html(tmp_path / "b.html").read_text() and "(they detect)" in f.summary()

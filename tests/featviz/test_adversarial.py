@@ -87,7 +87,7 @@ def test_errors():
         featviz.adversarial(m, x + 1.4, 1, eps=0.1, preprocess=None)
     with pytest.raises(ValueError, match=r"x must be a float tensor \(B, 3, H, W\)"):
         featviz.adversarial(m, x[0], 1, eps=0.1, preprocess=None)
-    with pytest.raises(ValueError, match="step_size must be a number > 0"):
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
         featviz.adversarial(m, x, 1, eps=0.1, step_size=0, preprocess=None)
 
 
@@ -117,15 +117,16 @@ def test_command(tmp_path):
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
 
-    from unitscope.featviz import adversarial_command as cmd
+    from unitscope.cli import main
 
     photo = tmp_path / "cat.png"
     Image.fromarray(skdata.chelsea()).save(photo)
 
-    def run(*argv):
-        p = argparse.ArgumentParser(prog="unitscope adversarial")
-        cmd.add_arguments(p)
-        return cmd.run(p.parse_args(list(argv)))
+    def run(*argv):  # through cli.main, the one place that turns a user's error into exit code 2
+        try:
+            return main(["adversarial"] + list(argv))
+        except SystemExit as e:  # a bad argument value, refused by argparse
+            return e.code
 
     out = tmp_path / "adv"
     assert run("--model", "efficientnet_lite0", "--image", str(photo), "--target", "1", "--eps", "0.03",

@@ -24,7 +24,7 @@ def test_cli_writes_overlays_and_html(tmp_path):
     for t in meta["targets"]:
         for m in ("gradcam", "gradient", "ig"):
             with Image.open(out / f"{m}_{t['class']}.png") as im:
-                assert im.size == (224, 224)
+                assert im.size == (224 + 64, 224)  # the overlay and its colour bar
     assert (out / "grid.png").exists() and (out / "image.png").exists()
 
 
@@ -48,7 +48,8 @@ def test_cli_bad_arguments(tmp_path, capsys):
     _fails(ok + ["--target", "1000", "--method", "gradcam"], capsys, "--target classes must lie in [0, 1000)")
     _fails(ok + ["--target", "top0"], capsys, "argument --target: top0: K must be at least 1")
     _fails(ok + ["--target", "cat"], capsys, "argument --target: must be N, N,M,... or topK, got 'cat'")
-    _fails(["--model", "nope", "--image", str(img), "--out", str(tmp_path / "o")], capsys, "unknown model 'nope'")
+    _fails(["--model", "nope", "--image", str(img), "--out", str(tmp_path / "o")], capsys,
+           "--model 'nope': not a registered model (efficientnet_lite0) nor MODULE:FACTORY")
     _fails(ok + ["--samples", "0"], capsys, "argument --samples: must be a positive integer, got 0")
     _fails(ok + ["--steps", "x"], capsys, "argument --steps: must be a positive integer, got 'x'")
     _fails(ok + ["--samples", "1", "--method", "lime"], capsys, "--samples must be at least 2 for LIME")

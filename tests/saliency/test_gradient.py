@@ -98,7 +98,7 @@ def test_smoothgrad_noise_seeded_and_mean_of_noisy_maps(lin):
 def test_smoothgrad_bad_arguments(lin):
     with pytest.raises(TypeError, match="method must be a unitscope.saliency method"):
         SmoothGrad(lin)
-    with pytest.raises(ValueError, match="noise must be a number >= 0"):
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0"):
         SmoothGrad(VanillaGradient(lin), noise=-1)
     with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
         SmoothGrad(VanillaGradient(lin), n_samples=0)

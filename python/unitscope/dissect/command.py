@@ -3,12 +3,17 @@ HTML report. Runs under torchrun too (each rank takes a shard; rank 0 writes the
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import sys
 from pathlib import Path
 
 import torch
+
+from unitscope.models.own import (  # noqa: F401
+    custom_normalization,
+    import_factory,
+    load_model,
+    preprocess_from_args,
+)
 
 REPORT_PAGE = "index.html"  # the report's own folder (OUT/report/) keeps it apart from saliency.html / featviz.html
 
@@ -19,14 +24,9 @@ def _workers(text: str):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from unitscope import cli
+    from unitscope.models.own import add_model_arguments
 
-    p.add_argument("--model", required=True,
-                   help="a registry name (e.g. efficientnet_lite0) or MODULE:FACTORY, a function returning an "
-                        "nn.Module; MODULE is imported from the installed packages or, failing that, from the "
-                        "working directory (which never shadows an installed package)")
-    p.add_argument("--weights", type=cli.existing_file,
-                   help="state_dict file for the model, loaded with torch.load(weights_only=True) "
-                        "(default: the factory's or registry's own weights)")
+    add_model_arguments(p, classes=False)  # --model, --weights, --mean/--std/--no-normalize (ImageNet's by default)
     p.add_argument("--layers", required=True, help="comma-separated module names, e.g. layer3,layer4")
     p.add_argument("--dataset", required=True, type=cli.existing_dir,
                    help="Broden-format dataset folder (`unitscope data concepts DIR` generates one)")
@@ -70,65 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars (they are on by default)")
 
 
-def import_factory(spec: str):
-    """The callable named by MODULE:FACTORY.
-
-    MODULE is imported as usual when it is importable; otherwise from the working directory, whose
-    folder is appended to sys.path (after every installed package) only while MODULE is imported and
-    removed afterwards: a module file lying in the working directory never shadows a library (a stray
-    matplotlib.py is not run), and the rest of the process never imports from there.
-    """
-    mod_name, _, factory = spec.partition(":")
-    if not mod_name or not factory or not all(part.isidentifier() for part in mod_name.split(".") + [factory]):
-        raise ValueError(f"--model {spec!r}: expected MODULE:FACTORY with dotted Python names, e.g. mynets:resnet")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.append(cwd)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"--model {spec}: cannot import module {mod_name!r} ({e})") from e
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-    fn = getattr(mod, factory, None)
-    if not callable(fn):
-        raise ValueError(f"--model {spec}: module {mod_name!r} ({getattr(mod, '__file__', '?')}) has no callable {factory!r}")
-    return fn
-
-
-def load_model(spec: str, weights: str | None):
-    """(model, preprocess or None) from a registry name or MODULE:FACTORY, weights applied."""
-    preprocess = None
-    if ":" in spec:
-        model = import_factory(spec)()
-    else:
-        from unitscope import models
-        model_names = models.names()
-        if spec.lower().replace("-", "_") not in model_names:
-            raise ValueError(f"--model {spec!r}: not a registered model ({', '.join(model_names)}) "
-                             "nor MODULE:FACTORY")
-        loaded = models.load(spec)
-        model, preprocess = loaded.model, loaded.preprocess
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"--model {spec} gave a {type(model).__name__}, not a torch.nn.Module")
-    if weights:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch.load raises pickle, zip and runtime errors for a bad file
-            raise ValueError(f"--weights {weights}: cannot load ({type(e).__name__}: {e})") from e
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"--weights {weights}: expected a state_dict, got {type(state).__name__}")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:  # missing/unexpected keys, shape mismatches
-            raise ValueError(f"--weights {weights} does not fit --model {spec}: {e}") from e
-    return model, preprocess
-
-
 def run(args) -> int:
     import unitscope
     from unitscope.data import BrodenDataset
@@ -142,6 +83,8 @@ def run(args) -> int:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, preprocess = load_model(args.model, args.weights)
+    if custom_normalization(args):
+        preprocess = preprocess_from_args(args)
     layers = [l.strip() for l in args.layers.split(",") if l.strip()]
     if not layers:
         raise ValueError(f"--layers must name at least one module, got {args.layers!r}")

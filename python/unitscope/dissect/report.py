@@ -109,12 +109,14 @@ _HEAD = ("<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th><th
 
 
 def save_report(dissection: Dissection, directory, *, max_units: int | None = None, dataset_root=None,
-                progress: bool = False) -> Path:
+                progress: bool = False, back: tuple | None = None) -> Path:
     """Write index.html, a page per layer (<stem>.html: the detectors by IoU with label, category,
     IoU and a strip of top images with the activated region outlined, then the other units in a
     collapsed section) and a chart of unique detectors per category (<stem>_unique.png); stems from
     Dissection.file_stems() (safe, distinct file names). Images are read from the dataset the
-    dissection ran on (or `dataset_root`). Returns the index.html path."""
+    dissection ran on (or `dataset_root`). The summary is titled with `dissection.name` (the model) when
+    set; `back` (href, text), e.g. ('../index.html', 'the demo'), adds a link to the page that leads here.
+    Returns the index.html path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     index_rows, cache = [], {}
@@ -152,10 +154,12 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
                           f"<td>{ld.num_units}</td><td>{n_det}</td>{cells}</tr>")
     cats = next(iter(dissection)).categories if len(dissection) else []
     head = "".join(f"<th>unique {html.escape(c)}</th>" for c in cats)
-    body = (f"<h1>Network dissection{': ' + html.escape(dissection.name) if dissection.name else ''}</h1>"
+    link = f'<p><a href="{html.escape(back[0])}">&larr; {html.escape(back[1])}</a></p>' if back else ""
+    body = (f"{link}<h1>Network dissection{': ' + html.escape(dissection.name) if dissection.name else ''}</h1>"
             f"<table><tr><th>layer</th><th>units</th><th>detectors</th>{head}</tr>{''.join(index_rows)}</table>")
     index = out / "index.html"
-    index.write_text(_PAGE.format(title="dissection", body=body), encoding="utf-8")
+    title = f"dissection: {dissection.name}" if dissection.name else "dissection"
+    index.write_text(_PAGE.format(title=html.escape(title), body=body), encoding="utf-8")
     return index
 
 

@@ -22,7 +22,9 @@ class UnitConcepts:
     iou (float64[K]): that concept's IoU; iou_threshold (float): a unit is a detector of its concept
     when iou > iou_threshold; threshold_op ('>' or '>='): the mask rule; align_corners (bool): how the
     dissection upsampled maps; top_images: unit -> uint8 array (h, w, 3) of its top dataset images
-    (None where unavailable).
+    (None where unavailable); vocabulary: (label, category) pairs of the dataset's concepts that the
+    dissection names (every label of a LayerDissection; from a JSON file, the units' best and
+    per-category labels).
     """
     layer: str
     thresholds: np.ndarray
@@ -33,6 +35,7 @@ class UnitConcepts:
     threshold_op: str = ">"
     align_corners: bool = False
     top_images: object = field(default=None, repr=False)
+    vocabulary: tuple = field(default=(), repr=False)  # (label, category) of the concepts the dissection knew of
 
     @property
     def num_units(self) -> int:
@@ -80,6 +83,7 @@ def from_layer_dissection(ld) -> UnitConcepts:
                         labels=[ld.label_names[b] for b in best],
                         categories=[ld.categories[c] if c >= 0 else "" for c in cat],
                         iou=np.asarray(ld.best_iou, dtype=np.float64), top_images=top_images,
+                        vocabulary=tuple((n, c) for n, c in zip(ld.label_names, _categories_of(ld))),
                         **_settings(ld.settings, f"dissection of {ld.layer!r}"))
 
 
@@ -112,7 +116,7 @@ def from_json(path, layer: str) -> UnitConcepts:
     K = len(units)
     thresholds = np.zeros(K, np.float32)
     iou = np.zeros(K, np.float64)
-    labels, cats, seen = [""] * K, [""] * K, set()
+    labels, cats, seen, vocabulary = [""] * K, [""] * K, set(), set()
     for i, u in enumerate(units):
         k = u.get("unit") if isinstance(u, dict) else None
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < K or k in seen:
@@ -125,6 +129,11 @@ def from_json(path, layer: str) -> UnitConcepts:
         if not isinstance(lab, str) or not isinstance(cat, str):
             raise ValueError(f"{where}: unit {k}'s label and category must be strings, got {lab!r}, {cat!r}")
         thresholds[k], iou[k], labels[k], cats[k] = t, v, lab, cat
+        vocabulary.add((lab, cat))
+        per = u.get("per_category")
+        if isinstance(per, dict):
+            vocabulary.update((e["label"], c) for c, e in per.items()
+                              if isinstance(c, str) and isinstance(e, dict) and isinstance(e.get("label"), str))
     # the report sits beside the JSON (save_report(dir)) or in report/ (`unitscope dissect --out dir`),
     # its folders named as save_report names them
     stem = file_stems([str(l.get("layer")) for l in layers])[layer]
@@ -141,7 +150,38 @@ def from_json(path, layer: str) -> UnitConcepts:
             return None
 
     return UnitConcepts(layer=layer, thresholds=thresholds, labels=labels, categories=cats, iou=iou,
-                        top_images=top_images, **_settings(entry.get("settings", {}), where))
+                        top_images=top_images, vocabulary=tuple(sorted(vocabulary)),
+                        **_settings(entry.get("settings", {}), where))
+
+
+def _categories_of(ld) -> list:
+    """Each label's primary category name in a LayerDissection ('' where it has none)."""
+    lc = getattr(ld, "label_category", None)
+    if lc is None:
+        return [""] * len(ld.label_names)
+    return [ld.categories[int(c)] if 0 <= int(c) < len(ld.categories) else "" for c in lc]
+
+
+# concepts in these categories describe a whole thing and can name what a class is; colours and textures cannot
+THING_CATEGORIES = ("object", "part", "scene", "material")
+
+
+def _words(text: str) -> set:
+    """Lower-case words of 3+ letters, a plural 's' dropped: 'Egyptian cat' -> {'egyptian', 'cat'}."""
+    import re
+
+    words = re.findall(r"[a-z]{3,}", text.lower())
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words}
+
+
+def close_concepts(class_name: str, vocabulary) -> list:
+    """The concepts of `vocabulary` ((label, category) pairs) whose name shares a word with
+    `class_name` (the words of ImageNet's 'tabby, tabby cat' include 'cat'), among the categories that
+    name things (THING_CATEGORIES; a category '' counts too). Empty: the dataset knows no concept
+    close to the class, so the concepts an explanation names are only the nearest it has."""
+    target = _words(class_name)
+    return sorted({label for label, cat in vocabulary
+                   if (cat in THING_CATEGORIES or not cat) and _words(label) & target})
 
 
 def unit_concepts(dissection, layer: str) -> UnitConcepts:

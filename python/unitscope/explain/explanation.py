@@ -13,7 +13,7 @@ from unitscope.explain.concepts import NO_CONCEPT
 
 @dataclass
 class UnitContribution:
-    """One unit k: contribution alpha_k * mean(A_k); share = contribution / the sum of the positive
+    """One unit k: contribution alpha_k * sum(A_k); share = contribution / the sum of the positive
     contributions of all units; its concept (label, category, IoU; label 'no concept' and category ''
     when IoU <= the detector threshold); activation (float32[H, W]): its map upsampled bilinearly over
     the image; mask (bool[H, W]): where it passes its dissection threshold ("where it fires as a
@@ -52,11 +52,14 @@ class Explanation:
     """Why the model gave `target` for one image, in terms of the dissected concepts of `layer`.
 
     image (float64[H, W, 3] in [0, 1]); target / target_name / probability (softmax of the model
-    output); predicted / predicted_name; contributions (float64[K]): every unit's contribution, which
-    sum to `total`, the spatial mean of the Grad-CAM map (at layer resolution) before its ReLU; units:
-    the `top` highest-contributing units (UnitContribution); concepts, categories: all units summed
-    per concept and per category (ConceptContribution), largest contribution first; 'no concept' holds
-    the units that detect nothing above iou_threshold.
+    output); predicted / predicted_name; contributions (float64[K]): every unit's contribution, signed,
+    which sum to `total`, the sum of the Grad-CAM map (over the layer's positions) before its ReLU: at
+    the model's CAM layer, `logit` (the target's score) minus the classifier's bias; positive_total and
+    negative_total split it; units: the `top` highest positive contributors (UnitContribution); concepts,
+    categories: all units summed per concept and per category (ConceptContribution), largest
+    contribution first; 'no concept' holds the units that detect nothing above iou_threshold;
+    close_concepts: the dissection's concepts whose names share a word with the target's name (empty:
+    the dataset knows nothing like the class, and the concepts named are only the nearest it has).
     """
     image: np.ndarray = field(repr=False)
     layer: str
@@ -71,6 +74,33 @@ class Explanation:
     concepts: list = field(repr=False)
     categories: list = field(repr=False)
     iou_threshold: float = 0.04
+    logit: float = float("nan")
+    close_concepts: list = field(default_factory=list)
+
+    @property
+    def positive_total(self) -> float:
+        """Sum of the positive contributions (the denominator of every share)."""
+        c = np.asarray(self.contributions)
+        return float(c[c > 0].sum())
+
+    @property
+    def negative_total(self) -> float:
+        """Sum of the negative contributions: total = positive_total + negative_total."""
+        c = np.asarray(self.contributions)
+        return float(c[c < 0].sum())
+
+    def contributors(self, groups) -> list:
+        """The groups (concepts or categories) that contributed positively with a share of at least
+        0.05% (what shows as 0.1% or more), largest first."""
+        return [g for g in groups if g.contribution > 0 and g.share >= 0.0005]
+
+    def warning(self) -> str:
+        """'' when the dissection knows a concept close to the target class, else a sentence saying
+        the concepts named are only the nearest of the dataset's concepts."""
+        if self.close_concepts:
+            return ""
+        return (f"The dissection's dataset has no concept close to {self.target_name!r}: the concepts below are "
+                f"the nearest of these concepts, not a finding that the model sees {self.target_name!r} as them.")
 
     def summary(self, n: int = 5) -> str:
         """One paragraph: the class explained and the n concepts that contributed most."""
@@ -79,17 +109,18 @@ class Explanation:
             what = (f"explaining {self.target_name!r} (p={self.probability:.2f}; predicted "
                     f"{self.predicted_name!r})")
         parts = []
-        for c in self.concepts:
-            if c.name == NO_CONCEPT or c.contribution <= 0:
+        for c in self.contributors(self.concepts):
+            if c.name == NO_CONCEPT:
                 continue
             units = f", {len(c.units)} units" if len(c.units) > 1 else ""
             parts.append(f"{c.name} ({c.category}{units}, {100 * c.share:.0f}%)")
             if len(parts) == n:
                 break
-        none = next((c for c in self.concepts if c.name == NO_CONCEPT), None)
-        tail = f"; units with no concept: {100 * none.share:.0f}%" if none is not None else ""
+        none = next((c for c in self.concepts if c.name == NO_CONCEPT and c.contribution > 0), None)
+        tail = f"; units with no concept gave {100 * none.share:.0f}% of the positive sum" if none is not None else ""
         found = ", ".join(parts) if parts else "no dissected concept contributed positively"
-        return f"{what}; the units of {self.layer} that contributed most detect: {found}{tail}"
+        what_found = "the nearest of its concepts" if not self.close_concepts else "they detect"
+        return f"{what}; the units of {self.layer} that contributed most ({what_found}): {found}{tail}"
 
     __str__ = summary
 
@@ -109,6 +140,7 @@ class Explanation:
             return f'<img src="{src(name)}" alt="{esc(alt)}"{size}>'
 
         rows = []
+        with_fv = any(u.featviz is not None for u in self.units)  # no empty column
         for u in self.units:
             concept = esc(u.label) + (f" <small>({esc(u.category)}, IoU {u.iou:.3f})</small>" if u.category else "")
             fv = img(u.featviz, f"unit{u.unit}_featviz.png", f"feature visualization of unit {u.unit}", 112) \
@@ -119,26 +151,37 @@ class Explanation:
                         f"{100 * u.share:.1f}%</small></td><td>"
                         + img(viz.outline_mask(self.image, u.mask), f"unit{u.unit}_map.png",
                               f"where unit {u.unit} fires", 160)
-                        + f"<br><small>fires on {100 * u.coverage:.0f}%</small></td><td>{fv}</td><td>{top}</td></tr>")
+                        + f"<br><small>fires on {100 * u.coverage:.0f}%</small></td>"
+                        + (f"<td>{fv}</td>" if with_fv else "") + f"<td>{top}</td></tr>")
 
         def table(groups, title, with_category):
             cat = lambda c: f"<td>{esc(c.category)}</td>" if with_category else ""  # noqa: E731
             body = "".join(f"<tr><td>{esc(c.name)}</td>{cat(c)}<td>{len(c.units)}</td>"
-                           f"<td>{c.contribution:.4g}</td><td>{100 * c.share:.1f}%</td></tr>" for c in groups[:12])
+                           f"<td>{c.contribution:.4g}</td><td>{100 * c.share:.1f}%</td></tr>"
+                           for c in self.contributors(groups)[:12])
             return (f"<table class=groups><caption>{title}</caption><tr><th>name</th>"
                     f"{'<th>category</th>' if with_category else ''}<th>units</th>"
                     f"<th>contribution</th><th>share</th></tr>{body}</table>")
 
+        warning = self.warning()
+        logit = "" if self.logit != self.logit else f" (the logit here: {self.logit:.4g})"
         return (f"<div class=explanation><p>{img(self.image, 'image.png', 'the image', 160)}</p>"
-                f"<p>{esc(self.summary())}.</p>"
-                f"<table><tr><th>unit</th><th>concept</th><th>contribution<br>(share)</th>"
-                f"<th>where it fires<br>(above its dissection threshold)</th><th>feature visualization</th>"
-                f"<th>top dataset images</th></tr>{''.join(rows)}</table>"
-                f"{table(self.concepts, 'per concept', True)}{table(self.categories, 'per category', False)}"
-                f"<p><small>Contributions alpha_k &middot; mean(A_k) sum to {self.total:.4g}, the spatial mean of "
-                f"the Grad-CAM map of {esc(self.layer)} before its ReLU; share = contribution / the sum of the "
-                f"positive contributions; a unit has a concept when its IoU &gt; {self.iou_threshold}.</small></p>"
-                "</div>")
+                + (f"<p class=warning>&#9888; {esc(warning)}</p>" if warning else "")
+                + f"<p>{esc(self.summary())}.</p>"
+                f"<table><caption>units that contributed most (positive contributions)</caption>"
+                f"<tr><th>unit</th><th>concept</th><th>contribution<br>(share)</th>"
+                f"<th>where it fires<br>(above its dissection threshold)</th>"
+                + ("<th>feature visualization</th>" if with_fv else "")
+                + f"<th>top dataset images</th></tr>{''.join(rows)}</table>"
+                f"{table(self.concepts, 'per concept (positive contributions)', True)}"
+                f"{table(self.categories, 'per category (positive contributions)', False)}"
+                f"<p><small>Contributions alpha_k &middot; sum(A_k), with alpha_k the mean gradient of the class "
+                f"score over unit k's map (Grad-CAM): positive ones sum to {self.positive_total:.4g}, negative ones "
+                f"to {self.negative_total:.4g}; the signed total {self.total:.4g} is the sum of the Grad-CAM map of "
+                f"{esc(self.layer)} before its ReLU. At the model's CAM layer (the last feature map, followed only by "
+                f"global average pooling and a linear classifier) it equals the class logit minus the classifier's "
+                f"bias{logit}. Share = contribution / the positive sum; a unit has a concept when its IoU &gt; "
+                f"{self.iou_threshold}.</small></p></div>")
 
     def to_html(self, path) -> Path:
         """Write a page at `path` (its images go to the folder <path stem>_files beside it); returns path."""
@@ -153,6 +196,7 @@ class Explanation:
 
 STYLE = ("body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse;margin:.6em 0}"
          "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}"
-         "table.groups{display:inline-table;margin-right:2em;vertical-align:top} caption{font-weight:bold}")
+         "table.groups{display:inline-table;margin-right:2em;vertical-align:top} caption{font-weight:bold}"
+         ".warning{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px}")
 PAGE = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>" + STYLE.replace("{", "{{")
         .replace("}", "}}") + "</style></head><body><h1>{title}</h1>{body}</body></html>")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from unitscope.explain.concepts import NO_CONCEPT, unit_concepts
+from unitscope.explain.concepts import NO_CONCEPT, close_concepts, unit_concepts
 from unitscope.explain.explanation import ConceptContribution, Explanation, UnitContribution
 
 
@@ -16,11 +16,14 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
     """Explain the prediction for each image of x by the concepts of the units of `layer`.
 
     For the target class c of image b, Grad-CAM weighs unit k of `layer` by alpha_k = the spatial
-    mean of dS_c/dA_k (Selvaraju et al., ICCV 2017); unit k contributes alpha_k * mean(A_k) to the
-    spatial mean of the Grad-CAM map before its ReLU, and the K contributions sum to it exactly. Units
-    are ranked by contribution (largest first), named by the dissection (Bau et al., CVPR 2017: a unit
-    is a detector of its best concept when its IoU is above the dissection's IoU threshold, else
-    "no concept"), and summed per concept and per category.
+    mean of dS_c/dA_k (Selvaraju et al., ICCV 2017); unit k contributes alpha_k * sum(A_k) (sum over the
+    layer's h x w positions) to the sum of the Grad-CAM map before its ReLU, and the K contributions
+    sum to it exactly. At the model's CAM layer (the last feature map, followed only by global average
+    pooling and a linear classifier) that sum is the class logit minus the classifier's bias: S_c =
+    sum_k W[c, k] mean(A_k) + b_c and alpha_k = W[c, k] / (h w). Units are ranked by contribution
+    (largest first), named by the dissection (Bau et al., CVPR 2017: a unit is a detector of its best
+    concept when its IoU is above the dissection's IoU threshold, else "no concept"), and summed per
+    concept and per category.
 
     Args:
         model (nn.Module or models.LoadedModel): the classifier, in eval mode. A LoadedModel also
@@ -28,11 +31,12 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
         x (Tensor[B, 3, H, W], float): the images, in the space `preprocess` takes ([0, 1] pixels for
             the registry's models).
         dissection (Dissection, LayerDissection or path of a dissection.json): the dissection of `layer`.
-        layer (str): the dissected layer, a module name as the dissection names it ("name@k" for the
-            k-th call of a module that runs several times per forward); read by
+        layer (str): the dissected layer: a module name, or 'name@k' for the k-th call of a module
+            that runs several times per forward (e.g. EfficientNet-Lite0's CAM layer '_swish@1'); read by
             unitscope.hooks.LayerCapture: the layer's output as it returned it.
         target: None (each image's top class), an int, or B ints.
-        top (int): how many of the highest-contributing units carry maps and images.
+        top (int): how many of the highest-contributing units carry maps and images (only units with a
+            positive contribution are listed).
         preprocess (callable): applied to x inside the graph (default: the LoadedModel's, else none).
         class_names (list of str): names of the classes (default: the LoadedModel's, else "class N").
         featviz (mapping unit -> image, or callable unit -> image, optional): feature visualizations
@@ -67,7 +71,7 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
         raise ValueError(f"layer {layer!r} has {A.shape[1]} units but the dissection has {concepts.num_units}")
     alpha = cam.weights(A, cam.layer_gradients(A, scores, targets))[:, 0]       # (B, K)
     A = A.detach()
-    contrib = (alpha.double() * A.double().mean(dim=(2, 3))).cpu().numpy()      # (B, K) float64
+    contrib = (alpha.double() * A.double().sum(dim=(2, 3))).cpu().numpy()       # (B, K) float64
     probs = torch.softmax(scores.detach().double(), dim=1).cpu()
     names = class_names if class_names is not None else [f"class {i}" for i in range(probs.shape[1])]
     if len(names) != probs.shape[1]:
@@ -91,7 +95,7 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
         share = c / positive if positive > 0 else np.zeros_like(c)
         order = np.argsort(-c, kind="stable")
         units = []
-        for k in (int(i) for i in order[:top]):
+        for k in (int(i) for i in order[:top] if c[i] > 0):
             up = bilinear_resize(A[b, k].float().cpu().contiguous(), hw, concepts.align_corners).numpy()
             thr = float(concepts.thresholds[k])
             label, category = concepts.concept(k)
@@ -104,7 +108,8 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
         out.append(Explanation(
             image=to_image_array(x[b]), layer=layer, target=t, target_name=str(names[t]),
             probability=float(probs[b, t]), predicted=pred, predicted_name=str(names[pred]),
-            contributions=c, total=float(c.sum()), units=units,
+            contributions=c, total=float(c.sum()), units=units, logit=float(scores[b, t].detach()),
+            close_concepts=close_concepts(str(names[t]), concepts.vocabulary),
             concepts=_group(c, share, order, concept_of, by_category=False),
             categories=_group(c, share, order, concept_of, by_category=True),
             iou_threshold=concepts.iou_threshold))

@@ -64,6 +64,8 @@ def _check(x, eps, steps, norm, step_size):
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
         got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a float tensor (B, 3, H, W) in [0, 1], got {got}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x must lie in [0, 1], got {int((~torch.isfinite(x)).sum())} NaN or infinite values")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"x must lie in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     if norm not in NORMS:
@@ -72,8 +74,9 @@ def _check(x, eps, steps, norm, step_size):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if step_size is not None and (not isinstance(step_size, (int, float)) or not step_size > 0):
-        raise ValueError(f"step_size must be a number > 0 or None, got {step_size!r}")
+    if step_size is not None and (isinstance(step_size, bool) or not isinstance(step_size, (int, float))
+                                  or not 0 < step_size < float("inf")):
+        raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
 
 
 def _project(delta, x, eps, norm):
@@ -183,6 +186,11 @@ def contrast(model: nn.Module, photo: torch.Tensor, target: int, *, eps: float =
     """The feature visualization of class `target`'s logit (render from noise, at the photo's size unless
     `size` is given; other render() options through render_kwargs) and the adversarial example towards
     `target` from `photo` (Tensor[1, 3, H, W] in [0, 1]), as a Contrast; `.save(path, class_names)` draws them."""
+    # the rendering's own arguments are checked here too: a bad one must not fail after the adversarial work
+    if isinstance(render_steps, bool) or not isinstance(render_steps, int) or render_steps < 1:
+        raise ValueError(f"render_steps must be an int >= 1, got {render_steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     adv = adversarial(model, photo, target, eps, adversarial_steps, norm=norm, preprocess=preprocess, device=device,
                       progress=progress)
     size = tuple(photo.shape[-2:]) if size is None else size

@@ -1,49 +1,47 @@
-"""`unitscope adversarial`: one class seen two ways on a registered model: the feature visualization of
-its logit (from noise) beside the adversarial example towards it (from a photo); writes the PNGs."""
+"""`unitscope adversarial`: one class seen two ways on a model (registry name or MODULE:FACTORY): the
+feature visualization of its logit (from noise) beside the adversarial example towards it (from a
+photo); writes the PNGs."""
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="a registered model name (see unitscope.models.names())")
-    p.add_argument("--image", required=True, help="the photo (any format Pillow reads)")
-    p.add_argument("--target", type=int, required=True, help="the class id to reach and to render")
-    p.add_argument("--eps", type=float, default=2 / 255,
+    from unitscope import cli
+    from unitscope.models.own import add_model_arguments
+
+    add_model_arguments(p)  # --model, --weights, --mean/--std/--no-normalize, --classes
+    p.add_argument("--image", required=True, type=cli.image_file,
+                   help="the photo: a file Pillow reads, or skimage:NAME for a photo bundled with scikit-image")
+    p.add_argument("--target", type=cli.nonnegative_int, required=True, help="the class id to reach and to render")
+    p.add_argument("--eps", type=cli.positive_float, default=2 / 255,
                    help="perturbation budget in [0, 1] pixel units (default: 2/255 for linf; try 1.0 for l2)")
     p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="the budget's norm (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default: %(default)s)")
-    p.add_argument("--render-steps", type=int, default=256,
+    p.add_argument("--steps", type=cli.positive_int, default=20, help="PGD steps (default: %(default)s)")
+    p.add_argument("--render-steps", type=cli.positive_int, default=256,
                    help="feature visualization steps (default: %(default)s)")
-    p.add_argument("--size", type=int, default=None, help="image side (default: the model's input size)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the rendering's noise (default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--size", type=cli.positive_int, default=None,
+                   help="image side, at least 8 (default: the registry model's input size, 224 for MODULE:FACTORY)")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed of the rendering's noise (default: %(default)s)")
+    p.add_argument("--device", type=cli.device, default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--out", required=True, type=cli.output_dir, help="output folder (created)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
 
 
 def run(args) -> int:
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"unitscope adversarial: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
     from unitscope import models, viz
     from unitscope.featviz.adversarial import contrast
+    from unitscope.models.own import loaded_from_args
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    lm = models.load(args.model, device=device)
-    if not 0 <= args.target < len(lm.class_names):
-        raise ValueError(f"--target must lie in [0, {len(lm.class_names)}), got {args.target}")
     if args.size is not None and args.size < 8:
         raise ValueError(f"--size must be at least 8, got {args.size}")
-    x = models.load_image(args.image, args.size or lm.input_size).to(device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lm = loaded_from_args(args, device, input_size=args.size)
+    if not 0 <= args.target < len(lm.class_names):
+        raise ValueError(f"--target must lie in [0, {len(lm.class_names)}), got {args.target}")
+    x = models.load_image(args.image, lm.input_size).to(device)
     c = contrast(lm.model, x, args.target, eps=args.eps, norm=args.norm, adversarial_steps=args.steps,
                  render_steps=args.render_steps, preprocess=lm.preprocess, device=device, seed=args.seed,
                  progress=not args.quiet)

@@ -18,51 +18,75 @@ from unitscope.hooks import LayerCapture
 from unitscope.viz import save_grid, save_image, to_image_array
 
 
+def _finite_nonnegative(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="registry name (see unitscope.models.names())")
-    p.add_argument("--layer", required=True, help="module name as in model.named_modules(), e.g. _blocks.6, or "
-                   "NAME@K for the K-th call (from 0) of a module that runs several times per forward, e.g. _swish@1 "
-                   "(required, no default)")
+    from unitscope import cli
+    from unitscope.models.own import add_model_arguments
+
+    add_model_arguments(p, classes=False)  # --model, --weights, --mean/--std/--no-normalize
+    p.add_argument("--layer", required=True,
+                   help="module name as in model.named_modules(), e.g. _blocks.6, or name@k for the k-th call of a "
+                        "module that runs several times (`unitscope layers --model M` lists them)")
     p.add_argument("--channels", default="0,1,2,3",
                    help="comma-separated channel indices, or a range START-END (inclusive) (default: %(default)s)")
     p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
                    help="channel: the channel's mean over all positions; neuron: its value at the centre "
                         "position (default: %(default)s)")
-    p.add_argument("--size", type=int, default=128, help="rendered image size in pixels (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=256, help="optimization steps per render (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--size", type=cli.positive_int, default=128,
+                   help="rendered image size in pixels, at least 16 and at least what the model can run on "
+                        "(default: %(default)s)")
+    p.add_argument("--steps", type=cli.positive_int, default=256, help="optimization steps per render (default: %(default)s)")
+    p.add_argument("--lr", type=cli.positive_float, default=0.05, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterization: a frequency-scaled spectrum or plain pixels (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=8,
+    p.add_argument("--batch", type=cli.positive_int, default=8,
                    help="channels rendered together in one optimization; each image is the one rendered "
                         "alone, to float precision (default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    p.add_argument("--prior-weight", type=float, default=0.0,
+    p.add_argument("--device", type=cli.device, default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--prior-weight", type=_finite_nonnegative, default=0.0,
                    help="weight of the shipped denoising-autoencoder prior (featviz.dae_prior), which pulls the "
                         "renders towards natural images; about 10 smooths them at little cost in activation, "
                         "0 turns it off (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of every render (default: %(default)s)")
-    p.add_argument("--dataset", default=None,
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="random seed of every render (default: %(default)s)")
+    p.add_argument("--dataset", type=cli.existing_dir, default=None,
                    help="a Broden folder or a folder of images: adds each channel's most and least activating "
                         "images (their receptive-field patches) to its grid (default: none)")
-    p.add_argument("--examples", type=int, default=9,
+    p.add_argument("--examples", type=cli.positive_int, default=9,
                    help="dataset images shown per channel, each way (default: %(default)s)")
-    p.add_argument("--reduce", choices=["mean", "max"], default="mean",
-                   help="how a dataset image's activation map becomes the channel's score: mean over positions "
-                        "(as the channel objective) or max (default: %(default)s)")
-    p.add_argument("--dataset-size", type=int, default=224,
+    p.add_argument("--reduce", choices=["mean", "max"], default="max",
+                   help="how a dataset image's activation map becomes the channel's score: max over positions "
+                        "(the strongest response anywhere, as dataset_examples() and the dissection's top images "
+                        "rank them) or mean (as the channel objective) (default: %(default)s)")
+    p.add_argument("--dataset-size", type=cli.positive_int, default=224,
                    help="dataset images are resized to this size (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-channel lines (default: off)")
-    p.add_argument("--out", required=True, help="output folder; writes featviz.html and featviz/*.png there")
+    p.add_argument("--out", required=True, type=cli.output_dir,
+                   help="output folder; writes featviz.html and featviz/*.png there")
 
 
 def _channels(spec: str) -> list[int]:
     try:
         if "-" in spec.strip()[1:]:
-            lo, hi = spec.split("-", 1)
-            return list(range(int(lo), int(hi) + 1))
+            lo, hi = (int(v) for v in spec.split("-", 1))
+            if hi < lo:
+                raise ValueError(f"--channels {spec!r}: the range END {hi} is below its START {lo}")
+            return list(range(lo, hi + 1))
         channels = [int(c) for c in spec.split(",") if c.strip()]
-    except ValueError:
+    except ValueError as e:
+        if "END" in str(e):
+            raise
         raise ValueError(f"--channels must be comma-separated integers or START-END, got {spec!r}") from None
     if not channels:
         raise ValueError(f"--channels names no channel: {spec!r}")
@@ -83,8 +107,12 @@ def _check(args, model, preprocess, device) -> list[int]:
     channels = _channels(args.channels)
     cap = LayerCapture(model, args.layer, detach=True)  # a bad name (or '@k') fails here, with the close names
     name = cap.spec
-    with frozen(model), torch.no_grad(), cap:
-        model(preprocess(torch.full((1, 3, args.size, args.size), 0.5, device=device)))
+    try:
+        with frozen(model), torch.no_grad(), cap:
+            model(preprocess(torch.full((1, 3, args.size, args.size), 0.5, device=device)))
+    except RuntimeError as e:  # e.g. "Kernel size can't be greater than actual input size"
+        raise ValueError(f"--size {args.size}: the model cannot run on a {args.size}x{args.size} image "
+                         f"({str(e).splitlines()[0]}); try a larger --size") from e
     num = cap.output.shape[1]
     bad = [c for c in channels if not 0 <= c < num]
     if bad:
@@ -98,10 +126,10 @@ def _caption(values) -> str:
 
 
 def run(args) -> int:
-    from unitscope import models
+    from unitscope.models.own import loaded_from_args
 
-    loaded = models.load(args.model, device=args.device)
     device = torch.device(args.device) if args.device else torch.device("cpu")
+    loaded = loaded_from_args(args, device, classifier=False)
     channels = _check(args, loaded.model, loaded.preprocess, device)
     folder = os.path.join(args.out, "featviz")
     os.makedirs(folder, exist_ok=True)

@@ -85,8 +85,10 @@ def render(model: nn.Module, objective: Objective, *, size=128, batch: int | Non
     """
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a unitscope.featviz Objective, got {type(objective).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if batch is None:
         batch = objective.batch or 1
     if batch < 1:

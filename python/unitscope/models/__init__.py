@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from unitscope.models.images import MAX_PIXELS, load_image, open_image, read_image
+from unitscope.models.layers import LayerInfo, cam_layer, layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,6 +147,6 @@ def load(name: str, device=None, *, pretrained: bool = True, seed: int = 0) -> L
     return _REGISTRY[key][0](torch.device(device) if device is not None else torch.device("cpu"), pretrained, seed)
 
 
-__all__ = ["LoadedModel", "Normalize", "describe", "load", "names", "imagenet_class_names", "load_image", "read_image",
-           "open_image", "MAX_PIXELS",
+__all__ = ["LayerInfo", "cam_layer", "layers", "LoadedModel", "Normalize", "describe", "load", "names",
+           "imagenet_class_names", "load_image", "read_image", "open_image", "MAX_PIXELS",
            "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -15,12 +15,19 @@ PAGE = "saliency.html"  # the page of this command; featviz and dissect write th
 METHODS = ("gradient", "gxi", "smoothgrad", "ig", "guided", "gradcam", "gradcam++", "hirescam", "scorecam",
            "guided_gradcam", "occlusion", "lime", "kernelshap")
 CAM_METHODS = {"gradcam", "gradcam++", "hirescam", "scorecam", "guided_gradcam"}
+# pixel-level (gradient-family) maps are drawn as the demo draws them: viz.gradient_map's smoothed, clipped magnitude
+PIXEL_METHODS = {"gradient", "gxi", "smoothgrad", "ig", "guided", "guided_gradcam"}
 
 
 def add_arguments(parser):
     from unitscope import cli
 
-    parser.add_argument("--model", required=True, help="a registered model name (see unitscope.models.names())")
+    from unitscope.models.own import add_model_arguments
+
+    add_model_arguments(parser)  # --model, --weights, --mean/--std/--no-normalize, --classes
+    parser.add_argument("--input-size", type=cli.positive_int, default=None,
+                        help="the photo is resized to this square size (default: the registry model's input size, "
+                             "224 for MODULE:FACTORY)")
     parser.add_argument("--image", required=True, type=cli.image_file,
                         help="the photo: a file Pillow reads (8- or 16-bit) or skimage:NAME for a photo bundled "
                              "with scikit-image, e.g. skimage:chelsea")
@@ -28,7 +35,9 @@ def add_arguments(parser):
                         help=f"comma-separated methods among: {', '.join(METHODS)}; or 'all' (default: %(default)s)")
     parser.add_argument("--target", default="top1", type=_checked(_target_syntax),
                         help="a class id N, several 'N,M', or topK for the K most likely classes (default: top1)")
-    parser.add_argument("--layer", default=None, help="layer for the CAM methods (default: the model's CAM layer)")
+    parser.add_argument("--layer", default=None,
+                        help="layer for the CAM methods (default: the model's CAM layer: the registry's, or for "
+                             "MODULE:FACTORY the last feature map before global pooling; `unitscope layers` lists them)")
     parser.add_argument("--out", required=True, type=cli.output_dir,
                         help=f"output folder (created): {PAGE}, targets.json, grid.png, one PNG per method and class")
     parser.add_argument("--device", default=None, type=cli.device,
@@ -135,14 +144,16 @@ def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_s
 
 def run(args) -> int:
     from unitscope import models, viz
+    from unitscope.models.own import loaded_from_args
     from unitscope.saliency import LayerCapture, show_progress
 
     methods = args.method
     if args.samples == 1 and {"lime", "kernelshap"} & set(methods):
         raise ValueError("--samples must be at least 2 for LIME and KernelSHAP, got 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    lm = models.load(args.model, device=device)
-    layer = args.layer or lm.cam_layer
+    lm = loaded_from_args(args, device, input_size=args.input_size)
+    layer = args.layer or lm.cam_layer or (
+        models.cam_layer(lm.model, lm.input_size, preprocess=lm.preprocess) if set(methods) & CAM_METHODS else "")
     if set(methods) & CAM_METHODS:
         LayerCapture(lm.model, layer)  # a misspelled --layer (or a bad '@k') fails here, with the close names
     x = models.load_image(args.image, lm.input_size).to(device)
@@ -162,7 +173,10 @@ def run(args) -> int:
         timing[name] = time.perf_counter() - start
         for row, m in zip(rows, maps):
             fname = f"{name.replace('+', 'p')}_{row['class']}.png"
-            img = viz.overlay(x[0], m, alpha=args.alpha)
+            signed, label = None, None
+            if name in PIXEL_METHODS:
+                m, signed, label = torch.from_numpy(viz.gradient_map(m, percentile=99, smooth=2.0)), False, "x p99"
+            img = viz.colorbar(viz.overlay(x[0], m, alpha=args.alpha, signed=signed), m, signed=signed, label=label)
             viz.save_image(img, os.path.join(args.out, fname))
             row["files"][name] = fname
             tiles.append(img)
@@ -183,7 +197,7 @@ def _write_html(args, rows, methods, layer, timing):
     head = "".join(f"<th>{esc(m)}<br><small>{timing[m]:.2f} s</small></th>" for m in methods)
     body = []
     for r in rows:
-        cells = "".join(f'<td><img src="{esc(r["files"][m])}" width="224"></td>' for m in methods)
+        cells = "".join(f'<td><img src="{esc(r["files"][m])}"></td>' for m in methods)  # photo + colour bar
         body.append(f"<tr><th>{esc(r['name'])}<br><small>class {r['class']}, p = {r['probability']:.3f}</small></th>"
                     f"{cells}</tr>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unitscope saliency</title>"

@@ -35,8 +35,8 @@ class SmoothGrad(Attribution):
         if method.compilable:  # the wrapped method's forward does the work (not guided backprop's hooks)
             method._runner.setting = compile
         self.n_samples = check_positive_int(n_samples, "n_samples")
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-            raise ValueError(f"noise must be a number >= 0 (a fraction of the input range), got {noise!r}")
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < float("inf"):
+            raise ValueError(f"noise must be a finite number >= 0 (a fraction of the input range), got {noise!r}")
         self.noise = float(noise)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
