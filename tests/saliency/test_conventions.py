@@ -1,5 +1,5 @@
-"""The README's saliency conventions table, line by line: with the peer's convention selected, each
-method reproduces the peer's published formula, written out here on a tiny model (no peer imported)."""
+"""The saliency conventions table (docs/guide-saliency.md, "Conventions"), line by line: with the peer's
+convention selected, each method reproduces the peer's published formula, written out here on a tiny model (no peer imported)."""
 import math
 
 import numpy as np

@@ -38,7 +38,8 @@ def score(model: nn.Module, objective: Objective, images: torch.Tensor, *, prepr
     """The objective of each image, without transforms or gradients.
 
     Args:
-        images (Tensor[B, 3, H, W], float in [0, 1]); preprocess as in render().
+        images (Tensor[B, 3, H, W], float in [0, 1]): the images to score.
+        preprocess: as in render().
     Returns:
         Tensor[B] float32 on the CPU.
     """

@@ -34,7 +34,9 @@ class IoUTally:
         label_category (Tensor[C] int): category of each label (entry 0 unused).
         num_categories (int): number of categories.
         out_size (int or (S_h, S_w)): the label resolution.
-        align_corners (bool), threshold_op (">" or ">="), union ("category" or "dataset").
+        align_corners (bool): the resize's F.interpolate convention.
+        threshold_op (">" or ">="): the mask rule.
+        union ("category" or "dataset"): where a unit's mask pixels count.
         device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda");
             a bare "cuda" means the current CUDA device when the tally is built.
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
