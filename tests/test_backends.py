@@ -1,4 +1,4 @@
-"""Backend discovery and selection (DESIGN.md, Backends)."""
+"""Backend discovery and selection (docs/design.md, "Backend contract")."""
 import os
 import subprocess
 import sys

@@ -1,5 +1,5 @@
-"""Checks for state dicts read back from a checkpoint or another process (DESIGN: everything read back
-is validated before a kernel sees it): exact keys, plain configuration values, tensor type, dtype,
+"""Checks for state dicts read back from a checkpoint or another process (docs/design.md,
+"Conventions": nothing read back is trusted): exact keys, plain configuration values, tensor type, dtype,
 shape and device, value ranges, and a digest that catches any edit the invariant checks cannot.
 
 The digest (blake2b over every field) detects corruption and edits of a saved state; it is no
