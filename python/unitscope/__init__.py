@@ -3,14 +3,14 @@
 Network dissection, saliency maps and feature visualization on fast C++/CUDA kernels with Numba and
 plain PyTorch fallbacks.
 """
-from unitscope._backend import backends, cuda_compiled
 from unitscope import data, featviz, kernels, models, saliency, viz
-from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
+from unitscope._backend import backends, cuda_compiled
 
 # the function shadows the subpackage's attribute on purpose: unitscope.dissect(model, ...) is the
 # entry point; `from unitscope.dissect import ...` still reaches the subpackage
 from unitscope.dissect import Dissection, LayerDissection, compare, dissect
 from unitscope.explain import Explanation, explain
+from unitscope.kernels import ExactQuantile, IoUTally, QuantileSketch
 
 __version__ = "0.1.0"
 

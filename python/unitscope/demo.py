@@ -121,7 +121,7 @@ def run(args) -> int:
     # 4. which concepts of the last dissected layer made each photo's prediction
     explained = DEMO_LAYERS[-1]
     explanations = []
-    for name, x, target in photos:
+    for name, x, _target in photos:
         (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(explained, k))
         explanations.append((name, e, e.html_fragment(out / "explain" / name, f"explain/{name}")))
         print(f"{name}: {e.summary()}")

@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import GapNet, Linear, MixedActs
 from torch import nn
 
-from unitscope.saliency import GradCAM, GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, ScoreCAM
+from unitscope.saliency import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, ScoreCAM
 from unitscope.saliency.integrated_gradients import path_nodes
 from unitscope.saliency.occlusion import window_starts
-from tiny_models import GapNet, Linear, MixedActs
 
 
 @pytest.fixture

@@ -50,10 +50,10 @@ class LayerCapture:
             name, call = parse_layer(spec)
             name, module = resolve_layer(model, name)
             self._specs[spec] = (module, name, call)
-        self._handles = []
-        self._calls = {}
-        self._out = {}
-        self._stop_after = None  # cut the forward short once all layers are captured (after a full first run)
+        self._handles: list = []
+        self._calls: dict[str, int] = {}
+        self._out: dict[str, torch.Tensor] = {}
+        self._stop_after: bool | None = None  # cut the forward short once all layers are captured (after a full first run)
         self._full = False       # set while full() runs: no early exit (torch.compile traces full())
 
     def __enter__(self):

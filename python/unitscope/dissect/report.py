@@ -39,7 +39,8 @@ def _thumb(path: Path, cache: dict) -> np.ndarray:
         if len(cache) > 2048:  # thumbnails of 37 KiB each
             cache.clear()
         with Image.open(path) as im:
-            cache[path] = np.asarray(im.convert("RGB").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.uint8)
+            # Image.BILINEAR is still Pillow's constant (9.0 has no Image.Resampling); its stubs list only the enum
+            cache[path] = np.asarray(im.convert("RGB").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.uint8)  # type: ignore[attr-defined]
     return cache[path]
 
 
@@ -116,7 +117,8 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
     dissection ran on (or `dataset_root`). Returns the index.html path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    index_rows, cache = [], {}
+    index_rows: list = []
+    cache: dict[Path, np.ndarray] = {}
     stems = dissection.file_stems()
     for ld in dissection:
         name = stems[ld.layer]
@@ -132,7 +134,7 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
         if progress:
             from tqdm.auto import tqdm
             it = tqdm(units, desc=f"report {ld.layer}", unit="unit")
-        rows = {True: [], False: []}
+        rows: dict[bool, list] = {True: [], False: []}
         for u in it:
             rows[u["unit"] in detector].append(_unit_row(ld, u, name, out, root, cache))
         n_det = len(detector)

@@ -112,7 +112,7 @@ class LayerDissection:
         is some unit's best label within its category with IoU above the threshold; rule='best': only
         each unit's overall best label counts (one concept per detector unit)."""
         thr = self._threshold(iou_threshold)
-        found = {c: set() for c in self.categories}
+        found: dict[str, set] = {c: set() for c in self.categories}
         if rule == "category":
             labels, ious = self.best_in_category()
             for c, cat in enumerate(self.categories):

@@ -25,8 +25,16 @@ import unitscope
 from unitscope._compile import Runner, check_compile
 from unitscope.data import BrodenDataset, collate_broden
 from unitscope.dissect.capture import LayerCapture
-from unitscope.dissect.checkpoint import (CheckpointError, checkpoint_path, describe_callable, load_checkpoint,
-                                          model_fingerprint, prepare_checkpoint_dir, probe_stats, save_checkpoint)
+from unitscope.dissect.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    describe_callable,
+    load_checkpoint,
+    model_fingerprint,
+    prepare_checkpoint_dir,
+    probe_stats,
+    save_checkpoint,
+)
 from unitscope.dissect.result import Dissection, LayerDissection
 from unitscope.dissect.topk import TopKImages
 from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize

@@ -9,9 +9,9 @@ import os
 import torch
 
 from unitscope.featviz import objectives
-from unitscope.featviz.dataset_examples import dataset_examples
 from unitscope.featviz._loop import frozen
 from unitscope.featviz.dae import dae_prior
+from unitscope.featviz.dataset_examples import dataset_examples
 from unitscope.featviz.render import render
 from unitscope.hooks import LayerCapture, resolve_layer
 from unitscope.viz import save_grid, save_image, to_image_array

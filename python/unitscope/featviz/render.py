@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unitscope.featviz import transforms as T
 from unitscope._compile import Runner
 from unitscope._progress import progress_bar
+from unitscope.featviz import transforms as T
 from unitscope.featviz._loop import frozen, resolve_preprocess
 from unitscope.featviz.objectives import Forward, Objective
 from unitscope.featviz.param import make_image

@@ -27,7 +27,8 @@ def _feed(h, value) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous().reshape(-1)
         h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
-        h.update(memoryview(t.view(torch.uint8).numpy()))
+        # an ndarray is a buffer; numpy's stubs do not declare __buffer__ for every python version
+        h.update(memoryview(t.view(torch.uint8).numpy()))  # type: ignore[arg-type]
     elif isinstance(value, dict):
         h.update(b"D")
         for k in sorted(value, key=repr):

@@ -96,7 +96,7 @@ class ExactQuantile:
         self._count = torch.zeros(K, dtype=torch.int64, device=dev)
 
     # ---- streaming ---------------------------------------------------------------------------
-    def update(self, x) -> "ExactQuantile":
+    def update(self, x) -> ExactQuantile:
         """Add values. x: (…, K, …) with the channel axis at ``dim``, any float dtype, on ``device``."""
         t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
         if t.device != self.device:
@@ -227,7 +227,7 @@ class ExactQuantile:
         self._nan.copy_(nan)
         self._thr.fill_(math.nan)
 
-    def merge(self, other: "ExactQuantile") -> "ExactQuantile":
+    def merge(self, other: ExactQuantile) -> ExactQuantile:
         """Add another ExactQuantile's values (same num_channels, q, total, interpolation)."""
         if not isinstance(other, ExactQuantile):
             raise TypeError(f"other must be an ExactQuantile, got {type(other).__name__}")

@@ -147,7 +147,7 @@ class IoUTally:
                 raise ValueError(f"{what}: label_category differs from this tally's")
             raise ValueError(f"{what}: {k} is {theirs!r}, this tally has {mine[k]!r}")
 
-    def merge(self, other: "IoUTally") -> "IoUTally":
+    def merge(self, other: IoUTally) -> IoUTally:
         """Add another tally's counts (same configuration; e.g. another process or data shard)."""
         if not isinstance(other, IoUTally):
             raise TypeError(f"merge expects an IoUTally, got {type(other).__name__}")
@@ -160,7 +160,7 @@ class IoUTally:
     def state_dict(self) -> dict:
         """{'config': plain values, 'intersection', 'activation', 'label', 'activation_total': int64
         tensors (cloned, on the tally's device), 'images': int64 0-d tensor, 'digest' (kernels/_state.py)}."""
-        out = {"config": self.config()}
+        out: dict = {"config": self.config()}
         for k in _COUNTS:
             out[k] = getattr(self, k).clone()
         out["images"] = torch.tensor(self.images, dtype=torch.int64)

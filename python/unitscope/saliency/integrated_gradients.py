@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unitscope.saliency.base import (Attribution, check_choice, check_input, check_positive_int,
-                                     warn_if_training)
+from unitscope.saliency.base import Attribution, check_choice, check_input, check_positive_int, warn_if_training
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
 RULES = ("riemann_trapezoid", "gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "captum_trapezoid")
