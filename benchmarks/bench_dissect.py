@@ -121,7 +121,7 @@ def netdissect_lite(model, preprocess, layers, ds, batch_size, workers, quantile
                 cats = {int(ds.label_category[c]) for c in present if ds.label_category[c] >= 0}
                 for c in cats:
                     units_cat[u, c] += len(idx)
-    for layer, (both, units, units_cat) in state.items():
+    for layer, (both, _units, units_cat) in state.items():
         ious[layer] = both / (units_cat @ labelcat.T + tally_labels[None] - both + 1e-10)
     times["tally"] = time.perf_counter() - t
     return times, thresholds, ious

@@ -21,8 +21,8 @@ import torch
 
 from unitscope import featviz, models, viz
 from unitscope.featviz import objectives as O
-from unitscope.hooks import LayerCapture
 from unitscope.featviz.spectrum import high_frequency_fraction
+from unitscope.hooks import LayerCapture
 
 CHANNELS = [("_blocks.3", 10), ("_blocks.6", 5), ("_blocks.10", 8), ("_blocks.14", 3)]
 TARGETS = {"chelsea": 1, "coffee": 407}  # goldfish, ambulance

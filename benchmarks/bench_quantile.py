@@ -208,7 +208,7 @@ def run_accuracy(args):
             lt += (x[None, :] < vals[:, None]).sum(1)
         le, lt = le / n, lt / n
         i = 0
-        for meth, vs in cand.items():
+        for meth, _vs in cand.items():
             errs = []
             for q in qs:
                 errs.append(0.0 if lt[i] <= q <= le[i] else float(min(abs(lt[i] - q), abs(le[i] - q))))

@@ -114,7 +114,7 @@ def netdissect_lite_loop(A: np.ndarray, thr: np.ndarray, pix: np.ndarray, img: n
     return tally_both, tally_units, tally_units_cat, tally_labels
 
 
-def time_backend(backend, A, thr, pix, img, batch, threads, repeats, cat=None, num_categories=len(CATEGORIES)):
+def time_backend(backend, A, thr, pix, img, batch, threads, repeats, cat=None, num_categories=len(CATEGORIES)):  # noqa: B008 (a constant)
     cat = label_category() if cat is None else cat
     best = float("inf")
     tally = None

@@ -1,4 +1,4 @@
-"""Cross-check of README's saliency conventions against Captum itself (the tests use the published
+"""Cross-check of the saliency conventions (docs/guide-saliency.md) against Captum itself (the tests use the published
 formulas and never import Captum): with the peer's convention selected, unitscope's map and Captum's
 should agree to float32 rounding. Small random CNNs, CPU, a few seconds. Prints one line per check.
 

@@ -89,7 +89,7 @@ def main(argv=None):
             rows.append({"photo": photo, "layer": layer, **r})
             print(f"{photo:10s} {layer:10s} negative {r['negative']:.3f}  Grad-CAM top-5 corr {r['gradcam_corr']:.3f} "
                   f"(flat pairs {r['flat_pairs']})  Score-CAM nonzero {r['scorecam_nonzero']:.3f}", flush=True)
-    print(f"\n| layer | negative | Grad-CAM top-5 corr (mean) | flat pairs | Score-CAM nonzero (mean) |")
+    print("\n| layer | negative | Grad-CAM top-5 corr (mean) | flat pairs | Score-CAM nonzero (mean) |")
     print("|---|---|---|---|---|")
     for layer in layers:
         rs = [r for r in rows if r["layer"] == layer]

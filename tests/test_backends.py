@@ -1,4 +1,4 @@
-"""Backend discovery and selection (DESIGN.md, Backends)."""
+"""Backend discovery and selection (docs/design.md, "Backend contract")."""
 import os
 import subprocess
 import sys
@@ -22,7 +22,7 @@ def test_cpu_backends_present():
 def test_verbose_gives_reasons():
     status = unitscope.backends(verbose=True)
     assert set(status) == {"cuda", "cpp", "numba", "torch"}
-    for name, text in status.items():
+    for text in status.values():
         assert text == "available" or text.startswith("not available (")
     if not torch.cuda.is_available():
         assert status["cuda"].startswith("not available (")

@@ -242,6 +242,7 @@ def test_real_compile_matches_eager():
 
 def test_dissect_compiled_equals_eager(tmp_path):
     from torch._dynamo.utils import counters
+
     from dissect.test_planted import Planted, identity, make_planted_dataset
     from unitscope.data import BrodenDataset
     ds = BrodenDataset(make_planted_dataset(tmp_path / "ds"))

@@ -229,7 +229,7 @@ inline void add_segment(const ImageLabels& R, int64_t row, int32_t x0, int32_t x
 template <bool GE>
 void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, const std::vector<LinearTap>& ty,
                 const ColumnTaps& tx, Scratch& s) {
-  const int64_t h = a.h, w = a.w, hw = h * w, Sh = a.Sh, Sw = a.Sw, P = Sh * Sw, L = a.L, L2 = a.L2;
+  const int64_t h = a.h, w = a.w, hw = h * w, Sh = a.Sh, Sw = a.Sw, L = a.L, L2 = a.L2;
   const float thr = a.thresholds[k];
   int64_t* inter = a.intersection + k * a.C;
   {

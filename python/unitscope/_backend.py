@@ -21,7 +21,7 @@ import torch
 ALL_BACKENDS = ("cuda", "cpp", "numba", "torch")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled():
     """(module or None, reason it is missing)."""
     if os.environ.get("UNITSCOPE_NO_EXTENSION", "") not in ("", "0"):
@@ -51,7 +51,7 @@ def cuda_compiled() -> bool:
     return bool(mod is not None and mod.cuda_compiled())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numba_status() -> str:
     """'' when numba is installed. Found without importing it (numba brings scipy and ~1 s of imports);
     it is imported when a kernel first runs on it."""
@@ -69,7 +69,7 @@ def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{v % 1000 // 10}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_probe() -> dict | None:
     """unitscope._C.cuda_probe() (csrc/include/unitscope/cuda_probe.h), None without a CUDA build."""
     mod, _ = _compiled()
@@ -105,7 +105,7 @@ def describe_cuda_probe(p: dict) -> str:
             f"unitscope built with CUDA toolkit {_cuda_version(toolkit)})")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_status() -> str:
     mod, why = _compiled()
     if mod is None:

@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unitscope.data import (BrodenDataset, BrodenFormatError, collate_broden, make_concept_dataset,
-                            pack_broden)
+from unitscope.data import BrodenDataset, BrodenFormatError, collate_broden, make_concept_dataset, pack_broden
 from unitscope.data.generate import NUMBER
 
 

@@ -1,6 +1,7 @@
 """`unitscope dissect` in-process: outputs, weights loading, resume from OUT/checkpoints, errors."""
 import json
 
+import cli_models
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,6 @@ import torch
 import unitscope
 from unitscope.cli import main
 from unitscope.data import BrodenDataset
-
-import cli_models
 
 
 def test_cli_writes_csv_json_report_and_loads_weights(concept_root, tmp_path, capsys):

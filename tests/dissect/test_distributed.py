@@ -61,6 +61,7 @@ def _resume_worker(rank, world, port, root, out, ckpt):
     share), corrupted (every rank stops with the error instead of waiting in a collective)."""
     import datetime
     import warnings
+
     from unitscope.dissect import CheckpointError
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

@@ -190,6 +190,7 @@ def test_dae_prior_on_efficientnet_smooths_at_a_small_cost():
             act = float(cap.outputs[layer][:, ch].mean())
         out[name] = (act, float(high_frequency_fraction(im)[0]), float(featviz.reconstruction_error(im)[0]))
     (a0, hf0, rec0), (a1, hf1, rec1) = out["plain"], out["prior"]
-    # README, at 48 steps: the same activation (26.5 vs 25.2), high frequencies 8x and DAE error 15x lower
+    # docs/guide-featviz.md, "Learned priors", at 48 steps: the same activation (26.5 vs 25.2),
+    # high frequencies 8x and DAE error 15x lower
     assert hf1 < 0.5 * hf0 and rec1 < 0.5 * rec0, out
     assert a1 > 0.8 * a0, out

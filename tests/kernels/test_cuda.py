@@ -8,14 +8,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_quantile import layouts, make_values, sketch_state, split
+from test_tally import assert_counts_equal, counts_of, problems, reference, run
 
 import unitscope
 from unitscope import _tensors as T
 from unitscope.kernels import gradcam
 from unitscope.reference.gradcam import gradcam as reference_gradcam
-
-from test_quantile import layouts, make_values, sketch_state, split
-from test_tally import assert_counts_equal, counts_of, problems, reference, run
 
 pytestmark = pytest.mark.cuda
 

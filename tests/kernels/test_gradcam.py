@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import unitscope
+from conftest import device_of
 from unitscope.kernels import gradcam
 from unitscope.reference.gradcam import gradcam as reference
-
-from conftest import device_of
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

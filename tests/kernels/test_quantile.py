@@ -10,10 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unitscope
-from unitscope.reference.quantile import INTERPOLATIONS, exact_quantile
-from unitscope.reference import quantile_sketch as ref_sketch
-
 from conftest import CPU_BACKENDS, device_of
+from unitscope.reference.quantile import INTERPOLATIONS, exact_quantile
 
 ALL = CPU_BACKENDS + ["torch"]
 QS = [0.0, 1e-6, 0.003, 0.25, 0.5, 0.9, 0.995, 0.999999, 1.0]

@@ -252,7 +252,7 @@ def test_cpp_tally_refuses_label_cells_past_int32(L, Sh, Sw):
     C = _backend.compiled_module()
     buf = torch.zeros(64, dtype=torch.int64)
     p = buf.data_ptr()
-    with pytest.raises(ValueError, match=r"L \* S_h \* S_w < 2\^31.*L = %d, S_h = %d, S_w = %d" % (L, Sh, Sw)):
+    with pytest.raises(ValueError, match=rf"L \* S_h \* S_w < 2\^31.*L = {L}, S_h = {Sh}, S_w = {Sw}"):
         C.tally_cpu(p, p, p, 0, 0, p, p, p, p, p, 0, 0, 0, 1, 1, 1, 1, Sh, Sw, L, 0, 2, 1, False, False, False, 1)
     # just under the bound is accepted by the check (B = 0: nothing is read)
     C.tally_cpu(p, p, p, 0, 0, p, p, p, p, p, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 2, 1, False, False, False, 1)

@@ -7,10 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unitscope
+from conftest import device_of
 from unitscope.reference.bilinear import bilinear_resize
 from unitscope.reference.tally import tally_counts
-
-from conftest import device_of
 
 KEYS = ("intersection", "activation", "label", "activation_total")
 LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
@@ -101,7 +100,7 @@ def run(backend, p, splits=None):
     B = p["A"].shape[0]
     bounds = [0, B] if splits is None else [0, *splits, B]
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        sl = lambda x: None if x is None else x[lo:hi].to(dev)  # noqa: E731
+        sl = lambda x: None if x is None else x[lo:hi].to(dev)  # noqa: E731, B023 (used in this iteration)
         t.update(sl(p["A"]), p["thr"].to(dev), sl(p["pix"]), sl(p["img"]), sl(p["annotated"]))
     return t
 

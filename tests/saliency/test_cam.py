@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from unitscope.saliency import (GradCAM, GradCAMPlusPlus, GuidedBackprop, GuidedGradCAM, HiResCAM, LayerCapture,
-                                ScoreCAM)
 from tiny_models import Explodes, GapNet, ReusedConv, TinyResNet
+
+from unitscope.saliency import GradCAM, GradCAMPlusPlus, GuidedBackprop, GuidedGradCAM, HiResCAM, LayerCapture, ScoreCAM
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 the T single-target maps, outputs stay on x's device; target and input checks."""
 import pytest
 import torch
+from tiny_models import SmallCNN, TinyResNet
 
 from unitscope import saliency as S
-from tiny_models import SmallCNN, TinyResNet
 
 
 def make(name, model, layer):

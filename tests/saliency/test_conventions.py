@@ -1,16 +1,16 @@
-"""The README's saliency conventions table, line by line: with the peer's convention selected, each
-method reproduces the peer's published formula, written out here on a tiny model (no peer imported)."""
+"""The saliency conventions table (docs/guide-saliency.md, "Conventions"), line by line: with the peer's
+convention selected, each method reproduces the peer's published formula, written out here on a tiny model (no peer imported)."""
 import math
 
 import numpy as np
 import pytest
 import torch
+from tiny_models import GapNet, Linear, MixedActs
 from torch import nn
 
-from unitscope.saliency import GradCAM, GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, ScoreCAM
+from unitscope.saliency import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, ScoreCAM
 from unitscope.saliency.integrated_gradients import path_nodes
 from unitscope.saliency.occlusion import window_starts
-from tiny_models import GapNet, Linear, MixedActs
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 IG completeness with 64 Gauss-Legendre nodes, Grad-CAM top-5 at once, and a planted localization."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from unitscope import models
 from unitscope import saliency as S

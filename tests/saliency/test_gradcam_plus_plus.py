@@ -5,9 +5,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tiny_models import GapNet
 
 from unitscope.saliency import GradCAMPlusPlus
-from tiny_models import GapNet
 
 
 def closed_form_weights(A, grads):

@@ -4,11 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import Linear, SmallCNN
 
 from unitscope.saliency import GradientTimesInput, IntegratedGradients, SmoothGrad, VanillaGradient
 from unitscope.saliency.baselines import gaussian_blur, make_baseline
 from unitscope.saliency.integrated_gradients import path_nodes
-from tiny_models import Linear, SmallCNN
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """Guided backprop against the map computed by hand on small MLPs, and the functional-activation check."""
 import pytest
 import torch
+from tiny_models import MLP, FunctionalReLU, SEGate, SmallCNN, TinyResNet
 from torch import nn
 
 from unitscope.saliency import GuidedBackprop
-from tiny_models import MLP, SEGate, FunctionalReLU, SmallCNN, TinyResNet
 
 
 def hand_guided(m, x, c, deriv):

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import Linear, SmallCNN
 
 from unitscope.saliency import LIME, KernelSHAP, Occlusion
 from unitscope.saliency.occlusion import window_starts
 from unitscope.saliency.superpixels import grid_segments, relabel, weighted_linear_fit
-from tiny_models import Linear, SmallCNN
 
 
 def test_window_starts_reach_border():

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from tiny_models import Linear, SmallCNN
 
 from unitscope import saliency as S
 from unitscope.saliency.randomization import _average_ranks
-from tiny_models import Linear, SmallCNN
 
 
 def test_spearman_against_scipy():

@@ -2,11 +2,9 @@
 batched methods share through the base class (show_progress)."""
 import pytest
 import torch
-
-from unitscope.saliency import LIME, IntegratedGradients, KernelSHAP, SmoothGrad, VanillaGradient, show_progress
-from unitscope.saliency import base
-
 from tiny_models import Linear
+
+from unitscope.saliency import LIME, IntegratedGradients, KernelSHAP, SmoothGrad, VanillaGradient, base, show_progress
 
 
 def _one_segment(x):

@@ -129,7 +129,7 @@ class BrodenDataset(torch.utils.data.Dataset):
             h.update(file_stamps(self.root / PACKED_DIR, ["labels.npy", "paths.txt", "source.json"]).encode())
         return h.hexdigest()
 
-    def with_fields(self, *fields) -> "BrodenDataset":
+    def with_fields(self, *fields) -> BrodenDataset:
         """A shallow copy that loads only `fields` ("image", "labels") per item (faster passes)."""
         bad = [f for f in fields if f not in ("image", "labels")]
         if bad or not fields:

@@ -2,7 +2,8 @@
 `dissect()` runs the two passes; `Dissection` holds and exports the results; `compare()` puts
 several side by side.
 
-Choices where the reference tools differ (see BRODEN notes), made deliberately:
+Choices where the reference tools differ (docs/design.md, "Network dissection: where
+the reference tools differ"), made deliberately:
 - threshold: the `quantile` (0.995) of each unit's raw, not upsampled, activations over the whole
   dataset (NetDissect, NetDissect-Lite), exact by default (ExactQuantile);
 - upsampling: bilinear to the label resolution with F.interpolate's rules, align_corners=False

@@ -113,7 +113,7 @@ class LayerDissection:
         adds at most one concept; rule='category': a concept counts if it is some unit's best label
         within its own category with IoU above the threshold (a unit may add one per category)."""
         thr = self._threshold(iou_threshold)
-        found = {c: set() for c in self.categories}
+        found: dict[str, set] = {c: set() for c in self.categories}
         if rule == "category":
             labels, ious = self.best_in_category()
             for c, cat in enumerate(self.categories):

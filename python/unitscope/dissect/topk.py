@@ -71,7 +71,7 @@ class TopKImages:
         index = torch.cat([self.index, idx.gather(1, pos)], 1)
         self._select(values, index, lambda p: maps.gather(1, p[..., None, None].expand(-1, -1, h, w)))
 
-    def merge(self, other: "TopKImages") -> "TopKImages":
+    def merge(self, other: TopKImages) -> TopKImages:
         self.maximum = torch.maximum(self.maximum, other.maximum.to(self.maximum.device))
         self.minimum = torch.minimum(self.minimum, other.minimum.to(self.minimum.device))
         if self.k == 0:

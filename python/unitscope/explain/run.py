@@ -2,7 +2,7 @@
 mean activation split the Grad-CAM sum into per-unit contributions; the dissection names the units."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

@@ -7,8 +7,19 @@ from unitscope.featviz import objectives, transforms
 from unitscope.featviz.adversarial import AdversarialResult, Contrast, adversarial, contrast, log_probability
 from unitscope.featviz.dae import DenoisingAutoencoder, dae_prior, load_dae, reconstruction_error
 from unitscope.featviz.dataset_examples import DatasetExamples, ImageFolder, dataset_examples, receptive_field
-from unitscope.featviz.objectives import (Objective, blur, channel, class_logit, direction, diversity, l1, l2, layer,
-                                          neuron, total_variation)
+from unitscope.featviz.objectives import (
+    Objective,
+    blur,
+    channel,
+    class_logit,
+    direction,
+    diversity,
+    l1,
+    l2,
+    layer,
+    neuron,
+    total_variation,
+)
 from unitscope.featviz.param import FourierImage, GeneratorImage, PixelImage, generator
 from unitscope.featviz.render import Rendering, render, score
 from unitscope.featviz.spectrum import high_frequency_fraction, radial_power_spectrum

@@ -10,9 +10,9 @@ import torch
 
 from unitscope._io import atomic_write_text
 from unitscope.featviz import objectives
-from unitscope.featviz.dataset_examples import dataset_examples
 from unitscope.featviz._loop import frozen
 from unitscope.featviz.dae import dae_prior
+from unitscope.featviz.dataset_examples import dataset_examples
 from unitscope.featviz.render import render
 from unitscope.hooks import LayerCapture
 from unitscope.viz import save_grid, save_image, to_image_array

@@ -125,7 +125,7 @@ def dae_prior(weight: float = 1.0, dae: DenoisingAutoencoder | None = None) -> O
 
     weight (float > 0): the prior's strength relative to the other terms' gradients (on EfficientNet-
         Lite0 channels 3-10 smooths the image at no cost in activation, 30-100 trades activation for
-        an ever flatter image; see README).
+        an ever flatter image; see docs/guide-featviz.md, "Learned priors").
     dae: a DenoisingAutoencoder (default: the shipped one, load_dae()).
     """
     if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unitscope.featviz import transforms as T
 from unitscope._compile import Runner
 from unitscope._progress import progress_bar
+from unitscope.featviz import transforms as T
 from unitscope.featviz._loop import frozen, resolve_preprocess
 from unitscope.featviz.objectives import Forward, Objective
 from unitscope.featviz.param import make_image
@@ -38,7 +38,8 @@ def score(model: nn.Module, objective: Objective, images: torch.Tensor, *, prepr
     """The objective of each image, without transforms or gradients.
 
     Args:
-        images (Tensor[B, 3, H, W], float in [0, 1]); preprocess as in render().
+        images (Tensor[B, 3, H, W], float in [0, 1]): the images to score.
+        preprocess: as in render().
     Returns:
         Tensor[B] float32 on the CPU.
     """

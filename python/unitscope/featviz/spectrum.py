@@ -59,7 +59,7 @@ def high_frequency_fraction(images, cutoff: float = 0.25) -> torch.Tensor:
     pixel (0.25 = half of Nyquist): about 0.8 for white noise, a few percent for a photo.
 
     Args:
-        images (Tensor[B, C, H, W] or [C, H, W], float).
+        images (Tensor[B, C, H, W] or [C, H, W], float): the images.
     Returns:
         Tensor[B] float64 in [0, 1]; 0 for a constant image.
     """

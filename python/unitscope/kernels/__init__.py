@@ -1,6 +1,7 @@
-"""The kernel API: validate inputs, pick a backend, call it (DESIGN: Backends).
+"""The kernel API: validate inputs, pick a backend, call it (docs/design.md, "Backend contract").
 
-NaN policy (every backend and the reference in unitscope.reference follow it; tests/kernels/test_nan_policy.py):
+NaN policy (docs/design.md, "NaN policy"; every backend and the reference in unitscope.reference follow
+it; tests/kernels/test_nan_policy.py):
 
 - Quantiles (ExactQuantile, QuantileSketch): NaN values are ignored and counted (``nan_count``);
   +-inf are values like any other. A channel with no other value gives NaN.

@@ -1,5 +1,5 @@
-"""Checks for state dicts read back from a checkpoint or another process (DESIGN: everything read back
-is validated before a kernel sees it): exact keys, plain configuration values, tensor type, dtype,
+"""Checks for state dicts read back from a checkpoint or another process (docs/design.md,
+"Conventions": nothing read back is trusted): exact keys, plain configuration values, tensor type, dtype,
 shape and device, value ranges, and a digest that catches any edit the invariant checks cannot.
 
 The digest (blake2b over every field) detects corruption and edits of a saved state; it is no
@@ -27,7 +27,8 @@ def _feed(h, value) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous().reshape(-1)
         h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
-        h.update(memoryview(t.view(torch.uint8).numpy()))
+        # an ndarray is a buffer; numpy's stubs do not declare __buffer__ for every python version
+        h.update(memoryview(t.view(torch.uint8).numpy()))  # type: ignore[arg-type]
     elif isinstance(value, dict):
         h.update(b"D")
         for k in sorted(value, key=repr):

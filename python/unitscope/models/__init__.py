@@ -6,10 +6,10 @@ what is known, `describe()` says what each is.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
-from typing import Callable
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel: maps a float batch in [0, 1] (B, 3, H, W) to model input."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, mean, std):
         super().__init__()
@@ -62,7 +65,7 @@ class LoadedModel:
             return self.model(self.preprocess(x))
 
 
-@lru_cache(maxsize=None)
+@cache
 def imagenet_class_names() -> tuple:
     """The 1000 ImageNet-1k class names (index = class id), as shipped in imagenet_classes.txt."""
     text = resources.files("unitscope.models").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")

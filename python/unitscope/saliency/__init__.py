@@ -3,23 +3,23 @@
 `method = Method(model, ...)`, then `method(x, target=...)` -> attribution Tensor on x's device.
 """
 from unitscope.saliency.base import Attribution, show_progress
-from unitscope.saliency.gradient import VanillaGradient
-from unitscope.saliency.gradient_x_input import GradientTimesInput
-from unitscope.saliency.smoothgrad import SmoothGrad
-from unitscope.saliency.integrated_gradients import IntegratedGradients
-from unitscope.saliency.guided_backprop import GuidedBackprop
+from unitscope.saliency.baselines import make_baseline
+from unitscope.saliency.deletion_insertion import deletion_insertion
 from unitscope.saliency.gradcam import GradCAM
 from unitscope.saliency.gradcam_plus_plus import GradCAMPlusPlus
-from unitscope.saliency.hirescam import HiResCAM
-from unitscope.saliency.scorecam import ScoreCAM
+from unitscope.saliency.gradient import VanillaGradient
+from unitscope.saliency.gradient_x_input import GradientTimesInput
+from unitscope.saliency.guided_backprop import GuidedBackprop
 from unitscope.saliency.guided_gradcam import GuidedGradCAM
-from unitscope.saliency.occlusion import Occlusion
-from unitscope.saliency.lime import LIME
-from unitscope.saliency.kernel_shap import KernelSHAP
+from unitscope.saliency.hirescam import HiResCAM
 from unitscope.saliency.hooks import LayerCapture, resolve_layer
-from unitscope.saliency.baselines import make_baseline
+from unitscope.saliency.integrated_gradients import IntegratedGradients
+from unitscope.saliency.kernel_shap import KernelSHAP
+from unitscope.saliency.lime import LIME
+from unitscope.saliency.occlusion import Occlusion
 from unitscope.saliency.randomization import randomization_test, spearman
-from unitscope.saliency.deletion_insertion import deletion_insertion
+from unitscope.saliency.scorecam import ScoreCAM
+from unitscope.saliency.smoothgrad import SmoothGrad
 
 __all__ = ["Attribution", "VanillaGradient", "GradientTimesInput", "SmoothGrad", "IntegratedGradients",
            "GuidedBackprop", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ScoreCAM", "GuidedGradCAM", "Occlusion",

@@ -2,8 +2,7 @@
 ICLR workshop 2014): the gradient of the class score with respect to the input pixels."""
 from __future__ import annotations
 
-from unitscope.saliency.base import (CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, per_target,
-                                     reduce_map)
+from unitscope.saliency.base import CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, per_target, reduce_map
 
 
 class VanillaGradient(Attribution):

@@ -2,8 +2,7 @@
 Taylor decomposition of the score around zero."""
 from __future__ import annotations
 
-from unitscope.saliency.base import (CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, per_target,
-                                     reduce_map)
+from unitscope.saliency.base import CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, per_target, reduce_map
 
 
 class GradientTimesInput(Attribution):

@@ -19,8 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from unitscope.saliency.base import (CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, check_input,
-                                     reduce_map, warn_if_training)
+from unitscope.saliency.base import (
+    CHANNEL_REDUCTIONS,
+    REDUCTIONS,
+    Attribution,
+    check_choice,
+    check_input,
+    reduce_map,
+    warn_if_training,
+)
 
 # monotone activation modules hooked by default
 MONOTONE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Hardtanh, nn.Softplus,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unitscope.saliency.base import (CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, reduce_map)
+from unitscope.saliency.base import CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, reduce_map
 from unitscope.saliency.gradcam import GradCAM
 from unitscope.saliency.guided_backprop import MONOTONE, GuidedBackprop
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unitscope.saliency.base import (Attribution, check_choice, check_input, check_positive_int,
-                                     warn_if_training)
+from unitscope.saliency.base import Attribution, check_choice, check_input, check_positive_int, warn_if_training
 from unitscope.saliency.baselines import check_baseline, make_baseline
 
 RULES = ("riemann_trapezoid", "gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "captum_trapezoid")
@@ -47,8 +46,8 @@ class IntegratedGradients(Attribution):
         baseline ("black" | "gray" | "blur" | "uniform" | "mean" | number | Tensor): x'; see
             baselines.make_baseline (input_range gives black/gray/uniform, default [0, 1] pixels).
         steps (int): quadrature nodes.
-        method ("gauss_legendre" | "riemann_trapezoid" | "riemann_left" | "riemann_right" |
-            "riemann_middle" | "captum_trapezoid"): the quadrature rule; see path_nodes.
+        method (str): the quadrature rule, "gauss_legendre" | "riemann_trapezoid" | "riemann_left" |
+            "riemann_right" | "riemann_middle" | "captum_trapezoid"; see path_nodes.
         batch_size (int): path points per forward/backward pass (bounds memory).
         channel ("sum" | None): None keeps (B, C, H, W); "sum" gives (B, H, W). Both keep the
             completeness sum.
