@@ -97,9 +97,10 @@ class LayerCapture:
 
     Args:
         model (nn.Module): the network.
-        layers: one layer or a list (empty: nothing is captured): module names (model.named_modules()), "name@k" for the k-th call
-            of a module that runs several times per forward, or module objects. Outputs are keyed by
-            the name string as given (a module object by its name).
+        layers: one layer or a list of them (an empty list captures nothing): module names as in
+            model.named_modules(), "name@k" for the k-th call (from 0) of a module that runs several
+            times per forward, or module objects. Outputs are keyed by the name string as given (a
+            module object by its name).
         detach (bool): store detached outputs (no graph kept). Default False: the outputs stay in the
             autograd graph, so gradients with respect to them can be taken (Grad-CAM).
         tokens (bool): maps()/cap(x) rearrange (B, T, C) token outputs into (B, C, s, s) maps.
@@ -189,7 +190,8 @@ class LayerCapture:
     # ---- the hooks -------------------------------------------------------------------------------
     def __enter__(self):
         self.reset()
-        self._handles = [mod.register_forward_hook(self._hook(key, call)) for key, (_, call, mod) in self._specs.items()]
+        self._handles = [mod.register_forward_hook(self._hook(key, call))
+                         for key, (_, call, mod) in self._specs.items()]
         return self
 
     def __exit__(self, *exc):
