@@ -170,13 +170,15 @@ def summary(work: Path, out: Path, have_gpu: bool) -> int:
                       f"{t['skipped']} skipped" + (f"; failing, first 5: {', '.join(t['failed_names'][:5])}"
                                                    if t["failed_names"] else ""))
     md.append("")
-    md += [f"compute-sanitizer {t} (PYTORCH_NO_CUDA_MEMORY_CACHING=1): {v}" for t, v in res["compute_sanitizer"].items()]
+    md += [f"compute-sanitizer {t} (PYTORCH_NO_CUDA_MEMORY_CACHING=1): {v}"
+           for t, v in res["compute_sanitizer"].items()]
     rs = res["resources"]
     if rs and "error" in rs:
         md += ["", f"cuobjdump: {rs['error']}"]
     elif rs:
         md += ["", f"cuobjdump: {len(rs['unitscope_kernels'])} unitscope kernels of {rs['kernels']}, at most "
-               f"{rs['max_registers']} registers; spilling (stack or local memory): {', '.join(rs['spilling']) or 'none'}"]
+               f"{rs['max_registers']} registers; spilling (stack or local memory): "
+               f"{', '.join(rs['spilling']) or 'none'}"]
     kb = res["kernel_bench"]
     if kb:
         md += ["", f"Kernels on {kb['device']}; device copy bandwidth {_fmt(kb['copy_bandwidth_GBps'], 0)} GB/s "

@@ -65,14 +65,13 @@ def open_image(path, *, expect=None, exif=False, max_pixels=MAX_PIXELS, what="im
         if expect is not None and (h, w) != tuple(expect):
             raise ValueError(f"{what} {name!r} is {h}x{w}, expected {expect[0]}x{expect[1]}")
         try:
-            if exif:
+            if exif and im.getexif().get(0x0112, 1) not in (1, None):  # orientation; 1: upright already
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    upright = ImageOps.exif_transpose(im)
-                if upright is not im:
-                    with upright:
-                        yield upright
-                    return
+                    upright = ImageOps.exif_transpose(im)  # a transposed copy
+                with upright:
+                    yield upright
+                return
             yield im
         except (UnidentifiedImageError, OSError, SyntaxError) as e:  # truncated or corrupt pixel data
             raise ValueError(f"cannot read {what} {name!r}: {e}") from e
