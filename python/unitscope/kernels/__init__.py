@@ -1,4 +1,6 @@
-"""The kernel API: validate inputs, pick a backend, call it (docs/design.md, "Backend contract").
+"""The kernel API: validate inputs, pick a backend, call it (docs/design.md, "Backend contract"). Each
+kernel is a registered operator, torch.ops.unitscope.* (kernels/_ops.py, docs/embedding.md); the
+functions and classes here check arguments and call those.
 
 NaN policy (docs/design.md, "NaN policy"; every backend and the reference in unitscope.reference follow
 it; tests/kernels/test_nan_policy.py):
