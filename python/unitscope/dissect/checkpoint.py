@@ -14,14 +14,17 @@ from pathlib import Path
 import torch
 
 FORMAT = "unitscope.dissect checkpoint"
-VERSION = 3  # 3 added channels_last; version 2 files are read with channels_last = None
+VERSION = 4  # 3 added channels_last (version 2 files are read with channels_last = None); 4 added the
+#             layers' "ties" beside "tally" and records the forward variant before the first batch
+READS = (2, 3, 4)
 STAGES = ("threshold", "tally", "done")
 _FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers", "compiled",
            "channels_last"}
 _FIELDS_V2 = _FIELDS - {"channels_last"}
 # what each layer entry holds at each stage (a mid-pass tally checkpoint adds "tally")
-_LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally"}),
-                 "done": ({"thresholds", "topk", "tally"}, set())}
+# ("ties" is absent from version 2 and 3 files, and from later saves of a run resumed from one)
+_LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally", "ties"}),
+                 "done": ({"thresholds", "topk", "tally"}, {"ties"})}
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<function f at 0x7f..>" in a repr differs in every process
@@ -263,9 +266,10 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
 
     if not isinstance(state, dict) or type(state.get("format")) is not str or state["format"] != FORMAT:
         raise bad("not a unitscope dissection checkpoint")
-    if type(state.get("version")) is not int or state["version"] not in (2, VERSION):
-        raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads 2 and {VERSION}")
-    fields = _FIELDS if state["version"] == VERSION else _FIELDS_V2
+    if type(state.get("version")) is not int or state["version"] not in READS:
+        raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads "
+                  f"{', '.join(map(str, READS[:-1]))} and {READS[-1]}")
+    fields = _FIELDS_V2 if state["version"] == 2 else _FIELDS
     if set(state) != fields:
         raise bad(f"fields {sorted(map(str, state))}, expected {sorted(fields)}")
     try:

@@ -98,12 +98,16 @@ def _unit_row(ld, u, name, out, root, cache) -> str:
         img = f'<img src="{name}/unit_{k:04d}.jpg" alt="unit {k}" loading="lazy">'
     dead = bool(ld.dead[k])
     label = "(dead unit)" if dead else html.escape(u["label"])
+    ties = "" if ld.ties is None else f"{int(ld.ties[k])}" + (" (plateau)" if ld.plateau[k] else "")
+    saturated = " (saturated)" if ld.saturated[k] else ""
     return (f'<tr class="{"dead" if dead else ""}"><td>{k}</td><td>{label}</td>'
             f'<td>{html.escape(u["category"])}</td><td>{u["iou"]:.3f}</td>'
-            f'<td>{u["threshold"]:.4g}</td><td>{img}</td></tr>')
+            f'<td>{u["threshold"]:.4g}{saturated}</td><td>{ties}</td><td>{img}</td></tr>')
 
 
 _HEAD = ("<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th><th>threshold</th>"
+         '<th title="activations equal to the threshold; plateau: more than a fifth of the top 1 - quantile '
+         "share, where the '&gt;' and '&gt;=' masks differ\">ties</th>"
          "<th>top images (activated region outlined)</th></tr>")
 
 

@@ -26,6 +26,8 @@ class LayerDissection:
     (float32[K, k, h, w]): each unit's most activating images and their maps; minimum, maximum
     (float32[K]): each unit's extreme activations. A dead unit (minimum == maximum: constant, e.g.
     all zeros) is never a detector, whatever its IoU (with '>=' its mask would be every pixel).
+    ties (int64[K] or None where unknown, e.g. a run resumed from an older checkpoint): each unit's
+    raw activations exactly equal to its threshold (see `plateau`); `saturated`: threshold == maximum.
     """
     layer: str
     thresholds: np.ndarray
@@ -45,6 +47,7 @@ class LayerDissection:
     maximum: np.ndarray
     image_paths: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    ties: np.ndarray | None = None
 
     @classmethod
     def from_counts(cls, layer, thresholds, tally, topk, *, label_names, categories, label_category,
@@ -57,7 +60,8 @@ class LayerDissection:
                    label_category=np.asarray(label_category, dtype=np.int64), topk_index=n(topk["index"]),
                    topk_values=n(topk["values"]), topk_maps=n(topk["maps"]),
                    minimum=n(topk["minimum"]), maximum=n(topk["maximum"]), image_paths=list(image_paths),
-                   settings=dict(settings))
+                   settings=dict(settings),
+                   ties=None if tally.get("ties") is None else n(tally["ties"]).astype(np.int64))
 
     @property
     def num_units(self) -> int:
@@ -72,6 +76,22 @@ class LayerDissection:
     def dead(self) -> np.ndarray:
         """bool[K]: units whose activation is the same everywhere (or never finite)."""
         return ~(self.maximum > self.minimum)
+
+    @property
+    def saturated(self) -> np.ndarray:
+        """bool[K]: units whose threshold equals their maximum activation: with '>' their mask is
+        always empty (the top 1 - quantile of their activations is one tied value)."""
+        return self.thresholds == self.maximum
+
+    @property
+    def plateau(self) -> np.ndarray:
+        """bool[K]: units with more activations equal to their threshold (`ties`) than a fifth of the
+        top 1 - quantile share of their activations: for them the masks of '>' and '>=' differ by a
+        plateau (all False where ties are unknown)."""
+        if self.ties is None:
+            return np.zeros(self.num_units, dtype=bool)
+        h, w = self.topk_maps.shape[-2:]
+        return plateau(self.ties, self.settings.get("quantile", 0.995), self.images * h * w)
 
     @property
     def best_label(self) -> np.ndarray:
@@ -140,16 +160,19 @@ class LayerDissection:
     def to_csv(self, path=None) -> str:
         """NetDissect-Lite's tally.csv: unit (numbered from 1, NetDissect-Lite's convention), category,
         label, score, then per category <cat>-label, <cat>-truth (label pixels), <cat>-activation (the
-        unit's mask pixels in that category's union), <cat>-intersect, <cat>-iou; then unit_0based
+        unit's mask pixels in that category's union), <cat>-intersect, <cat>-iou; then ties (activations
+        equal to the threshold, empty where unknown), saturated (1 where the threshold equals the
+        unit's maximum activation, else 0) and unit_0based
         (the unit numbered from 0, as in the HTML report, JSON, console and Python); rows sorted by
         score. Text cells starting with = + - @ tab or CR get a leading ' (no spreadsheet formulas);
         lines end in CRLF (RFC 4180), so that a CR or LF inside a name is quoted. Returns the text."""
         labels, ious = self.best_in_category()
         best, iou, cat = self.best_label, self.best_iou, self.best_category
+        saturated = self.saturated
         header = ["unit", "category", "label", "score"]
         for c in self.categories:
             header += [f"{c}-label", f"{c}-truth", f"{c}-activation", f"{c}-intersect", f"{c}-iou"]
-        header.append("unit_0based")
+        header += ["ties", "saturated", "unit_0based"]
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow([csv_cell(h) for h in header])
@@ -159,7 +182,7 @@ class LayerDissection:
                 lab = labels[ci, k]
                 row += [csv_cell(self.label_names[lab]), int(self.label_count[lab]), int(self.activation[k, ci]),
                         int(self.intersection[k, lab]), f"{ious[ci, k]:.6f}"]
-            row.append(int(k))
+            row += ["" if self.ties is None else int(self.ties[k]), int(saturated[k]), int(k)]
             w.writerow(row)
         text = buf.getvalue()
         if path is not None:
@@ -232,6 +255,12 @@ class Dissection:
     def save_report(self, directory, **kw):
         from unitscope.dissect.report import save_report
         return save_report(self, directory, **kw)
+
+
+def plateau(ties, quantile: float, values: int) -> np.ndarray:
+    """bool[K]: ties (int[K], activations equal to the threshold) above a fifth of the top
+    1 - quantile share of `values` activations per unit."""
+    return np.asarray(ties) > 0.2 * (1.0 - quantile) * values
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -27,7 +27,8 @@ from unitscope.data import BrodenDataset, collate_broden
 from unitscope.dissect.capture import LayerCapture
 from unitscope.dissect.checkpoint import (CheckpointError, checkpoint_path, describe_callable, load_checkpoint,
                                           model_fingerprint, prepare_checkpoint_dir, probe_stats, save_checkpoint)
-from unitscope.dissect.result import Dissection, LayerDissection
+from unitscope.dissect.result import Dissection, LayerDissection, plateau
+from unitscope.dissect.ties import ThresholdTies
 from unitscope.dissect.topk import TopKImages
 from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
@@ -51,6 +52,24 @@ def _merge_all(obj, world):
     from unitscope.distributed import all_merge
     merged = all_merge(obj)
     return obj if merged is None else merged
+
+
+def _gather(value, world) -> list:
+    """[every rank's value] (all_gather_object; [value] in one process)."""
+    if world == 1:
+        return [value]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def _broadcast(value, world):
+    """Rank 0's value on every rank."""
+    if world == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _check_args(quantile, iou_threshold, threshold_op, union, upsample, batch_size, topk, autocast, cache,
@@ -170,14 +189,17 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             'auto' uses the CPUs torch's threads leave free (at most 4) for a pass of 256 images or
             more, else reads in this process (workers that share the model's cores slow it down:
             on 2 cores one worker cost 14% of a compiled forward, benchmarks/RESULTS.md).
-        compile: 'auto' (the fast path: the first four batches run eagerly with the input as given
-            and in channels_last, and the faster format is kept; then the model is compiled with
-            torch.compile when the batches to come save clearly more than the compile costs, about
-            50 s here), True (compile from the first batch) or False (the exact eager path, the
-            input as given). Compiled or channels_last results may differ in the last float bits,
-            which can move a threshold and a few pixels. A model that cannot be compiled runs
-            eagerly after a one-line warning. Checkpoints record whether the run was compiled and which
-            input format 'auto' kept, and a resumed 'auto' run follows that record.
+        compile: 'auto' (the fast path: before the first counted batch, timed warm-up calls on the
+            first batch, their outputs discarded, try the input as given and in channels_last and
+            keep the faster; then the model is compiled with torch.compile when the batches to come
+            save clearly more than the compile costs, about 50 s here; a run of fewer than 16
+            forward calls stays eager with the input as given), True (compiled from the first batch)
+            or False (the exact eager path, the input as given). Every batch of both passes goes
+            through the one variant chosen (one arithmetic per result; under torch.distributed rank
+            0's choice, for every rank). Compiled or channels_last results may differ in the last
+            float bits, which can move a threshold and a few pixels. A model that cannot be
+            compiled runs eagerly after a one-line warning. Checkpoints record the variant, and a
+            resumed run keeps it.
     Returns:
         Dissection with one LayerDissection per layer.
     """
@@ -216,23 +238,27 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             log = (lambda msg: _tqdm_write(f"unitscope dissect: {msg}")) if progress and rank == 0 else None
             run.runner = Runner(capture, compile, traced=capture.full, log=log, pad=True, prepare=capture.reset,
                                 channels_last=True)
+            acts = run.probe()
             state = _fresh_state()
             if ckpt is not None:
                 state = run.resume(ckpt, dict(settings, dataset=ds.fingerprint, preprocess=describe_callable(preprocess),
                                               layers=layers, images=N, world_size=world, rank=rank, shard=[lo, hi]),
-                                   rank, world)
-                if compile == "auto" and (state["done"] or state["stage"] != "threshold"):
-                    run.runner.setting = state["compiled"]  # one result never mixes eager and compiled
-                if state["channels_last"] is not None and run.runner.channels_last is not None:
-                    run.runner.channels_last = state["channels_last"]  # nor the two input formats after the trial
+                                   acts, rank, world)
+            if state["shapes"] is None:
+                state["shapes"] = run.shapes
+            if state["stage"] == "threshold" and state["done"] == 0 and cache_activations is not False:
+                run.cache = run._alloc_cache(state["shapes"], hi - lo, cache_activations)
+            if state["stage"] != "done":
+                run.choose_variant(state, rank, world)
             if state["stage"] == "threshold":
-                run.threshold_pass(state, ckpt, checkpoint_every, cache_activations)
+                run.threshold_pass(state, ckpt, checkpoint_every)
                 state = run.finish_threshold(state, ckpt, world)
             if state["stage"] == "tally":
                 run.tally_pass(state, ckpt, checkpoint_every)
                 state = run.finish_tally(state, ckpt, world)
     finally:
         model.train(was_training)
+    _warn_plateaus(state, quantile, threshold_op, N, rank)
     meta = {k: settings[k] for k in ("quantile", "threshold_op", "union", "exact", "upsample", "topk")}
     meta.update(iou_threshold=iou_threshold, images=N, dataset_root=str(ds.root), compiled=bool(state["compiled"]))
     results = {}
@@ -240,7 +266,8 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         ls = state["layers"][layer]
         t = run.tally[layer]
         counts = {"intersection": t.intersection.cpu(), "activation": t.activation.cpu(), "label": t.label.cpu(),
-                  "activation_total": t.activation_total.cpu(), "images": int(t.images), "iou": t.iou().cpu()}
+                  "activation_total": t.activation_total.cpu(), "images": int(t.images), "iou": t.iou().cpu(),
+                  "ties": None if "ties" not in ls else ls["ties"]["count"]}
         results[layer] = LayerDissection.from_counts(
             layer, ls["thresholds"], counts, ls["topk"], label_names=ds.label_names,
             categories=ds.categories, label_category=ds.label_category,
@@ -265,6 +292,22 @@ def _tqdm_write(msg):
     tqdm.write(msg)
 
 
+def _warn_plateaus(state, quantile, op, images, rank) -> None:
+    """One console warning for the units whose tie mass is large (LayerDissection.plateau)."""
+    found = []
+    for layer, entry in state["layers"].items():
+        if "ties" in entry:
+            K, h, w = state["shapes"][layer]
+            big = plateau(entry["ties"]["count"].numpy(), quantile, images * h * w)
+            if big.any():
+                found.append(f"{layer!r}: {int(big.sum())}")
+    if found and rank == 0:
+        other = ">=" if op == ">" else ">"
+        warnings.warn(f"dissect: units whose activations equal their threshold more often than a fifth of the top "
+                      f"{1 - quantile:.3g} share (per layer: {', '.join(found)}); for them the mask rule {op!r} and "
+                      f"{other!r} differ by a plateau: see the 'ties' column of the report and tally CSV", stacklevel=3)
+
+
 def _fresh_state() -> dict:
     """The state of a dissection that has not started (what a checkpoint holds, less its envelope)."""
     return {"stage": "threshold", "done": 0, "shapes": None, "layers": {}, "compiled": False, "channels_last": None}
@@ -279,7 +322,8 @@ class _Run:
         self.preprocess, self.autocast, self.batch_size, self.num_workers = preprocess, autocast, batch_size, num_workers
         self.progress, self.timer, self.shard, self.backend = progress, timer, shard, backend
         self.settings, self.out_size = settings, out_size
-        self.quant, self.topk, self.tally, self.cache = {}, {}, {}, None
+        self.quant, self.topk, self.tally, self.ties, self.cache = {}, {}, {}, {}, None
+        self.shapes = None  # {layer: (K, h, w)} from the probe
         self.capture = None
         self.runner = None  # unitscope._compile.Runner over the capture: eager or compiled
         self.envelope = None  # key and probe statistics written with every checkpoint
@@ -308,13 +352,64 @@ class _Run:
                 return
             yield batch
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+
     def forward(self, images, eager=False):
         with self.timer("forward"):
             x = self.preprocess(images.to(self.device, non_blocking=True))
-            ctx = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
-            with ctx:
+            with self._autocast():
                 acts = self.capture(x) if eager else self.runner(x)
             return {k: v.float().contiguous() for k, v in acts.items()}  # (channels_last outputs: NCHW for the kernels)
+
+    def probe(self) -> dict:
+        """The eager model on the dataset's first PROBE_IMAGES images (no batch to time, nothing
+        counted): the layers' map shapes (the IoU tallies' memory checked before any work) and, for a
+        checkpoint, the model's behaviour."""
+        view = self.ds.with_fields("image")
+        acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"],
+                            eager=True)
+        self.shapes = {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
+        _check_tally_memory(self.shapes, self.ds.num_labels, self.device)
+        return acts
+
+    def choose_variant(self, state, rank, world) -> None:
+        """One forward variant (eager or compiled, the input as given or channels_last) for every
+        batch of both passes, fixed before the first counted batch: the checkpoint's where it
+        recorded one, else the Runner's timed warm-up on this shard's first batch (outputs
+        discarded), on rank 0, which every rank then uses. Recorded in the state."""
+        lo, hi = self.shard
+        first = range(lo, min(lo + self.batch_size, hi)) if hi > lo else range(min(self.batch_size, len(self.ds)))
+        view = self.ds.with_fields("image")
+        with self.timer("data"):
+            sample = collate_broden([view[i] for i in first])["image"]
+        decided = state["stage"] != "threshold" or state["done"] > 0
+        mine = (bool(state["compiled"]), state["channels_last"] is True) if decided else None
+        recorded = _gather(mine, world)
+        if len({r for r in recorded if r is not None}) > 1:
+            raise CheckpointError(f"the ranks' checkpoints were made with different forward variants "
+                                  f"((compiled, channels_last) per rank: {recorded}); delete them to start over")
+        want = next((r for r in recorded if r is not None), None)
+        with self.timer("forward"), self._autocast():
+            x = self.preprocess(sample.to(self.device))
+            if want is None:
+                if rank == 0:
+                    calls = self._batches_left(0) + (0 if self.cache is not None else self._batches_left(0))
+                    self.runner.warm_up(x, calls=calls)
+                chosen = _broadcast(self.runner.variant, world)
+            else:
+                chosen = want
+            got = _gather(self.runner.use(chosen, x), world)
+        if any(g != chosen for g in got):
+            if want is not None:
+                raise CheckpointError(f"the checkpoint was made with forward variant (compiled, channels_last) = "
+                                      f"{want}, which runs here as {got} (the compile failed?); one result never "
+                                      "mixes them: delete the checkpoint to start over")
+            if rank == 0:
+                warnings.warn(f"dissect: the ranks could not all run the forward variant {chosen} (got {got}); "
+                              "every rank runs the model eagerly with the input as given", stacklevel=3)
+            self.runner.use((False, False), x)
+        state["compiled"], state["channels_last"] = self.runner.variant
 
     # ---- states ----------------------------------------------------------------------------------
     def _make_threshold_states(self, shapes):
@@ -345,23 +440,15 @@ class _Run:
         return -(-max(hi - lo - done, 0) // self.batch_size)
 
     def _save(self, state, ckpt):
-        state["compiled"] = state["compiled"] or self.runner.compiled
-        if isinstance(self.runner.channels_last, bool):  # (not "trial" or None)
-            state["channels_last"] = self.runner.channels_last
         if ckpt is not None:
             save_checkpoint(ckpt, dict(state, **self.envelope))
 
     # ---- resuming --------------------------------------------------------------------------------
-    def resume(self, ckpt, key, rank, world) -> dict:
-        """Probe the model, load and validate this rank's checkpoint, agree with the other ranks;
+    def resume(self, ckpt, key, acts, rank, world) -> dict:
+        """Load and validate this rank's checkpoint (acts: the probe's), agree with the other ranks;
         returns the state to continue from (a fresh one when there is nothing to resume)."""
         fresh = _fresh_state()
-        view = self.ds.with_fields("image")
-        acts = self.forward(collate_broden([view[i] for i in range(min(PROBE_IMAGES, len(self.ds)))])["image"],
-                            eager=True)  # the probe is the eager model's behaviour, and no batch to time
-        probe = probe_stats(acts)
-        shapes = {layer: tuple(a.shape[1:]) for layer, a in acts.items()}
-        _check_tally_memory(shapes, self.ds.num_labels, self.device)
+        probe, shapes = probe_stats(acts), self.shapes
         fp = model_fingerprint(self.model)  # after a forward: lazy modules are initialized by now
         key.update(model=fp["weights"], model_code=fp["code"], probe_tolerance=1e-3 if self.autocast is None else 3e-2)
         self.envelope = {"key": key, "probe": probe}
@@ -377,7 +464,7 @@ class _Run:
         elif error is not None:
             raise error
         if state is None:
-            self.quant, self.topk, self.tally = {}, {}, {}
+            self.quant, self.topk, self.tally, self.ties = {}, {}, {}, {}
             return fresh
         return state
 
@@ -411,11 +498,23 @@ class _Run:
                 raise CheckpointError(f"only layers {with_tally} have a tally")
             if not with_tally and done != 0:
                 raise CheckpointError(f"done is {done} but no tally was saved")
+            if not with_tally and any("ties" in state["layers"][layer] for layer in self.layers):
+                raise CheckpointError("threshold ties were saved without a tally")
             if with_tally:
                 self._make_tallies(shapes)
                 images = len(self.ds) if stage == "done" else done
                 for layer in self.layers:
+                    K, h, w = shapes[layer]
                     self.tally[layer].load_state_dict(state["layers"][layer]["tally"])
+                    entry = state["layers"][layer]
+                    if "ties" in entry:
+                        self.ties[layer] = ThresholdTies(entry["thresholds"].to(self.device))
+                        self.ties[layer].load_state_dict(entry["ties"])
+                        if bool((self.ties[layer].count > images * h * w).any()):
+                            raise CheckpointError(f"layer {layer!r}: the threshold ties exceed the {images * h * w} "
+                                                  "activations counted")
+                    else:  # a version-3 checkpoint: the ties of the images counted so far are not known
+                        self.ties[layer] = None
                     if self.tally[layer].images != images:
                         raise CheckpointError(f"layer {layer!r}: the tally counted {self.tally[layer].images} "
                                               f"images, expected {images}")
@@ -465,7 +564,8 @@ class _Run:
                 state.update(stage="tally", done=0)
                 for entry in state["layers"].values():
                     entry.pop("tally", None)
-                self.tally = {}
+                    entry.pop("ties", None)
+                self.tally, self.ties = {}, {}
             return state
         if rank == 0:
             warnings.warn(f"dissect: the ranks' checkpoints are at different stages ({said}); every rank "
@@ -473,19 +573,11 @@ class _Run:
         return None
 
     # ---- the passes ------------------------------------------------------------------------------
-    def threshold_pass(self, state, ckpt, every, cache):
-        lo, hi = self.shard
-        want_cache = cache is not False and state["done"] == 0
+    def threshold_pass(self, state, ckpt, every):
+        if not self.quant:
+            self._make_threshold_states(state["shapes"])
         for nb, batch in enumerate(self._batches(state["done"], ("image",), "dissect: thresholds"), 1):
             acts = self.forward(batch["image"])
-            if state["shapes"] is None:
-                state["shapes"] = {k: tuple(v.shape[1:]) for k, v in acts.items()}
-                _check_tally_memory(state["shapes"], self.ds.num_labels, self.device)
-            if not self.quant:
-                self._make_threshold_states(state["shapes"])
-            if want_cache and self.cache is None:
-                self.cache = self._alloc_cache(state["shapes"], hi - lo, cache)
-                want_cache = self.cache is not None
             with self.timer("threshold"):
                 for layer, a in acts.items():
                     if tuple(a.shape[1:]) != state["shapes"][layer]:
@@ -497,7 +589,6 @@ class _Run:
                         pos = state["done"]
                         self.cache[layer][pos:pos + a.shape[0]].copy_(a)
             state["done"] += batch["index"].numel()
-            self.runner.plan(self._batches_left(state["done"]) + (0 if self.cache is not None else self._batches_left(0)))
             if every and nb % every == 0:
                 for layer in self.layers:
                     state["layers"][layer] = {"quantile": self.quant[layer].state_dict(),
@@ -527,9 +618,10 @@ class _Run:
         return state
 
     def tally_pass(self, state, ckpt, every):
+        thresholds = {layer: state["layers"][layer]["thresholds"].to(self.device) for layer in self.layers}
         if not self.tally:
             self._make_tallies(state["shapes"])
-        thresholds = {layer: state["layers"][layer]["thresholds"].to(self.device) for layer in self.layers}
+            self.ties = {layer: ThresholdTies(thresholds[layer]) for layer in self.layers}
         cached = self.cache is not None
         fields = ("labels",) if cached else ("image", "labels")
         for nb, batch in enumerate(self._batches(state["done"], fields, "dissect: tally"), 1):
@@ -544,19 +636,28 @@ class _Run:
                 annotated = batch["annotated"].to(self.device)
                 for layer, a in acts.items():
                     self.tally[layer].update(a, thresholds[layer], labels, scalars, annotated)
+                    if self.ties[layer] is not None:
+                        self.ties[layer].update(a)
             state["done"] += batch["index"].numel()
-            if not cached:
-                self.runner.plan(self._batches_left(state["done"]))
             if every and nb % every == 0:
-                for layer in self.layers:
-                    state["layers"][layer]["tally"] = self.tally[layer].state_dict()
+                self._keep_tallies(state)
                 self._save(state, ckpt)
+
+    def _keep_tallies(self, state):
+        for layer in self.layers:
+            state["layers"][layer]["tally"] = self.tally[layer].state_dict()
+            if self.ties[layer] is not None:
+                state["layers"][layer]["ties"] = self.ties[layer].state_dict()
+            else:
+                state["layers"][layer].pop("ties", None)
 
     def finish_tally(self, state, ckpt, world):
         with self.timer("tally"):
+            known = _gather(all(t is not None for t in self.ties.values()), world)
             for layer in self.layers:
                 self.tally[layer] = _merge_all(self.tally[layer], world)
-                state["layers"][layer]["tally"] = self.tally[layer].state_dict()
+                self.ties[layer] = _merge_all(self.ties[layer], world) if all(known) else None
+            self._keep_tallies(state)
         state["stage"] = "done"
         self._save(state, ckpt)
         return state
