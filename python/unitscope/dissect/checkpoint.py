@@ -4,11 +4,13 @@ validates every field before use and refuses, with a CheckpointError saying why,
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import inspect
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -178,8 +180,9 @@ def prepare_checkpoint_dir(path: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CheckpointError(f"checkpoint_dir {str(folder)!r} is not writable")
     for tmp in folder.glob(path.name + ".tmp*"):
-        pid = tmp.name[len(path.name) + 4:]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        # <name>.tmp<pid>-<random> (a writer that may still run in this process) or <name>.tmp<pid> (older)
+        pid, _, rest = tmp.name[len(path.name) + 4:].partition("-")
+        if pid.isdigit() and ((int(pid) == os.getpid() and not rest) or not _alive(int(pid))):
             tmp.unlink(missing_ok=True)
 
 
@@ -225,20 +228,40 @@ def _walk(v, h, depth):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace (atomic); the
-    temporary file is removed if anything fails. Adds format, version and the content digest."""
+    """torch.save to a temporary file of its own in the same folder (<name>.tmp<pid>-<random>:
+    unique per writer), fsync, then os.replace (atomic); the temporary file is removed if anything
+    fails, and a full disk is said in one line (OSError ENOSPC; the previous checkpoint is kept).
+    Adds format, version and the content digest."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     state = dict(state, format=FORMAT, version=VERSION)
     state["digest"] = content_digest(state)
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.tmp{os.getpid()}-", dir=path.parent)
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        raise OSError(full, f"no space left on the device of {path.parent}: the checkpoint was not saved (the "
+                            "previous one is kept); free some space and rerun to resume") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(e: BaseException):
+    """ENOSPC or EDQUOT where e, or the error it was raised from or during (torch.save wraps a failed
+    write in a RuntimeError), says the disk or quota is full; else None."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e.errno
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 # ---- loading and validation --------------------------------------------------------------------

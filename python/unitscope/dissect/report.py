@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unitscope.dissect.result import Dissection, LayerDissection, csv_cell
+from unitscope.dissect.result import Dissection, LayerDissection, csv_cell, report_files
 from unitscope.reference.bilinear import bilinear_resize
 
 THUMB = 112
@@ -89,13 +89,13 @@ td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-ali
 .dead{{color:#999}}</style></head><body>{body}</body></html>"""
 
 
-def _unit_row(ld, u, name, out, root, cache) -> str:
+def _unit_row(ld, u, folder, out, root, cache) -> str:
     k = u["unit"]
     strip = _strip(ld, k, root, cache)
     img = ""
     if strip is not None:
-        strip.save(out / name / f"unit_{k:04d}.jpg", quality=88)
-        img = f'<img src="{name}/unit_{k:04d}.jpg" alt="unit {k}" loading="lazy">'
+        strip.save(out / folder / f"unit_{k:04d}.jpg", quality=88)
+        img = f'<img src="{folder}/unit_{k:04d}.jpg" alt="unit {k}" loading="lazy">'
     dead = bool(ld.dead[k])
     label = "(dead unit)" if dead else html.escape(u["label"])
     ties = "" if ld.ties is None else f"{int(ld.ties[k])}" + (" (plateau)" if ld.plateau[k] else "")
@@ -115,20 +115,20 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
                 progress: bool = False) -> Path:
     """Write index.html, a page per layer (<stem>.html: the detectors by IoU with label, category,
     IoU and a strip of top images with the activated region outlined, then the other units in a
-    collapsed section) and a chart of unique detectors per category (<stem>_unique.png); stems from
-    Dissection.file_stems() (safe, distinct file names). Images are read from the dataset the
-    dissection ran on (or `dataset_root`). Returns the index.html path."""
+    collapsed section), a chart of unique detectors per category (<stem>_unique.png) and the strips
+    in a folder per layer; names from report_files() (safe, and every path distinct). Images are
+    read from the dataset the dissection ran on (or `dataset_root`). Returns the index.html path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     index_rows, cache = [], {}
-    stems = dissection.file_stems()
+    files = report_files(list(dissection.layers))
     for ld in dissection:
-        name = stems[ld.layer]
+        f = files[ld.layer]
         root = Path(dataset_root or ld.settings.get("dataset_root", "."))
-        (out / name).mkdir(exist_ok=True)
+        (out / f["units"]).mkdir(exist_ok=True)
         unique = ld.unique_detectors()
         thr = ld.settings.get("iou_threshold", 0.04)
-        _bar_chart(out / f"{name}_unique.png", {ld.layer: unique}, f"{ld.layer}: unique detectors per category "
+        _bar_chart(out / f["chart"], {ld.layer: unique}, f"{ld.layer}: unique detectors per category "
                    f"(IoU > {thr})")
         units = ld.units()[: max_units or None]
         detector = {d["unit"] for d in ld.detectors()}
@@ -138,20 +138,20 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
             it = tqdm(units, desc=f"report {ld.layer}", unit="unit")
         rows = {True: [], False: []}
         for u in it:
-            rows[u["unit"] in detector].append(_unit_row(ld, u, name, out, root, cache))
+            rows[u["unit"] in detector].append(_unit_row(ld, u, f["units"], out, root, cache))
         n_det = len(detector)
         e = lambda v: html.escape(str(v))  # noqa: E731
         body = (f"<h1>{e(ld.layer)}</h1><p>{ld.num_units} units, {n_det} detectors (IoU &gt; {e(thr)}), "
                 f"{ld.images} images; quantile {e(ld.settings.get('quantile'))}, mask "
                 f"{e(ld.settings.get('threshold_op'))} threshold, union '{e(ld.settings.get('union'))}'.</p>"
-                f'<img src="{name}_unique.png" alt="chart"><h2>Detectors ({len(rows[True])})</h2>'
+                f'<img src="{f["chart"]}" alt="chart"><h2>Detectors ({len(rows[True])})</h2>'
                 + (_HEAD + "".join(rows[True]) + "</table>" if rows[True] else "<p>none</p>")
                 + (f"<details><summary>Other units ({len(rows[False])}, IoU at most {e(thr)})</summary>"
                    + _HEAD + "".join(rows[False]) + "</table></details>" if rows[False] else "")
                 + '<p><a href="index.html">all layers</a></p>')
-        (out / f"{name}.html").write_text(_PAGE.format(title=e(ld.layer), body=body), encoding="utf-8")
+        (out / f["page"]).write_text(_PAGE.format(title=e(ld.layer), body=body), encoding="utf-8")
         cells = "".join(f"<td>{unique[c]}</td>" for c in ld.categories)
-        index_rows.append(f'<tr><td><a href="{name}.html">{html.escape(ld.layer)}</a></td>'
+        index_rows.append(f'<tr><td><a href="{f["page"]}">{html.escape(ld.layer)}</a></td>'
                           f"<td>{ld.num_units}</td><td>{n_det}</td>{cells}</tr>")
     cats = next(iter(dissection)).categories if len(dissection) else []
     head = "".join(f"<th>unique {html.escape(c)}</th>" for c in cats)

@@ -234,20 +234,23 @@ class Dissection:
         return file_stems(list(self.layers))
 
     def to_csv(self, directory) -> list[Path]:
-        """One tally_<stem>.csv per layer in `directory` (stem: file_stems()); returns the paths."""
+        """One tally_<stem>.csv per layer in `directory` (report_files()); returns the paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
-        stems = self.file_stems()
+        files = report_files(list(self.layers))
         for l in self:
-            p = directory / f"tally_{stems[l.layer]}.csv"
+            p = directory / files[l.layer]["csv"]
             l.to_csv(p)
             paths.append(p)
         return paths
 
     def to_json(self, path=None, full: bool = False) -> str:
-        text = json.dumps({"name": self.name, "timings": self.timings,
-                           "layers": [l.to_dict(full) for l in self]}, indent=1)
+        """{"name", "timings", "layers": [LayerDissection.to_dict(full)]} as strict JSON: a float
+        that JSON cannot hold is written as a string, "inf" (the threshold of a unit with no finite
+        activation, which never fires), "-inf" or "nan" (json_float() reads them back)."""
+        text = json.dumps(_json_safe({"name": self.name, "timings": self.timings,
+                                      "layers": [l.to_dict(full) for l in self]}), indent=1, allow_nan=False)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
@@ -284,6 +287,57 @@ def _safe(name: str) -> str:
     if safe != name or safe.lower() in _RESERVED:
         safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return safe
+
+
+_NONFINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+
+
+def _json_safe(v):
+    if isinstance(v, float) and not np.isfinite(v):
+        return "nan" if v != v else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def json_float(v):
+    """A number of a dissection.json as a float: JSON numbers as they are, and the strings "inf",
+    "-inf" and "nan" that Dissection.to_json writes for what JSON numbers cannot hold; None for
+    anything else (a bool, another string, a number beyond float range)."""
+    if isinstance(v, str):
+        return _NONFINITE.get(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return None
+
+
+# files a report folder holds besides the layers' own (the index page, the command's JSON, compare())
+_OTHER_FILES = ("index.html", "dissection.json", "compare.csv", "compare.png")
+
+
+def report_files(names) -> dict:
+    """{name: {"page": <stem>.html, "chart": <stem>_unique.png, "units": folder of the unit strips,
+    "csv": tally_<stem>.csv}}, stems from file_stems(). Every path is distinct from every other,
+    also where file systems ignore case: a strips folder whose name is some file's (layers `blk` and
+    `blk.html`, or `x` and `x_unique.png`) is `<stem>_units` (numbered if that is taken too)."""
+    stems = file_stems(names)
+    files = {f.lower() for f in _OTHER_FILES}
+    for s in stems.values():
+        files.update({f"{s}.html".lower(), f"{s}_unique.png".lower(), f"tally_{s}.csv".lower()})
+    out, taken = {}, set(files)
+    for name, s in stems.items():
+        folder, n = s, 1
+        while folder.lower() in taken:
+            n += 1
+            folder = f"{s}_units" if n == 2 else f"{s}_units-{n}"
+        taken.add(folder.lower())
+        out[name] = {"page": f"{s}.html", "chart": f"{s}_unique.png", "units": folder, "csv": f"tally_{s}.csv"}
+    return out
 
 
 def file_stems(names) -> dict:

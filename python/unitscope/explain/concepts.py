@@ -48,12 +48,27 @@ class UnitConcepts:
         return self.top_images(k) if self.top_images is not None else None
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(value, what: str, where: str, lo: float = -math.inf, hi: float = math.inf, inf: bool = False) -> float:
+    """A finite number in [lo, hi] (inf=True also accepts +inf: the threshold of a unit that never
+    fires, written "inf" by Dissection.to_json), else ValueError naming it."""
+    from unitscope.dissect.result import json_float
+
+    v = json_float(value)
+    ok = v is not None and (lo <= v <= hi or (inf and v == math.inf))
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        span = f"a finite number in [{lo:g}, {hi:g}]" + (' or "inf"' if inf else "")
+        raise ValueError(f"{where}: {what} must be {span}, got {shown}")
+    return v
+
+
 def _settings(s: dict, where: str) -> dict:
     if not isinstance(s, dict):
         raise ValueError(f"{where}: settings must be a dict, got {type(s).__name__}")
-    thr = s.get("iou_threshold", 0.04)
-    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
-        raise ValueError(f"{where}: settings.iou_threshold must be a finite number, got {thr!r}")
+    thr = _number(s.get("iou_threshold", 0.04), "settings.iou_threshold", where)
     op = s.get("threshold_op", ">")
     if op not in (">", ">="):
         raise ValueError(f"{where}: settings.threshold_op must be '>' or '>=', got {op!r}")
@@ -89,7 +104,7 @@ def from_json(path, layer: str) -> UnitConcepts:
     by save_report) are used when present."""
     from PIL import Image
 
-    from unitscope.dissect.result import file_stems
+    from unitscope.dissect.result import report_files
 
     path = Path(path)
     if not path.is_file():
@@ -99,6 +114,8 @@ def from_json(path, layer: str) -> UnitConcepts:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"dissection file {str(path)!r} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"dissection file {str(path)!r} is nested too deeply to be a dissection") from None
     layers = doc.get("layers") if isinstance(doc, dict) else None
     if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers):
         raise ValueError(f"dissection file {str(path)!r} must hold {{'layers': [...]}} as written by Dissection.to_json")
@@ -119,17 +136,17 @@ def from_json(path, layer: str) -> UnitConcepts:
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < K or k in seen:
             raise ValueError(f"{where}: unit entry {i} must have a distinct 'unit' in [0, {K}), got {k!r}")
         seen.add(k)
-        t, v, lab, cat = u.get("threshold"), u.get("iou"), u.get("label"), u.get("category")
-        for name, val in (("threshold", t), ("iou", v)):
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
-                raise ValueError(f"{where}: unit {k}'s {name} must be a finite number, got {val!r}")
+        lab, cat = u.get("label"), u.get("category")
+        # a float32 threshold: a larger value would silently become inf
+        t = _number(u.get("threshold"), f"unit {k}'s threshold", where, -FLOAT32_MAX, FLOAT32_MAX, inf=True)
+        v = _number(u.get("iou"), f"unit {k}'s iou", where, 0.0, 1.0)
         if not isinstance(lab, str) or not isinstance(cat, str):
             raise ValueError(f"{where}: unit {k}'s label and category must be strings, got {lab!r}, {cat!r}")
         thresholds[k], iou[k], labels[k], cats[k] = t, v, lab, cat
     # the report sits beside the JSON (save_report(dir)) or in report/ (`unitscope dissect --out dir`),
     # its folders named as save_report names them
-    stem = file_stems([str(l.get("layer")) for l in layers])[layer]
-    strips = [path.parent / stem, path.parent / "report" / stem]
+    folder = report_files([str(l.get("layer")) for l in layers])[layer]["units"]
+    strips = [path.parent / folder, path.parent / "report" / folder]
 
     def top_images(k):
         p = next((d / f"unit_{k:04d}.jpg" for d in strips if (d / f"unit_{k:04d}.jpg").is_file()), None)
