@@ -107,8 +107,8 @@ class Runner:
     @property
     def variant(self) -> tuple[bool, bool]:
         """(compiled, channels_last): how the calls run now (channels_last: eager calls take the input
-        in channels_last memory format)."""
-        return self.compiled, self.channels_last is True
+        in channels_last memory format; compiled calls take it as given)."""
+        return self.compiled, self.channels_last is True and not self.compiled
 
     def warm_up(self, *args, calls: int) -> None:
         """Fix the variant before the first counted call, for the `calls` calls to come (args: a

@@ -296,9 +296,9 @@ def test_corrupt_checkpoint_and_topk_zero(concept_root, tmp_path):
 
 def test_tallies_larger_than_free_memory_refused_before_work(ds, monkeypatch):
     import importlib
-    run_module = importlib.import_module("unitscope.dissect.run")  # unitscope.dissect is also the function
-    monkeypatch.setattr(run_module, "_free_memory_bytes", lambda: 8 * 12 * ds.num_labels - 1)
+    run_module = importlib.import_module("unitscope.dissect.forward")  # unitscope.dissect is also the function
+    monkeypatch.setattr(run_module, "free_memory_bytes", lambda: 8 * 12 * ds.num_labels - 1)
     with pytest.raises(ValueError, match=r"the IoU tallies need .* \(12 units x \d+ label numbers x 8 bytes\), more than"):
         unitscope.dissect(tiny_cnn(), ["3"], ds, progress=False)
-    monkeypatch.setattr(run_module, "_free_memory_bytes", lambda: 8 * 12 * ds.num_labels)
+    monkeypatch.setattr(run_module, "free_memory_bytes", lambda: 8 * 12 * ds.num_labels)
     assert unitscope.dissect(tiny_cnn(), ["3"], ds, batch_size=24, cache_activations=False, progress=False)["3"].images == 24

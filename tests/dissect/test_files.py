@@ -9,7 +9,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 import unitscope
 from unitscope.dissect import Dissection
 from unitscope.dissect import checkpoint as ck

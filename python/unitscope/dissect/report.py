@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unitscope.dissect.result import Dissection, LayerDissection, csv_cell, report_files
+from unitscope.dissect.names import csv_cell, report_files
 from unitscope.reference.bilinear import bilinear_resize
 
 THUMB = 112
@@ -43,7 +43,10 @@ def _thumb(path: Path, cache: dict) -> np.ndarray:
     return cache[path]
 
 
-def _strip(ld: LayerDissection, unit: int, root: Path, cache: dict) -> Image.Image | None:
+def unit_strip(ld, unit: int, root: Path, cache: dict) -> Image.Image | None:
+    """The strip of a LayerDissection's unit's top images (THUMB x THUMB tiles, read from the dataset
+    at `root`), the region where each map passes the threshold outlined; None without top images.
+    cache: {path: thumbnail} shared between calls."""
     idx = [int(i) for i in ld.topk_index[unit] if i >= 0]
     if not idx:
         return None
@@ -91,7 +94,7 @@ td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-ali
 
 def _unit_row(ld, u, folder, out, root, cache) -> str:
     k = u["unit"]
-    strip = _strip(ld, k, root, cache)
+    strip = unit_strip(ld, k, root, cache)
     img = ""
     if strip is not None:
         strip.save(out / folder / f"unit_{k:04d}.jpg", quality=88)
@@ -111,7 +114,7 @@ _HEAD = ("<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th><th
          "<th>top images (activated region outlined)</th></tr>")
 
 
-def save_report(dissection: Dissection, directory, *, max_units: int | None = None, dataset_root=None,
+def save_report(dissection, directory, *, max_units: int | None = None, dataset_root=None,
                 progress: bool = False) -> Path:
     """Write index.html, a page per layer (<stem>.html: the detectors by IoU with label, category,
     IoU and a strip of top images with the activated region outlined, then the other units in a
@@ -199,7 +202,7 @@ def compare(*dissections, names=None, iou_threshold: float | None = None, rule: 
         raise ValueError(f"names must have one entry per dissection ({len(dissections)}), got {len(names)}")
     rows, cats = [], []
     for n, d in enumerate(dissections):
-        if not isinstance(d, Dissection):
+        if not isinstance(getattr(d, "layers", None), dict) or not hasattr(d, "unique_detectors"):
             raise TypeError(f"compare takes Dissection objects, got {type(d).__name__} at position {n}")
         for ld in d:
             unique = ld.unique_detectors(iou_threshold, rule)

@@ -5,7 +5,6 @@ distinct."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from unitscope.dissect.names import csv_cell, file_stems, report_files  # noqa: F401 (their home before names.py)
 
 
 @dataclass
@@ -260,41 +261,12 @@ class Dissection:
         return save_report(self, directory, **kw)
 
 
-def plateau(ties, quantile: float, values: int) -> np.ndarray:
-    """bool[K]: ties (int[K], activations equal to the threshold) above a fifth of the top
-    1 - quantile share of `values` activations per unit."""
-    return np.asarray(ties) > 0.2 * (1.0 - quantile) * values
-
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_RESERVED = {"index", "compare"}  # the report's own page and the comparison's files
-
-
-def csv_cell(value):
-    """A text cell that a spreadsheet shows as text: a leading ' before = + - @ tab or CR when more
-    follows (the usual defence against formula injection; a lone '-', Broden's name of label 0, stays);
-    other values unchanged."""
-    if isinstance(value, str) and len(value) > 1 and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
-def _safe(name: str) -> str:
-    """Letters, digits, '-', '_' and '.' kept, the rest '_'; no leading '.'; at most 80 characters;
-    a digest of the name appended when anything was changed (so different names stay different)."""
-    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in name)
-    safe = ("_" + safe[1:] if safe.startswith(".") else safe)[:80] or "_"
-    if safe != name or safe.lower() in _RESERVED:
-        safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return safe
-
-
 _NONFINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 
 
 def _json_safe(v):
     if isinstance(v, float) and not np.isfinite(v):
-        return "nan" if v != v else ("inf" if v > 0 else "-inf")
+        return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, dict):
         return {k: _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -316,39 +288,7 @@ def json_float(v):
         return None
 
 
-# files a report folder holds besides the layers' own (the index page, the command's JSON, compare())
-_OTHER_FILES = ("index.html", "dissection.json", "compare.csv", "compare.png")
-
-
-def report_files(names) -> dict:
-    """{name: {"page": <stem>.html, "chart": <stem>_unique.png, "units": folder of the unit strips,
-    "csv": tally_<stem>.csv}}, stems from file_stems(). Every path is distinct from every other,
-    also where file systems ignore case: a strips folder whose name is some file's (layers `blk` and
-    `blk.html`, or `x` and `x_unique.png`) is `<stem>_units` (numbered if that is taken too)."""
-    stems = file_stems(names)
-    files = {f.lower() for f in _OTHER_FILES}
-    for s in stems.values():
-        files.update({f"{s}.html".lower(), f"{s}_unique.png".lower(), f"tally_{s}.csv".lower()})
-    out, taken = {}, set(files)
-    for name, s in stems.items():
-        folder, n = s, 1
-        while folder.lower() in taken:
-            n += 1
-            folder = f"{s}_units" if n == 2 else f"{s}_units-{n}"
-        taken.add(folder.lower())
-        out[name] = {"page": f"{s}.html", "chart": f"{s}_unique.png", "units": folder, "csv": f"tally_{s}.csv"}
-    return out
-
-
-def file_stems(names) -> dict:
-    """{name: file stem}: _safe(name), made distinct also where file systems ignore case (a
-    numbered suffix for the rare names whose stems still coincide)."""
-    out, taken = {}, set()
-    for name in names:
-        stem, n = _safe(name), 1
-        while stem.lower() in taken:
-            n += 1
-            stem = f"{_safe(name)}-{n}"
-        taken.add(stem.lower())
-        out[name] = stem
-    return out
+def plateau(ties, quantile: float, values: int) -> np.ndarray:
+    """bool[K]: ties (int[K], activations equal to the threshold) above a fifth of the top
+    1 - quantile share of `values` activations per unit."""
+    return np.asarray(ties) > 0.2 * (1.0 - quantile) * values

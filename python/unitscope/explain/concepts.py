@@ -78,7 +78,7 @@ def _settings(s: dict, where: str) -> dict:
 
 def from_layer_dissection(ld) -> UnitConcepts:
     """UnitConcepts of a LayerDissection; top images are drawn from its dataset when it is still on disk."""
-    from unitscope.dissect.report import _strip
+    from unitscope.dissect.report import unit_strip
 
     best, cat = ld.best_label, ld.best_category
     root = Path(ld.settings.get("dataset_root", "."))
@@ -86,7 +86,7 @@ def from_layer_dissection(ld) -> UnitConcepts:
 
     def top_images(k):
         try:
-            strip = _strip(ld, k, root, cache)
+            strip = unit_strip(ld, k, root, cache)
         except (OSError, IndexError):  # the dataset moved or was deleted: no images, not an error
             return None
         return None if strip is None else np.asarray(strip)
