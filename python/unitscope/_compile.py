@@ -1,6 +1,6 @@
 """torch.compile where it pays. The model's forward is nearly all of a dissection's time, and of the
-saliency methods and feature visualizations that run the model many times; compiling it is worth
-about 2x on a CPU (benchmarks/RESULTS.md) but costs tens of seconds once per process.
+saliency methods and feature visualizations that run the model many times; compiling it pays on a CPU
+but costs tens of seconds once per process (the measured figures: benchmarks/RESULTS.md).
 
 `Runner` wraps a function of tensors (the model's forward, with its hooks): it runs eagerly until
 told how many calls remain, then compiles if those calls would save clearly more than the compile
@@ -17,7 +17,7 @@ Without warm_up the trial and the compile happen among the calls (saliency, feat
 Two things keep the compiled function at one graph, compiled once (each recompile of a CNN costs
 about as much as the first compile on a CPU, benchmarks/RESULTS.md):
 - the graph is specialized to the first batch size (a static graph: compiled faster, and it ran
-  ~10% faster than one for any size); with pad=True a smaller batch (a dataset's last) is padded up
+  faster than one for any size, benchmarks/RESULTS.md, "one compiled graph"); with pad=True a smaller batch (a dataset's last) is padded up
   to it by repeating its last image, and the outputs are cut back to the batch's own images;
 - `prepare()`, when given, runs before each compiled call, outside the graph: state the traced
   function reads (a capture's per-call dictionaries) is reset there, so torch's guards on that state
@@ -73,8 +73,8 @@ class Runner:
         prepare: callable run before each compiled call, outside the compiled graph, or None.
         channels_last: with compile="auto", the eager calls also try the first argument (a 4-D image
             batch) in channels_last memory format, alternating for the first TRIAL_CALLS calls, and
-            keep it when it was faster (oneDNN's convolutions ran EfficientNet-Lite0 1.4-1.8x faster
-            so; the results differ in the last float bits, like a compiled model's); a function that
+            keep it when it was faster (oneDNN's convolutions ran EfficientNet-Lite0 faster so,
+            benchmarks/RESULTS.md; the results differ in the last float bits, like a compiled model's); a function that
             fails on it runs on the batch as given. compile=False never changes the input.
     """
 

@@ -74,7 +74,7 @@ def _resume_worker(rank, world, port, root, out, ckpt):
             d = unitscope.dissect(_model(), ["1", "2"], BrodenDataset(root), batch_size=5, progress=False,
                                   checkpoint_dir=ckpt)
         return ({l.layer: (l.thresholds, l.iou, l.topk_index) for l in d},
-                [str(w.message) for w in caught if "dissect:" in str(w.message)])
+                [str(w.message) for w in caught if "different stages" in str(w.message)])  # (not the plateau one)
 
     def change(edit):
         if rank == 1:

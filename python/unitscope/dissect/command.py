@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from unitscope._checks import IOU_THRESHOLD
+
 REPORT_PAGE = "index.html"  # the report's own folder (OUT/report/) keeps it apart from saliency.html / featviz.html
 
 def _workers(text: str):
@@ -23,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="a registry name (e.g. efficientnet_lite0) or MODULE:FACTORY, a function returning an "
                         "nn.Module; MODULE is imported from the installed packages or, failing that, from the "
-                        "working directory (which never shadows an installed package)")
+                        "working directory (which never shadows an installed package); a registry model gets "
+                        "its own preprocessing, a MODULE:FACTORY model ImageNet mean/std normalization")
     p.add_argument("--weights", type=cli.existing_file,
                    help="state_dict file for the model, loaded with torch.load(weights_only=True) "
                         "(default: the factory's or registry's own weights)")
@@ -38,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resize images to this size (default: the dataset's own size)")
     p.add_argument("--quantile", type=cli.float_in(0, 1, open_lo=True, open_hi=True), default=0.995,
                    help="per-unit activation quantile used as the unit's threshold")
-    p.add_argument("--iou-threshold", type=cli.float_in(0, 1), default=0.04,
+    p.add_argument("--iou-threshold", type=cli.float_in(0, 1), default=IOU_THRESHOLD,
                    help="IoU above which a unit counts as a detector of its best concept")
     p.add_argument("--threshold-op", choices=[">", ">="], default=">",
                    help="a unit's mask is upsampled activation OP threshold")
@@ -133,6 +136,7 @@ def run(args) -> int:
     import unitscope
     from unitscope.data import BrodenDataset
     from unitscope.dissect.capture import parse_layer
+    from unitscope.dissect.config import imagenet_preprocess
     from unitscope.hooks import resolve_layer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
@@ -153,7 +157,8 @@ def run(args) -> int:
     result = unitscope.dissect(
         model, layers, ds, batch_size=args.batch_size, device=device, quantile=args.quantile,
         iou_threshold=args.iou_threshold, threshold_op=args.threshold_op, union=args.union, exact=args.exact,
-        preprocess=preprocess, num_workers=args.workers, topk=args.topk, tokens=args.tokens, compile=args.compile,
+        preprocess=preprocess if preprocess is not None else imagenet_preprocess,
+        num_workers=args.workers, topk=args.topk, tokens=args.tokens, compile=args.compile,
         checkpoint_dir=args.checkpoint_dir or out / "checkpoints", progress=not args.quiet)
     result.name = args.model
     if rank == 0:

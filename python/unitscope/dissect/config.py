@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from unitscope._checks import IOU_THRESHOLD, UPSAMPLE, check_threshold_op, check_union, check_upsample
 from unitscope._compile import check_compile
 from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-UPSAMPLE = {"bilinear": False, "bilinear-align-corners": True}  # upsample= -> align_corners
-
 # the default preprocess: (B, 3, H, W) float in [0, 1] -> ImageNet mean/std normalized
 imagenet_preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _unchanged(x):
+    return x
 
 
 def _int(value, name: str, least: int, what: str) -> None:
@@ -26,7 +29,7 @@ def _int(value, name: str, least: int, what: str) -> None:
 class DissectConfig:
     """dissect()'s settings (see there for each); ValueError/TypeError naming the first bad one."""
     quantile: float = 0.995
-    iou_threshold: float = 0.04
+    iou_threshold: float = IOU_THRESHOLD
     threshold_op: str = ">"
     union: str = "category"
     exact: bool = True
@@ -53,12 +56,9 @@ class DissectConfig:
         t = self.iou_threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
             raise ValueError(f"iou_threshold must be a number in [0, 1], got {t!r}")
-        if self.threshold_op not in (">", ">="):
-            raise ValueError(f"threshold_op must be '>' or '>=', got {self.threshold_op!r}")
-        if self.union not in ("category", "dataset"):
-            raise ValueError(f"union must be 'category' or 'dataset', got {self.union!r}")
-        if self.upsample not in UPSAMPLE:
-            raise ValueError(f"upsample must be one of {sorted(UPSAMPLE)}, got {self.upsample!r}")
+        check_threshold_op(self.threshold_op)
+        check_union(self.union)
+        check_upsample(self.upsample)
         _int(self.batch_size, "batch_size", 1, "a positive int")
         _int(self.topk, "topk", 0, "an int >= 0")
         if self.autocast not in (None, torch.float16, torch.bfloat16):
@@ -87,8 +87,8 @@ class DissectConfig:
 
     @property
     def model_input(self):
-        """The preprocess applied to each [0, 1] batch (ImageNet normalization when None)."""
-        return self.preprocess or imagenet_preprocess
+        """The preprocess applied to each [0, 1] batch (None: none, _checks.PREPROCESS_NONE)."""
+        return self.preprocess if self.preprocess is not None else _unchanged
 
     def check_layers(self, layers: list) -> None:
         unknown = sorted(set(self.transform) - set(layers))

@@ -87,9 +87,9 @@ def _code_digest(code) -> str:
 
 def describe_callable(fn, depth: int = 0) -> str:
     """A stable description of a preprocess: modules by type, repr, source and tensors; functions and
-    lambdas by qualified name, bytecode, defaults and captured values; None is the default ('imagenet')."""
+    lambdas by qualified name, bytecode, defaults and captured values; None is no preprocessing ('none')."""
     if fn is None:
-        return "imagenet"
+        return "none"
     if isinstance(fn, torch.nn.Module):
         tensors = [_tensor_digest(t) for t in list(fn.parameters()) + list(fn.buffers())]
         return f"{type(fn).__module__}.{type(fn).__qualname__}:{_digest(_repr(fn), _source_digest(type(fn)), *tensors)}"

@@ -4,13 +4,14 @@ and compare(). Names are data: HTML-escaped, never mathtext, never a formula in 
 from __future__ import annotations
 
 import csv
-import html
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from unitscope._checks import IOU_THRESHOLD, align_corners
+from unitscope._html import TEMPLATE, esc, page
 from unitscope.dissect.names import csv_cell, report_files
 from unitscope.reference.bilinear import bilinear_resize
 
@@ -51,7 +52,7 @@ def unit_strip(ld, unit: int, root: Path, cache: dict) -> Image.Image | None:
     if not idx:
         return None
     op = ld.settings.get("threshold_op", ">")
-    ac = ld.settings.get("upsample") == "bilinear-align-corners"
+    ac = align_corners(ld.settings.get("upsample"))
     tiles = []
     for slot, i in enumerate(idx):
         img = _thumb(root / "images" / ld.image_paths[i], cache)
@@ -86,10 +87,7 @@ def _bar_chart(path: Path, groups: dict, title: str) -> None:
     plt.close(fig)
 
 
-_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
-body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
-td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}}
-.dead{{color:#999}}</style></head><body>{body}</body></html>"""
+_PAGE = TEMPLATE  # (the page template, for other modules that format it themselves)
 
 
 def _unit_row(ld, u, folder, out, root, cache) -> str:
@@ -100,11 +98,11 @@ def _unit_row(ld, u, folder, out, root, cache) -> str:
         strip.save(out / folder / f"unit_{k:04d}.jpg", quality=88)
         img = f'<img src="{folder}/unit_{k:04d}.jpg" alt="unit {k}" loading="lazy">'
     dead = bool(ld.dead[k])
-    label = "(dead unit)" if dead else html.escape(u["label"])
+    label = "(dead unit)" if dead else esc(u["label"])
     ties = "" if ld.ties is None else f"{int(ld.ties[k])}" + (" (plateau)" if ld.plateau[k] else "")
     saturated = " (saturated)" if ld.saturated[k] else ""
     return (f'<tr class="{"dead" if dead else ""}"><td>{k}</td><td>{label}</td>'
-            f'<td>{html.escape(u["category"])}</td><td>{u["iou"]:.3f}</td>'
+            f'<td>{esc(u["category"])}</td><td>{u["iou"]:.3f}</td>'
             f'<td>{u["threshold"]:.4g}{saturated}</td><td>{ties}</td><td>{img}</td></tr>')
 
 
@@ -130,7 +128,7 @@ def save_report(dissection, directory, *, max_units: int | None = None, dataset_
         root = Path(dataset_root or ld.settings.get("dataset_root", "."))
         (out / f["units"]).mkdir(exist_ok=True)
         unique = ld.unique_detectors()
-        thr = ld.settings.get("iou_threshold", 0.04)
+        thr = ld.settings.get("iou_threshold", IOU_THRESHOLD)
         _bar_chart(out / f["chart"], {ld.layer: unique}, f"{ld.layer}: unique detectors per category "
                    f"(IoU > {thr})")
         units = ld.units()[: max_units or None]
@@ -143,7 +141,7 @@ def save_report(dissection, directory, *, max_units: int | None = None, dataset_
         for u in it:
             rows[u["unit"] in detector].append(_unit_row(ld, u, f["units"], out, root, cache))
         n_det = len(detector)
-        e = lambda v: html.escape(str(v))  # noqa: E731
+        e = esc
         body = (f"<h1>{e(ld.layer)}</h1><p>{ld.num_units} units, {n_det} detectors (IoU &gt; {e(thr)}), "
                 f"{ld.images} images; quantile {e(ld.settings.get('quantile'))}, mask "
                 f"{e(ld.settings.get('threshold_op'))} threshold, union '{e(ld.settings.get('union'))}'.</p>"
@@ -152,16 +150,16 @@ def save_report(dissection, directory, *, max_units: int | None = None, dataset_
                 + (f"<details><summary>Other units ({len(rows[False])}, IoU at most {e(thr)})</summary>"
                    + _HEAD + "".join(rows[False]) + "</table></details>" if rows[False] else "")
                 + '<p><a href="index.html">all layers</a></p>')
-        (out / f["page"]).write_text(_PAGE.format(title=e(ld.layer), body=body), encoding="utf-8")
+        (out / f["page"]).write_text(page(ld.layer, body), encoding="utf-8")
         cells = "".join(f"<td>{unique[c]}</td>" for c in ld.categories)
-        index_rows.append(f'<tr><td><a href="{f["page"]}">{html.escape(ld.layer)}</a></td>'
+        index_rows.append(f'<tr><td><a href="{f["page"]}">{esc(ld.layer)}</a></td>'
                           f"<td>{ld.num_units}</td><td>{n_det}</td>{cells}</tr>")
     cats = next(iter(dissection)).categories if len(dissection) else []
-    head = "".join(f"<th>unique {html.escape(c)}</th>" for c in cats)
-    body = (f"<h1>Network dissection{': ' + html.escape(dissection.name) if dissection.name else ''}</h1>"
+    head = "".join(f"<th>unique {esc(c)}</th>" for c in cats)
+    body = (f"<h1>Network dissection{': ' + esc(dissection.name) if dissection.name else ''}</h1>"
             f"<table><tr><th>layer</th><th>units</th><th>detectors</th>{head}</tr>{''.join(index_rows)}</table>")
     index = out / "index.html"
-    index.write_text(_PAGE.format(title="dissection", body=body), encoding="utf-8")
+    index.write_text(page("dissection", body), encoding="utf-8")
     return index
 
 

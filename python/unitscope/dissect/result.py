@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unitscope._checks import IOU_THRESHOLD
 from unitscope.dissect.names import csv_cell, file_stems, report_files  # noqa: F401 (their home before names.py)
 
 
@@ -118,7 +119,7 @@ class LayerDissection:
         return np.stack(labels), np.stack(ious)
 
     def _threshold(self, iou_threshold):
-        return self.settings.get("iou_threshold", 0.04) if iou_threshold is None else iou_threshold
+        return self.settings.get("iou_threshold", IOU_THRESHOLD) if iou_threshold is None else iou_threshold
 
     def detectors(self, iou_threshold: float | None = None) -> list[dict]:
         """Units whose best IoU is above the threshold, best first: dicts unit/label/category/iou."""

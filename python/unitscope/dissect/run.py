@@ -22,6 +22,7 @@ import warnings
 
 import torch
 
+from unitscope._checks import IOU_THRESHOLD
 from unitscope.data import BrodenDataset
 from unitscope.dissect.capture import LayerCapture
 from unitscope.dissect.checkpoint import (
@@ -39,7 +40,7 @@ from unitscope.dissect.state import DissectState, Stage
 
 
 def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, device=None,
-            quantile: float = 0.995, iou_threshold: float = 0.04, categories=None, threshold_op: str = ">",
+            quantile: float = 0.995, iou_threshold: float = IOU_THRESHOLD, categories=None, threshold_op: str = ">",
             union: str = "category", exact: bool = True, upsample: str = "bilinear", preprocess=None,
             num_workers="auto", checkpoint_dir=None, checkpoint_every: int = 50, progress: bool = True,
             topk: int = 8, tokens: bool = False, autocast=None, cache_activations="auto",
@@ -60,7 +61,9 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             c's category, the original Network Dissection) or 'dataset' (every image).
         exact: ExactQuantile (True) or the bounded-memory QuantileSketch (False, size=sketch_size).
         upsample: 'bilinear' (align_corners=False) or 'bilinear-align-corners'.
-        preprocess: maps a (B, 3, H, W) [0, 1] batch to the model input; default ImageNet mean/std.
+        preprocess: maps a (B, 3, H, W) [0, 1] batch to the model input; None: none, the model gets
+            the [0, 1] images (as in saliency, featviz and explain; before this version None meant
+            ImageNet mean/std: pass imagenet_preprocess, or the registry model's own, for that).
         checkpoint_dir: where checkpoints go; a run finding its own checkpoint there resumes. The
             checkpoint records the settings, the model's weights, code and outputs at `layers` on the
             dataset's first images, the preprocess and the files read; a checkpoint that differs in
@@ -72,14 +75,14 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             third of the free memory) instead of running the model twice.
         num_workers: DataLoader worker processes that decode and resize while the model runs;
             'auto' uses the CPUs torch's threads leave free (at most 4) for a pass of 256 images or
-            more, else reads in this process (workers that share the model's cores slow it down:
-            on 2 cores one worker cost 14% of a compiled forward, benchmarks/RESULTS.md).
+            more, else reads in this process (workers that share the model's cores slow it down,
+            benchmarks/RESULTS.md).
         compile: 'auto' (the fast path: before the first counted batch, timed warm-up calls on the
             first batch, their outputs discarded, try the input as given and in channels_last and
             keep the faster; then the model is compiled with torch.compile when the batches to come
-            save clearly more than the compile costs, about 50 s here; a run of fewer than 16
-            forward calls stays eager with the input as given), True (compiled from the first batch)
-            or False (the exact eager path, the input as given). Every batch of both passes goes
+            save clearly more than the compile costs (tens of seconds, benchmarks/RESULTS.md); a
+            run of fewer than 16 forward calls stays eager with the input as given), True
+            (compiled from the first batch) or False (the exact eager path, the input as given). Every batch of both passes goes
             through the one variant chosen (one arithmetic per result; under torch.distributed rank
             0's choice, for every rank). Compiled or channels_last results may differ in the last
             float bits, which can move a threshold and a few pixels. A model that cannot be
@@ -99,6 +102,8 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
                            transform=transform or {})
     layers = [layers] if isinstance(layers, str) else list(layers)
     config.check_layers(layers)
+    if preprocess is None:
+        _say_preprocess_changed()
     ds = _as_dataset(dataset, categories)
     sizes = {(r.sh, r.sw) for r in ds.rows}
     if len(sizes) != 1:
@@ -157,6 +162,19 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             categories=ds.categories, label_category=ds.label_category,
             image_paths=[ds.rows[i].image for i in range(N)], settings=meta)
     return Dissection(results, timings=dict(timer.seconds), settings=meta)
+
+
+_said = []
+
+
+def _say_preprocess_changed() -> None:
+    """Once per process: preprocess=None no longer means ImageNet normalization here."""
+    if not _said:
+        _said.append(True)
+        warnings.warn("preprocess=None in unitscope.dissect now means no preprocessing, as everywhere in "
+                      "unitscope (it meant ImageNet mean/std normalization before); pass "
+                      "preprocess=unitscope.dissect.imagenet_preprocess (or models.load(name).preprocess) for "
+                      "normalized input", UserWarning, stacklevel=3)
 
 
 def _as_dataset(dataset, categories) -> BrodenDataset:

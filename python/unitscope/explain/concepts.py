@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unitscope._checks import IOU_THRESHOLD, align_corners, check_threshold_op
+
 NO_CONCEPT = "no concept"
 
 
@@ -29,7 +31,7 @@ class UnitConcepts:
     labels: list
     categories: list
     iou: np.ndarray
-    iou_threshold: float = 0.04
+    iou_threshold: float = IOU_THRESHOLD
     threshold_op: str = ">"
     align_corners: bool = False
     top_images: object = field(default=None, repr=False)
@@ -68,12 +70,10 @@ def _number(value, what: str, where: str, lo: float = -math.inf, hi: float = mat
 def _settings(s: dict, where: str) -> dict:
     if not isinstance(s, dict):
         raise ValueError(f"{where}: settings must be a dict, got {type(s).__name__}")
-    thr = _number(s.get("iou_threshold", 0.04), "settings.iou_threshold", where)
-    op = s.get("threshold_op", ">")
-    if op not in (">", ">="):
-        raise ValueError(f"{where}: settings.threshold_op must be '>' or '>=', got {op!r}")
+    thr = _number(s.get("iou_threshold", IOU_THRESHOLD), "settings.iou_threshold", where)
+    op = check_threshold_op(s.get("threshold_op", ">"), f"{where}: settings.threshold_op")
     return {"iou_threshold": float(thr), "threshold_op": op,
-            "align_corners": s.get("upsample") == "bilinear-align-corners"}
+            "align_corners": align_corners(s.get("upsample"))}
 
 
 def from_layer_dissection(ld) -> UnitConcepts:
