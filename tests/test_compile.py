@@ -336,7 +336,7 @@ def test_featviz_render_compiled_equals_eager():
 
 
 def test_auto_workers_use_only_free_cores(monkeypatch):
-    from unitscope.dissect import run
+    from unitscope.dissect import forward as run
     monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(run.torch, "get_num_threads", lambda: 2)
     assert run.auto_workers(100) == 0 and run.auto_workers(1000) == 4

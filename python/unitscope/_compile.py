@@ -1,6 +1,6 @@
 """torch.compile where it pays. The model's forward is nearly all of a dissection's time, and of the
-saliency methods and feature visualizations that run the model many times; compiling it is worth
-about 2x on a CPU (benchmarks/RESULTS.md) but costs tens of seconds once per process.
+saliency methods and feature visualizations that run the model many times; compiling it pays on a CPU
+but costs tens of seconds once per process (the measured figures: benchmarks/RESULTS.md).
 
 `Runner` wraps a function of tensors (the model's forward, with its hooks): it runs eagerly until
 told how many calls remain, then compiles if those calls would save clearly more than the compile
@@ -8,10 +8,16 @@ costs (compile="auto"), always (True) or never (False). A function that cannot b
 eagerly after a one-line warning. Compiled code may differ from eager in the last float bits;
 compile=False is the exact path.
 
+A caller whose calls feed one result (a dissection) calls `warm_up(*args, calls=n)` before the first
+counted call: the timed trial runs there on a sample batch, its outputs discarded, and the variant it
+keeps (eager or compiled, the input as given or in channels_last) is then fixed for every later call
+(`variant`); `use(variant, *args)` fixes a variant chosen elsewhere (a checkpoint's, rank 0's).
+Without warm_up the trial and the compile happen among the calls (saliency, featviz).
+
 Two things keep the compiled function at one graph, compiled once (each recompile of a CNN costs
 about as much as the first compile on a CPU, benchmarks/RESULTS.md):
 - the graph is specialized to the first batch size (a static graph: compiled faster, and it ran
-  ~10% faster than one for any size); with pad=True a smaller batch (a dataset's last) is padded up
+  faster than one for any size, benchmarks/RESULTS.md, "one compiled graph"); with pad=True a smaller batch (a dataset's last) is padded up
   to it by repeating its last image, and the outputs are cut back to the batch's own images;
 - `prepare()`, when given, runs before each compiled call, outside the graph: state the traced
   function reads (a capture's per-call dictionaries) is reset there, so torch's guards on that state
@@ -36,6 +42,10 @@ MARGIN = 1.25
 TRIAL_CALLS = 4
 # eager calls timed before "auto" decides (and all of the channels_last trial's)
 MIN_EAGER_CALLS = 2
+# warm_up(): a run of fewer counted calls than this stays eager with the input as given under "auto"
+# (the trial costs TRIAL_CALLS calls, channels_last saves well under half a call, and a compile of
+# ~50 s does not pay back over so few calls)
+TRIAL_MIN_CALLS = 16
 
 
 def check_compile(value, name: str = "compile"):
@@ -63,8 +73,8 @@ class Runner:
         prepare: callable run before each compiled call, outside the compiled graph, or None.
         channels_last: with compile="auto", the eager calls also try the first argument (a 4-D image
             batch) in channels_last memory format, alternating for the first TRIAL_CALLS calls, and
-            keep it when it was faster (oneDNN's convolutions ran EfficientNet-Lite0 1.4-1.8x faster
-            so; the results differ in the last float bits, like a compiled model's); a function that
+            keep it when it was faster (oneDNN's convolutions ran EfficientNet-Lite0 faster so,
+            benchmarks/RESULTS.md; the results differ in the last float bits, like a compiled model's); a function that
             fails on it runs on the batch as given. compile=False never changes the input.
     """
 
@@ -86,15 +96,61 @@ class Runner:
         # eager calls in channels_last: None (not tried), "trial", True (kept) or False (slower or failing)
         self.channels_last = "trial" if channels_last and self.setting == "auto" else None
         self._trial = {False: float("inf"), True: float("inf")}  # fastest call per format in the trial
+        self.fixed = False           # warm_up()/use() fixed the variant: no trial, no compile from here on
+        self.eager_calls_fixed = 0   # eager calls since then
 
     @property
     def compiled(self) -> bool:
         """True once the calls go through the compiled function."""
         return self.compiled_fn is not None
 
+    @property
+    def variant(self) -> tuple[bool, bool]:
+        """(compiled, channels_last): how the calls run now (channels_last: eager calls take the input
+        in channels_last memory format; compiled calls take it as given)."""
+        return self.compiled, self.channels_last is True and not self.compiled
+
+    def warm_up(self, *args, calls: int) -> None:
+        """Fix the variant before the first counted call, for the `calls` calls to come (args: a
+        sample of them, e.g. the first batch). "auto": with at least TRIAL_MIN_CALLS calls to come,
+        TRIAL_CALLS timed eager calls alternate the input as given and channels_last (MIN_EAGER_CALLS
+        as given without channels_last) and keep the faster format, then compile when the saving pays;
+        fewer calls: eager, the input as given. True: compile. A compile is tried here on args (a
+        failing one falls back to eager with a warning, still before any counted call). Every output
+        is discarded. From here on no call changes the variant."""
+        if self.fixed:
+            return
+        if self.setting == "auto" and calls >= TRIAL_MIN_CALLS:
+            image = bool(args) and isinstance(args[0], torch.Tensor) and args[0].dim() == 4
+            trial = self.channels_last == "trial" and image
+            for _ in range(TRIAL_CALLS if trial else MIN_EAGER_CALLS):
+                if self.channels_last != "trial" and trial:
+                    break  # the function failed on channels_last: the input as given decides
+                self._run_eager(*args)
+            self.channels_last = self.channels_last is True
+            self.plan(calls)
+        self.use(self.variant if self.setting is not True else (True, False), *args)
+
+    def use(self, variant: tuple[bool, bool], *args) -> tuple[bool, bool]:
+        """Fix the variant (compiled, channels_last) for every later call; a compiled or channels_last
+        one is tried once on args (output discarded). Returns the variant obtained: eager where the
+        compile failed (with a warning), the input as given where channels_last failed."""
+        compiled, channels_last = (bool(v) for v in variant)
+        if self.fixed and (compiled, channels_last) == self.variant:
+            return self.variant  # (already tried)
+        self.channels_last = channels_last
+        if compiled and not self.compiled and not self.failed:
+            self._compile()
+        elif not compiled:
+            self.compiled_fn = None
+        self.fixed = True
+        if self.compiled or channels_last:
+            self(*args)
+        return self.variant
+
     def plan(self, calls_left: int) -> None:
         """Decide whether to compile for the `calls_left` calls still to come (like the ones timed)."""
-        if self.compiled or self.failed or self.setting is False:
+        if self.compiled or self.failed or self.setting is False or self.fixed:
             return
         if self.setting is True:
             self._compile()
@@ -132,7 +188,7 @@ class Runner:
             lambda t: t[:n] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == self.batch else t, out)
 
     def __call__(self, *args):
-        if self.setting is True and not self.compiled and not self.failed:
+        if self.setting is True and not self.compiled and not self.failed and not self.fixed:
             self._compile()
         if self.compiled_fn is not None:
             if self.verified:
@@ -159,12 +215,14 @@ class Runner:
             try:
                 out = self.fn(x.contiguous(memory_format=torch.channels_last), *args[1:])
             except Exception:  # noqa: BLE001 - e.g. a .view() on the input; the batch as given decides
+                if self.fixed and self.eager_calls_fixed:
+                    raise  # a fixed variant that already ran: switching now would mix arithmetics
                 self.channels_last = False
                 return self._run_eager(*args)
         else:
             out = self.fn(*args)
         trial = self.channels_last == "trial" and isinstance(x, torch.Tensor) and x.dim() == 4
-        if self.setting == "auto" or trial:  # (a resumed run may set setting after the trial began)
+        if (self.setting == "auto" and not self.fixed) or trial:  # (the trial ends even if setting changed)
             if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
                 torch.cuda.synchronize()  # time the work, not the launches
             took = time.perf_counter() - t
@@ -174,4 +232,5 @@ class Runner:
                 if self.eager_calls + 1 >= TRIAL_CALLS:
                     self.channels_last = self._trial[True] < self._trial[False]
         self.eager_calls += 1
+        self.eager_calls_fixed += self.fixed
         return out

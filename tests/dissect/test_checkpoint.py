@@ -164,7 +164,7 @@ def test_digest_format_and_version_checked(small, tmp_path):
     with pytest.raises(CheckpointError, match="not a unitscope dissection checkpoint"):
         run(Net(), small, tmp_path)
     torch.save(dict(state, version=1), path)
-    with pytest.raises(CheckpointError, match="format version 1, this unitscope reads 2 and 3"):
+    with pytest.raises(CheckpointError, match="format version 1, this unitscope reads 2, 3 and 4"):
         run(Net(), small, tmp_path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="is unreadable"):
@@ -215,21 +215,26 @@ class FormatNet(torch.nn.Module):
 
 
 def test_the_input_format_auto_kept_is_recorded_and_kept_on_resume(small, tmp_path):
-    """A resumed compile='auto' run does not redo the channels_last trial: it keeps the format the
+    """compile='auto' runs its channels_last trial on the first batch before any counted batch (the
+    trial's outputs are discarded), and a resumed run does not redo it: it keeps the format the
     checkpoint records, so one result never mixes the two (they differ in the last float bits)."""
     ds = BrodenDataset(small)
-    first = FormatNet(stop=1 + 6)  # the probe, then 6 batches of 1: the 4-batch trial is over
+    # the probe, the 4-call trial, the check of the kept format, then 6 counted batches of 1
+    first = FormatNet(stop=1 + 4 + 1 + 6)
     with pytest.raises(RuntimeError, match="interrupted"):
         unitscope.dissect(first, ["tap"], ds, batch_size=1, checkpoint_dir=tmp_path, checkpoint_every=1,
                           progress=False, compile="auto", cache_activations=False)
-    assert first.seen[1:5] == ["contiguous", "cl", "contiguous", "cl"] and first.seen[5:7] == ["cl", "cl"]
+    assert first.seen[0] == "contiguous"                                       # the probe
+    assert first.seen[1:5] == ["contiguous", "cl", "contiguous", "cl"]         # the trial, not counted
+    assert first.seen[5:] == ["cl"] * 8          # the check, 6 counted batches, the interrupted one
     state = torch.load(tmp_path / "dissect.pt", weights_only=True)
-    assert state["channels_last"] is True and state["done"] == 6 and state["version"] == 3
+    assert state["channels_last"] is True and state["compiled"] is False
+    assert state["done"] == 6 and state["version"] == 4
     second = FormatNet()
     unitscope.dissect(second, ["tap"], ds, batch_size=1, checkpoint_dir=tmp_path, progress=False,
                       compile="auto", cache_activations=False)
     assert second.seen[0] == "contiguous"                # the probe: the eager model as it is
-    assert set(second.seen[1:]) == {"cl"} and len(second.seen) == 1 + 2 + 8  # 2 left, then the tally pass
+    assert set(second.seen[1:]) == {"cl"} and len(second.seen) == 1 + 1 + 2 + 8  # check, 2 left, the tally pass
 
 
 def test_channels_last_field_checked_and_version_2_files_read(small, tmp_path):

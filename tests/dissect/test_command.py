@@ -9,6 +9,7 @@ import torch
 import unitscope
 from unitscope.cli import main
 from unitscope.data import BrodenDataset
+from unitscope.dissect import imagenet_preprocess
 
 
 def test_cli_writes_csv_json_report_and_loads_weights(concept_root, tmp_path, capsys):
@@ -28,8 +29,9 @@ def test_cli_writes_csv_json_report_and_loads_weights(concept_root, tmp_path, ca
     assert (out / "report" / "index.html").is_file() and (out / "report" / "2.html").is_file()
     data = json.loads((out / "dissection.json").read_text())
     # same numbers as the Python API on the model with those weights
+    # (the CLI gives a MODULE:FACTORY model ImageNet normalization; the API's preprocess=None is none)
     d = unitscope.dissect(other, ["0", "2"], BrodenDataset(concept_root), batch_size=7, progress=False,
-                          iou_threshold=0.02)
+                          iou_threshold=0.02, preprocess=imagenet_preprocess)
     best = {u["unit"]: u["iou"] for u in data["layers"][1]["units"]}
     assert np.allclose([best[k] for k in range(6)], d["2"].best_iou)
     with open(out / "tally_2.csv", newline="", encoding="utf-8") as f:  # CRLF lines, as written

@@ -1,160 +1,31 @@
-"""Dissection checkpoints: a key naming everything the result depends on (settings, the model's
-weights, code and behaviour, the preprocess, the files read), atomic writes, and a loader that
-validates every field before use and refuses, with a CheckpointError saying why, anything else.
-"""
+"""Dissection checkpoint files: a DissectState with an envelope (a key naming everything the result
+depends on, fingerprint.py; the probe statistics; format, version and a content digest), atomic
+writes, and a loader that validates every field before use and refuses, with a CheckpointError
+saying why, anything else."""
 from __future__ import annotations
 
-import functools
+import errno
 import hashlib
-import inspect
 import os
-import re
+import tempfile
 from pathlib import Path
 
 import torch
 
+from unitscope.dissect.fingerprint import probe_differs
+from unitscope.dissect.state import FIELDS, LAYER_FIELDS, DissectState, Stage
+
 FORMAT = "unitscope.dissect checkpoint"
-VERSION = 3  # 3 added channels_last; version 2 files are read with channels_last = None
-STAGES = ("threshold", "tally", "done")
-_FIELDS = {"format", "version", "digest", "key", "probe", "stage", "done", "shapes", "layers", "compiled",
-           "channels_last"}
+VERSION = 4  # 3 added channels_last (version 2 files are read with channels_last = None); 4 added the
+#             layers' "ties" beside "tally" and records the forward variant before the first batch
+READS = (2, 3, 4)
+STAGES = tuple(s.value for s in Stage)
+_FIELDS = {"format", "version", "digest", "key", "probe", *FIELDS}
 _FIELDS_V2 = _FIELDS - {"channels_last"}
-# what each layer entry holds at each stage (a mid-pass tally checkpoint adds "tally")
-_LAYER_FIELDS = {"threshold": ({"quantile", "topk"}, set()), "tally": ({"thresholds", "topk"}, {"tally"}),
-                 "done": ({"thresholds", "topk", "tally"}, set())}
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<function f at 0x7f..>" in a repr differs in every process
-
-
-def _repr(obj) -> str:
-    return _ADDRESS.sub("", repr(obj))
 
 
 class CheckpointError(ValueError):
     """A dissection checkpoint is unreadable, malformed, tampered with, or belongs to another run."""
-
-
-# ---- fingerprints ------------------------------------------------------------------------------
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def _source_digest(obj) -> str:
-    """A digest of obj's source code, or '?' where Python cannot find it (built-ins, REPL classes)."""
-    try:
-        return _digest(inspect.getsource(obj))
-    except (OSError, TypeError):
-        return "?"
-
-
-def _tensor_digest(t: torch.Tensor) -> str:
-    if torch.nn.parameter.is_lazy(t):
-        return "uninitialized"
-    t = t.detach().to("cpu")
-    return _digest(f"{tuple(t.shape)}:{t.dtype}", t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                   if t.numel() else b"")
-
-
-def model_fingerprint(model: torch.nn.Module) -> dict:
-    """{'weights': a digest of every state_dict entry (name, shape, dtype, strided sample of up to
-    4096 values and the float64 sum; 'uninitialized' for lazy parameters), 'code': a digest of the
-    module tree's repr (types and their settings: ReLU vs LeakyReLU(0.2)) and of each module class's
-    source where Python can find it}."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, t in model.state_dict().items():
-        if torch.nn.parameter.is_lazy(t):
-            h.update(f"{name}:uninitialized".encode())
-            continue
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        flat = t.detach().reshape(-1)
-        if flat.numel() == 0:
-            continue
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step].to("cpu", torch.float64) if flat.is_floating_point() else flat[::step].to("cpu", torch.int64)
-        h.update(sample.numpy().tobytes())
-        if flat.is_floating_point():
-            h.update(repr(float(flat.double().sum())).encode())
-    types = sorted({type(m) for m in model.modules()}, key=lambda c: (c.__module__, c.__qualname__))
-    code = _digest(_repr(model), *(f"{c.__module__}.{c.__qualname__}:{_source_digest(c)}" for c in types))
-    return {"weights": h.hexdigest(), "code": code}
-
-
-def _value_digest(v, depth: int = 0) -> str:
-    """A stable description of a value captured by a preprocess (no memory addresses)."""
-    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
-        return repr(v)
-    if isinstance(v, torch.Tensor):
-        return _tensor_digest(v)
-    if depth < 4 and isinstance(v, (tuple, list)):
-        return "(" + ",".join(_value_digest(x, depth + 1) for x in v) + ")"
-    if depth < 4 and isinstance(v, dict):
-        return "{" + ",".join(f"{_value_digest(k, depth + 1)}:{_value_digest(x, depth + 1)}" for k, x in v.items()) + "}"
-    if depth < 4 and callable(v):
-        return describe_callable(v, depth + 1)
-    return type(v).__qualname__
-
-
-def _code_digest(code) -> str:
-    consts = [_code_digest(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]
-    return _digest(code.co_code, consts, code.co_names)
-
-
-def describe_callable(fn, depth: int = 0) -> str:
-    """A stable description of a preprocess: modules by type, repr, source and tensors; functions and
-    lambdas by qualified name, bytecode, defaults and captured values; None is the default ('imagenet')."""
-    if fn is None:
-        return "imagenet"
-    if isinstance(fn, torch.nn.Module):
-        tensors = [_tensor_digest(t) for t in list(fn.parameters()) + list(fn.buffers())]
-        return f"{type(fn).__module__}.{type(fn).__qualname__}:{_digest(_repr(fn), _source_digest(type(fn)), *tensors)}"
-    if isinstance(fn, functools.partial):
-        return f"partial({describe_callable(fn.func, depth + 1)},{_value_digest(fn.args, depth + 1)}," \
-               f"{_value_digest(fn.keywords, depth + 1)})"
-    if inspect.ismethod(fn):
-        return f"{describe_callable(fn.__func__, depth + 1)}@{_value_digest(fn.__self__, depth + 1)}"
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-    code = getattr(fn, "__code__", None)
-    if code is None:  # a callable object or a built-in
-        return f"{name}:{_source_digest(type(fn))}"
-    cells = [c.cell_contents if _cell_full(c) else "<empty>" for c in (fn.__closure__ or ())]
-    return f"{name}:{_digest(_code_digest(code), _value_digest(fn.__defaults__, depth), _value_digest(cells, depth))}"
-
-
-def _cell_full(cell) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018 (the read raises ValueError on an empty cell)
-    except ValueError:
-        return False
-    return True
-
-
-def probe_stats(acts: dict) -> dict:
-    """{layer: float64[K, 4]}: each unit's mean, standard deviation, minimum and maximum over the
-    probe batch: the model's behaviour at the dissected layers, compared with a tolerance."""
-    out = {}
-    for layer, a in acts.items():
-        a = a.detach().to("cpu", torch.float64).transpose(0, 1).reshape(a.shape[1], -1)
-        out[layer] = torch.stack([a.mean(1), a.std(1, correction=0), a.amin(1), a.amax(1)], 1)
-    return out
-
-
-def _probe_differs(saved, now, tol: float) -> list[str]:
-    """Layers whose probe statistics differ by more than tol times the layer's largest magnitude."""
-    bad = []
-    for layer, b in now.items():
-        a = saved[layer]
-        both = torch.cat([a, b])
-        finite = both[torch.isfinite(both)]
-        scale = float(finite.abs().max()) if finite.numel() else 0.0
-        close = torch.isclose(a, b, rtol=0.0, atol=tol * scale, equal_nan=True) | (a == b)
-        if not bool(close.all()):
-            bad.append(layer)
-    return bad
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -175,8 +46,9 @@ def prepare_checkpoint_dir(path: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CheckpointError(f"checkpoint_dir {str(folder)!r} is not writable")
     for tmp in folder.glob(path.name + ".tmp*"):
-        pid = tmp.name[len(path.name) + 4:]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        # <name>.tmp<pid>-<random> (a writer that may still run in this process) or <name>.tmp<pid> (older)
+        pid, _, rest = tmp.name[len(path.name) + 4:].partition("-")
+        if pid.isdigit() and ((int(pid) == os.getpid() and not rest) or not _alive(int(pid))):
             tmp.unlink(missing_ok=True)
 
 
@@ -221,26 +93,47 @@ def _walk(v, h, depth):
         h.update(f"{type(v).__name__}:{v!r};".encode("utf-8", "surrogatepass"))
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace (atomic); the
-    temporary file is removed if anything fails. Adds format, version and the content digest."""
+def save_checkpoint(path: Path, state: dict | DissectState, envelope: dict | None = None) -> None:
+    """torch.save to a temporary file of its own in the same folder (<name>.tmp<pid>-<random>:
+    unique per writer), fsync, then os.replace (atomic); the temporary file is removed if anything
+    fails, and a full disk is said in one line (OSError ENOSPC; the previous checkpoint is kept).
+    Adds the envelope's fields (key, probe), format, version and the content digest."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    state = dict(state, format=FORMAT, version=VERSION)
+    state = dict(state.to_dict() if isinstance(state, DissectState) else state, **(envelope or {}))
+    state.update(format=FORMAT, version=VERSION)
     state["digest"] = content_digest(state)
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.tmp{os.getpid()}-", dir=path.parent)
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        raise OSError(full, f"no space left on the device of {path.parent}: the checkpoint was not saved (the "
+                            "previous one is kept); free some space and rerun to resume") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _disk_full(e: BaseException):
+    """ENOSPC or EDQUOT where e, or the error it was raised from or during (torch.save wraps a failed
+    write in a RuntimeError), says the disk or quota is full; else None."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e.errno
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
 # ---- loading and validation --------------------------------------------------------------------
 def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance: float,
-                    shard_images: int) -> dict | None:
+                    shard_images: int) -> DissectState | None:
     """The saved state when `path` exists, was written under `key`, and every field of its envelope
     is well formed; None when absent. Checks: format and version; the content digest; key equal field by field (the
     differing fields are named); the probe statistics within `tolerance`; stage; done in
@@ -263,9 +156,10 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
 
     if not isinstance(state, dict) or type(state.get("format")) is not str or state["format"] != FORMAT:
         raise bad("not a unitscope dissection checkpoint")
-    if type(state.get("version")) is not int or state["version"] not in (2, VERSION):
-        raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads 2 and {VERSION}")
-    fields = _FIELDS if state["version"] == VERSION else _FIELDS_V2
+    if type(state.get("version")) is not int or state["version"] not in READS:
+        raise bad(f"written in format version {_short(state.get('version'))}, this unitscope reads "
+                  f"{', '.join(map(str, READS[:-1]))} and {READS[-1]}")
+    fields = _FIELDS_V2 if state["version"] == 2 else _FIELDS
     if set(state) != fields:
         raise bad(f"fields {sorted(map(str, state))}, expected {sorted(fields)}")
     try:
@@ -289,7 +183,7 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
         t = sp[layer]
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float64 or tuple(t.shape) != tuple(now.shape):
             raise bad(f"probe[{layer!r}] must be a float64 tensor of shape {tuple(now.shape)}, got {_kind(t)}")
-    differs = _probe_differs(sp, probe, tolerance)
+    differs = probe_differs(sp, probe, tolerance)
     if differs:
         raise CheckpointError(
             f"checkpoint {path} belongs to another dissection: the model's outputs at {differs} on the probe "
@@ -314,7 +208,7 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
     layers = state["layers"]
     if not isinstance(layers, dict) or set(layers) != set(want):
         raise bad(f"layers must hold the entries of {sorted(want)}")
-    need, optional = _LAYER_FIELDS[stage]
+    need, optional = LAYER_FIELDS[Stage(stage)]
     for layer, entry in layers.items():
         if not isinstance(entry, dict) or not need <= set(entry) <= need | optional:
             raise bad(f"layers[{layer!r}] must hold {sorted(need)}" + (f" and optionally {sorted(optional)}" if optional
@@ -325,7 +219,7 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
                 raise bad(f"layers[{layer!r}]['thresholds'] must be float32 of shape ({K},), got {_kind(t)}")
             if bool(t.isnan().any()):
                 raise bad(f"layers[{layer!r}]['thresholds'] holds NaN")
-    return dict({k: state[k] for k in ("stage", "done", "shapes", "layers", "compiled")}, channels_last=channels_last)
+    return DissectState.from_dict(dict(state, channels_last=channels_last))
 
 
 def _plain(v, depth: int = 0) -> bool:

@@ -14,6 +14,7 @@ from unitscope.models.own import (  # noqa: F401
     load_model,
     preprocess_from_args,
 )
+from unitscope._checks import IOU_THRESHOLD
 
 REPORT_PAGE = "index.html"  # the report's own folder (OUT/report/) keeps it apart from saliency.html / featviz.html
 
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resize images to this size (default: the dataset's own size)")
     p.add_argument("--quantile", type=cli.float_in(0, 1, open_lo=True, open_hi=True), default=0.995,
                    help="per-unit activation quantile used as the unit's threshold")
-    p.add_argument("--iou-threshold", type=cli.float_in(0, 1), default=0.04,
+    p.add_argument("--iou-threshold", type=cli.float_in(0, 1), default=IOU_THRESHOLD,
                    help="IoU above which a unit counts as a detector of its best concept")
     p.add_argument("--threshold-op", choices=[">", ">="], default=">",
                    help="a unit's mask is upsampled activation OP threshold")
@@ -74,6 +75,7 @@ def run(args) -> int:
     import unitscope
     from unitscope.data import BrodenDataset
     from unitscope.dissect.capture import parse_layer
+    from unitscope.dissect.config import imagenet_preprocess
     from unitscope.hooks import resolve_layer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
@@ -96,7 +98,8 @@ def run(args) -> int:
     result = unitscope.dissect(
         model, layers, ds, batch_size=args.batch_size, device=device, quantile=args.quantile,
         iou_threshold=args.iou_threshold, threshold_op=args.threshold_op, union=args.union, exact=args.exact,
-        preprocess=preprocess, num_workers=args.workers, topk=args.topk, tokens=args.tokens, compile=args.compile,
+        preprocess=preprocess if preprocess is not None else imagenet_preprocess,
+        num_workers=args.workers, topk=args.topk, tokens=args.tokens, compile=args.compile,
         checkpoint_dir=args.checkpoint_dir or out / "checkpoints", progress=not args.quiet)
     result.name = args.model
     if rank == 0:

@@ -4,14 +4,15 @@ and compare(). Names are data: HTML-escaped, never mathtext, never a formula in 
 from __future__ import annotations
 
 import csv
-import html
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from unitscope.dissect.result import Dissection, LayerDissection, csv_cell
+from unitscope._checks import IOU_THRESHOLD, align_corners
+from unitscope._html import TEMPLATE, esc, page
+from unitscope.dissect.names import csv_cell, report_files
 from unitscope.models.images import open_image
 from unitscope.reference.bilinear import bilinear_resize
 
@@ -44,12 +45,15 @@ def _thumb(path: Path, cache: dict) -> np.ndarray:
     return cache[path]
 
 
-def _strip(ld: LayerDissection, unit: int, root: Path, cache: dict) -> Image.Image | None:
+def unit_strip(ld, unit: int, root: Path, cache: dict) -> Image.Image | None:
+    """The strip of a LayerDissection's unit's top images (THUMB x THUMB tiles, read from the dataset
+    at `root`), the region where each map passes the threshold outlined; None without top images.
+    cache: {path: thumbnail} shared between calls."""
     idx = [int(i) for i in ld.topk_index[unit] if i >= 0]
     if not idx:
         return None
     op = ld.settings.get("threshold_op", ">")
-    ac = ld.settings.get("upsample") == "bilinear-align-corners"
+    ac = align_corners(ld.settings.get("upsample"))
     tiles = []
     for slot, i in enumerate(idx):
         img = _thumb(root / "images" / ld.image_paths[i], cache)
@@ -84,50 +88,51 @@ def _bar_chart(path: Path, groups: dict, title: str) -> None:
     plt.close(fig)
 
 
-_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
-body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
-td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}}
-.dead{{color:#999}}</style></head><body>{body}</body></html>"""
+_PAGE = TEMPLATE  # (the page template, for other modules that format it themselves)
 
 
-def _unit_row(ld, u, name, out, root, cache) -> str:
+def _unit_row(ld, u, folder, out, root, cache) -> str:
     k = u["unit"]
-    strip = _strip(ld, k, root, cache)
+    strip = unit_strip(ld, k, root, cache)
     img = ""
     if strip is not None:
-        strip.save(out / name / f"unit_{k:04d}.jpg", quality=88)
-        img = f'<img src="{name}/unit_{k:04d}.jpg" alt="unit {k}" loading="lazy">'
+        strip.save(out / folder / f"unit_{k:04d}.jpg", quality=88)
+        img = f'<img src="{folder}/unit_{k:04d}.jpg" alt="unit {k}" loading="lazy">'
     dead = bool(ld.dead[k])
-    label = "(dead unit)" if dead else html.escape(u["label"])
+    label = "(dead unit)" if dead else esc(u["label"])
+    ties = "" if ld.ties is None else f"{int(ld.ties[k])}" + (" (plateau)" if ld.plateau[k] else "")
+    saturated = " (saturated)" if ld.saturated[k] else ""
     return (f'<tr class="{"dead" if dead else ""}"><td>{k}</td><td>{label}</td>'
-            f'<td>{html.escape(u["category"])}</td><td>{u["iou"]:.3f}</td>'
-            f'<td>{u["threshold"]:.4g}</td><td>{img}</td></tr>')
+            f'<td>{esc(u["category"])}</td><td>{u["iou"]:.3f}</td>'
+            f'<td>{u["threshold"]:.4g}{saturated}</td><td>{ties}</td><td>{img}</td></tr>')
 
 
 _HEAD = ("<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th><th>threshold</th>"
+         '<th title="activations equal to the threshold; plateau: more than a fifth of the top 1 - quantile '
+         "share, where the '&gt;' and '&gt;=' masks differ\">ties</th>"
          "<th>top images (activated region outlined)</th></tr>")
 
 
-def save_report(dissection: Dissection, directory, *, max_units: int | None = None, dataset_root=None,
+def save_report(dissection, directory, *, max_units: int | None = None, dataset_root=None,
                 progress: bool = False, back: tuple | None = None) -> Path:
     """Write index.html, a page per layer (<stem>.html: the detectors by IoU with label, category,
     IoU and a strip of top images with the activated region outlined, then the other units in a
-    collapsed section) and a chart of unique detectors per category (<stem>_unique.png); stems from
-    Dissection.file_stems() (safe, distinct file names). Images are read from the dataset the
-    dissection ran on (or `dataset_root`). The summary is titled with `dissection.name` (the model) when
-    set; `back` (href, text), e.g. ('../index.html', 'the demo'), adds a link to the page that leads here.
-    Returns the index.html path."""
+    collapsed section), a chart of unique detectors per category (<stem>_unique.png) and the strips
+    in a folder per layer; names from report_files() (safe, and every path distinct). Images are
+    read from the dataset the dissection ran on (or `dataset_root`). The summary is titled with
+    `dissection.name` (the model) when set; `back` (href, text), e.g. ('../index.html', 'the demo'),
+    adds a link to the page that leads here. Returns the index.html path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     index_rows, cache = [], {}
-    stems = dissection.file_stems()
+    files = report_files(list(dissection.layers))
     for ld in dissection:
-        name = stems[ld.layer]
+        f = files[ld.layer]
         root = Path(dataset_root or ld.settings.get("dataset_root", "."))
-        (out / name).mkdir(exist_ok=True)
+        (out / f["units"]).mkdir(exist_ok=True)
         unique = ld.unique_detectors()
-        thr = ld.settings.get("iou_threshold", 0.04)
-        _bar_chart(out / f"{name}_unique.png", {ld.layer: unique}, f"{ld.layer}: unique detectors per category "
+        thr = ld.settings.get("iou_threshold", IOU_THRESHOLD)
+        _bar_chart(out / f["chart"], {ld.layer: unique}, f"{ld.layer}: unique detectors per category "
                    f"(IoU > {thr})")
         units = ld.units()[: max_units or None]
         detector = {d["unit"] for d in ld.detectors()}
@@ -137,29 +142,28 @@ def save_report(dissection: Dissection, directory, *, max_units: int | None = No
             it = tqdm(units, desc=f"report {ld.layer}", unit="unit")
         rows = {True: [], False: []}
         for u in it:
-            rows[u["unit"] in detector].append(_unit_row(ld, u, name, out, root, cache))
+            rows[u["unit"] in detector].append(_unit_row(ld, u, f["units"], out, root, cache))
         n_det = len(detector)
-        e = lambda v: html.escape(str(v))  # noqa: E731
+        e = esc
         body = (f"<h1>{e(ld.layer)}</h1><p>{ld.num_units} units, {n_det} detectors (IoU &gt; {e(thr)}), "
                 f"{ld.images} images; quantile {e(ld.settings.get('quantile'))}, mask "
                 f"{e(ld.settings.get('threshold_op'))} threshold, union '{e(ld.settings.get('union'))}'.</p>"
-                f'<img src="{name}_unique.png" alt="chart"><h2>Detectors ({len(rows[True])})</h2>'
+                f'<img src="{f["chart"]}" alt="chart"><h2>Detectors ({len(rows[True])})</h2>'
                 + (_HEAD + "".join(rows[True]) + "</table>" if rows[True] else "<p>none</p>")
                 + (f"<details><summary>Other units ({len(rows[False])}, IoU at most {e(thr)})</summary>"
                    + _HEAD + "".join(rows[False]) + "</table></details>" if rows[False] else "")
                 + '<p><a href="index.html">all layers</a></p>')
-        (out / f"{name}.html").write_text(_PAGE.format(title=e(ld.layer), body=body), encoding="utf-8")
+        (out / f["page"]).write_text(page(ld.layer, body), encoding="utf-8")
         cells = "".join(f"<td>{unique[c]}</td>" for c in ld.categories)
-        index_rows.append(f'<tr><td><a href="{name}.html">{html.escape(ld.layer)}</a></td>'
+        index_rows.append(f'<tr><td><a href="{f["page"]}">{esc(ld.layer)}</a></td>'
                           f"<td>{ld.num_units}</td><td>{n_det}</td>{cells}</tr>")
     cats = next(iter(dissection)).categories if len(dissection) else []
-    head = "".join(f"<th>unique {html.escape(c)}</th>" for c in cats)
-    link = f'<p><a href="{html.escape(back[0])}">&larr; {html.escape(back[1])}</a></p>' if back else ""
-    body = (f"{link}<h1>Network dissection{': ' + html.escape(dissection.name) if dissection.name else ''}</h1>"
+    head = "".join(f"<th>unique {esc(c)}</th>" for c in cats)
+    link = f'<p><a href="{esc(back[0])}">&larr; {esc(back[1])}</a></p>' if back else ""
+    body = (f"{link}<h1>Network dissection{': ' + esc(dissection.name) if dissection.name else ''}</h1>"
             f"<table><tr><th>layer</th><th>units</th><th>detectors</th>{head}</tr>{''.join(index_rows)}</table>")
     index = out / "index.html"
-    title = f"dissection: {dissection.name}" if dissection.name else "dissection"
-    index.write_text(_PAGE.format(title=html.escape(title), body=body), encoding="utf-8")
+    index.write_text(page(f"dissection: {dissection.name}" if dissection.name else "dissection", body), encoding="utf-8")
     return index
 
 
@@ -201,7 +205,7 @@ def compare(*dissections, names=None, iou_threshold: float | None = None, rule: 
         raise ValueError(f"names must have one entry per dissection ({len(dissections)}), got {len(names)}")
     rows, cats = [], []
     for n, d in enumerate(dissections):
-        if not isinstance(d, Dissection):
+        if not isinstance(getattr(d, "layers", None), dict) or not hasattr(d, "unique_detectors"):
             raise TypeError(f"compare takes Dissection objects, got {type(d).__name__} at position {n}")
         for ld in d:
             unique = ld.unique_detectors(iou_threshold, rule)

@@ -5,7 +5,6 @@ distinct."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -13,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from unitscope._checks import IOU_THRESHOLD
+from unitscope.dissect.names import csv_cell, file_stems, report_files  # noqa: F401 (their home before names.py)
 
 
 @dataclass
@@ -26,6 +28,8 @@ class LayerDissection:
     (float32[K, k, h, w]): each unit's most activating images and their maps; minimum, maximum
     (float32[K]): each unit's extreme activations. A dead unit (minimum == maximum: constant, e.g.
     all zeros) is never a detector, whatever its IoU (with '>=' its mask would be every pixel).
+    ties (int64[K] or None where unknown, e.g. a run resumed from an older checkpoint): each unit's
+    raw activations exactly equal to its threshold (see `plateau`); `saturated`: threshold == maximum.
     """
     layer: str
     thresholds: np.ndarray
@@ -45,6 +49,7 @@ class LayerDissection:
     maximum: np.ndarray
     image_paths: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    ties: np.ndarray | None = None
 
     @classmethod
     def from_counts(cls, layer, thresholds, tally, topk, *, label_names, categories, label_category,
@@ -57,7 +62,8 @@ class LayerDissection:
                    label_category=np.asarray(label_category, dtype=np.int64), topk_index=n(topk["index"]),
                    topk_values=n(topk["values"]), topk_maps=n(topk["maps"]),
                    minimum=n(topk["minimum"]), maximum=n(topk["maximum"]), image_paths=list(image_paths),
-                   settings=dict(settings))
+                   settings=dict(settings),
+                   ties=None if tally.get("ties") is None else n(tally["ties"]).astype(np.int64))
 
     @property
     def num_units(self) -> int:
@@ -72,6 +78,22 @@ class LayerDissection:
     def dead(self) -> np.ndarray:
         """bool[K]: units whose activation is the same everywhere (or never finite)."""
         return ~(self.maximum > self.minimum)
+
+    @property
+    def saturated(self) -> np.ndarray:
+        """bool[K]: units whose threshold equals their maximum activation: with '>' their mask is
+        always empty (the top 1 - quantile of their activations is one tied value)."""
+        return self.thresholds == self.maximum
+
+    @property
+    def plateau(self) -> np.ndarray:
+        """bool[K]: units with more activations equal to their threshold (`ties`) than a fifth of the
+        top 1 - quantile share of their activations: for them the masks of '>' and '>=' differ by a
+        plateau (all False where ties are unknown)."""
+        if self.ties is None:
+            return np.zeros(self.num_units, dtype=bool)
+        h, w = self.topk_maps.shape[-2:]
+        return plateau(self.ties, self.settings.get("quantile", 0.995), self.images * h * w)
 
     @property
     def best_label(self) -> np.ndarray:
@@ -97,7 +119,7 @@ class LayerDissection:
         return np.stack(labels), np.stack(ious)
 
     def _threshold(self, iou_threshold):
-        return self.settings.get("iou_threshold", 0.04) if iou_threshold is None else iou_threshold
+        return self.settings.get("iou_threshold", IOU_THRESHOLD) if iou_threshold is None else iou_threshold
 
     def detectors(self, iou_threshold: float | None = None) -> list[dict]:
         """Units whose best IoU is above the threshold, best first: dicts unit/label/category/iou."""
@@ -141,16 +163,19 @@ class LayerDissection:
     def to_csv(self, path=None) -> str:
         """NetDissect-Lite's tally.csv: unit (numbered from 1, NetDissect-Lite's convention), category,
         label, score, then per category <cat>-label, <cat>-truth (label pixels), <cat>-activation (the
-        unit's mask pixels in that category's union), <cat>-intersect, <cat>-iou; then unit_0based
+        unit's mask pixels in that category's union), <cat>-intersect, <cat>-iou; then ties (activations
+        equal to the threshold, empty where unknown), saturated (1 where the threshold equals the
+        unit's maximum activation, else 0) and unit_0based
         (the unit numbered from 0, as in the HTML report, JSON, console and Python); rows sorted by
         score. Text cells starting with = + - @ tab or CR get a leading ' (no spreadsheet formulas);
         lines end in CRLF (RFC 4180), so that a CR or LF inside a name is quoted. Returns the text."""
         labels, ious = self.best_in_category()
         best, iou, cat = self.best_label, self.best_iou, self.best_category
+        saturated = self.saturated
         header = ["unit", "category", "label", "score"]
         for c in self.categories:
             header += [f"{c}-label", f"{c}-truth", f"{c}-activation", f"{c}-intersect", f"{c}-iou"]
-        header.append("unit_0based")
+        header += ["ties", "saturated", "unit_0based"]
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow([csv_cell(h) for h in header])
@@ -160,7 +185,7 @@ class LayerDissection:
                 lab = labels[ci, k]
                 row += [csv_cell(self.label_names[lab]), int(self.label_count[lab]), int(self.activation[k, ci]),
                         int(self.intersection[k, lab]), f"{ious[ci, k]:.6f}"]
-            row.append(int(k))
+            row += ["" if self.ties is None else int(self.ties[k]), int(saturated[k]), int(k)]
             w.writerow(row)
         text = buf.getvalue()
         if path is not None:
@@ -212,20 +237,23 @@ class Dissection:
         return file_stems(list(self.layers))
 
     def to_csv(self, directory) -> list[Path]:
-        """One tally_<stem>.csv per layer in `directory` (stem: file_stems()); returns the paths."""
+        """One tally_<stem>.csv per layer in `directory` (report_files()); returns the paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
-        stems = self.file_stems()
+        files = report_files(list(self.layers))
         for l in self:
-            p = directory / f"tally_{stems[l.layer]}.csv"
+            p = directory / files[l.layer]["csv"]
             l.to_csv(p)
             paths.append(p)
         return paths
 
     def to_json(self, path=None, full: bool = False) -> str:
-        text = json.dumps({"name": self.name, "timings": self.timings,
-                           "layers": [l.to_dict(full) for l in self]}, indent=1)
+        """{"name", "timings", "layers": [LayerDissection.to_dict(full)]} as strict JSON: a float
+        that JSON cannot hold is written as a string, "inf" (the threshold of a unit with no finite
+        activation, which never fires), "-inf" or "nan" (json_float() reads them back)."""
+        text = json.dumps(_json_safe({"name": self.name, "timings": self.timings,
+                                      "layers": [l.to_dict(full) for l in self]}), indent=1, allow_nan=False)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
@@ -257,38 +285,34 @@ class Dissection:
         return read_dissection(cls, path)
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_RESERVED = {"index", "compare"}  # the report's own page and the comparison's files
+_NONFINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 
 
-def csv_cell(value):
-    """A text cell that a spreadsheet shows as text: a leading ' before = + - @ tab or CR when more
-    follows (the usual defence against formula injection; a lone '-', Broden's name of label 0, stays);
-    other values unchanged."""
-    if isinstance(value, str) and len(value) > 1 and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+def _json_safe(v):
+    if isinstance(v, float) and not np.isfinite(v):
+        return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
 
 
-def _safe(name: str) -> str:
-    """Letters, digits, '-', '_' and '.' kept, the rest '_'; no leading '.'; at most 80 characters;
-    a digest of the name appended when anything was changed (so different names stay different)."""
-    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in name)
-    safe = ("_" + safe[1:] if safe.startswith(".") else safe)[:80] or "_"
-    if safe != name or safe.lower() in _RESERVED:
-        safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return safe
+def json_float(v):
+    """A number of a dissection.json as a float: JSON numbers as they are, and the strings "inf",
+    "-inf" and "nan" that Dissection.to_json writes for what JSON numbers cannot hold; None for
+    anything else (a bool, another string, a number beyond float range)."""
+    if isinstance(v, str):
+        return _NONFINITE.get(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return None
 
 
-def file_stems(names) -> dict:
-    """{name: file stem}: _safe(name), made distinct also where file systems ignore case (a
-    numbered suffix for the rare names whose stems still coincide)."""
-    out, taken = {}, set()
-    for name in names:
-        stem, n = _safe(name), 1
-        while stem.lower() in taken:
-            n += 1
-            stem = f"{_safe(name)}-{n}"
-        taken.add(stem.lower())
-        out[name] = stem
-    return out
+def plateau(ties, quantile: float, values: int) -> np.ndarray:
+    """bool[K]: ties (int[K], activations equal to the threshold) above a fifth of the top
+    1 - quantile share of `values` activations per unit."""
+    return np.asarray(ties) > 0.2 * (1.0 - quantile) * values

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unitscope._checks import IOU_THRESHOLD, align_corners, check_threshold_op
+
 NO_CONCEPT = "no concept"
 
 
@@ -31,7 +33,7 @@ class UnitConcepts:
     labels: list
     categories: list
     iou: np.ndarray
-    iou_threshold: float = 0.04
+    iou_threshold: float = IOU_THRESHOLD
     threshold_op: str = ">"
     align_corners: bool = False
     top_images: object = field(default=None, repr=False)
@@ -51,22 +53,35 @@ class UnitConcepts:
         return self.top_images(k) if self.top_images is not None else None
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(value, what: str, where: str, lo: float = -math.inf, hi: float = math.inf, inf: bool = False) -> float:
+    """A finite number in [lo, hi] (inf=True also accepts +inf: the threshold of a unit that never
+    fires, written "inf" by Dissection.to_json), else ValueError naming it."""
+    from unitscope.dissect.result import json_float
+
+    v = json_float(value)
+    ok = v is not None and (lo <= v <= hi or (inf and v == math.inf))
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        span = f"a finite number in [{lo:g}, {hi:g}]" + (' or "inf"' if inf else "")
+        raise ValueError(f"{where}: {what} must be {span}, got {shown}")
+    return v
+
+
 def _settings(s: dict, where: str) -> dict:
     if not isinstance(s, dict):
         raise ValueError(f"{where}: settings must be a dict, got {type(s).__name__}")
-    thr = s.get("iou_threshold", 0.04)
-    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
-        raise ValueError(f"{where}: settings.iou_threshold must be a finite number, got {thr!r}")
-    op = s.get("threshold_op", ">")
-    if op not in (">", ">="):
-        raise ValueError(f"{where}: settings.threshold_op must be '>' or '>=', got {op!r}")
+    thr = _number(s.get("iou_threshold", IOU_THRESHOLD), "settings.iou_threshold", where)
+    op = check_threshold_op(s.get("threshold_op", ">"), f"{where}: settings.threshold_op")
     return {"iou_threshold": float(thr), "threshold_op": op,
-            "align_corners": s.get("upsample") == "bilinear-align-corners"}
+            "align_corners": align_corners(s.get("upsample"))}
 
 
 def from_layer_dissection(ld) -> UnitConcepts:
     """UnitConcepts of a LayerDissection; top images are drawn from its dataset when it is still on disk."""
-    from unitscope.dissect.report import _strip
+    from unitscope.dissect.report import unit_strip
 
     best, cat = ld.best_label, ld.best_category
     root = Path(ld.settings.get("dataset_root", "."))
@@ -74,7 +89,7 @@ def from_layer_dissection(ld) -> UnitConcepts:
 
     def top_images(k):
         try:
-            strip = _strip(ld, k, root, cache)
+            strip = unit_strip(ld, k, root, cache)
         except (OSError, IndexError):  # the dataset moved or was deleted: no images, not an error
             return None
         return None if strip is None else np.asarray(strip)
@@ -91,7 +106,7 @@ def from_json(path, layer: str) -> UnitConcepts:
     """UnitConcepts of `layer` from a dissection.json written by Dissection.to_json. The report's
     strips of top images (<dir>/<layer>/unit_NNNN.jpg or <dir>/report/<layer>/unit_NNNN.jpg, written
     by save_report) are used when present."""
-    from unitscope.dissect.result import file_stems
+    from unitscope.dissect.result import report_files
     from unitscope.models.images import open_image
 
     path = Path(path)
@@ -102,6 +117,8 @@ def from_json(path, layer: str) -> UnitConcepts:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"dissection file {str(path)!r} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"dissection file {str(path)!r} is nested too deeply to be a dissection") from None
     layers = doc.get("layers") if isinstance(doc, dict) else None
     if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers):
         raise ValueError(f"dissection file {str(path)!r} must hold {{'layers': [...]}} as written by Dissection.to_json")
@@ -122,10 +139,10 @@ def from_json(path, layer: str) -> UnitConcepts:
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < K or k in seen:
             raise ValueError(f"{where}: unit entry {i} must have a distinct 'unit' in [0, {K}), got {k!r}")
         seen.add(k)
-        t, v, lab, cat = u.get("threshold"), u.get("iou"), u.get("label"), u.get("category")
-        for name, val in (("threshold", t), ("iou", v)):
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
-                raise ValueError(f"{where}: unit {k}'s {name} must be a finite number, got {val!r}")
+        lab, cat = u.get("label"), u.get("category")
+        # a float32 threshold: a larger value would silently become inf
+        t = _number(u.get("threshold"), f"unit {k}'s threshold", where, -FLOAT32_MAX, FLOAT32_MAX, inf=True)
+        v = _number(u.get("iou"), f"unit {k}'s iou", where, 0.0, 1.0)
         if not isinstance(lab, str) or not isinstance(cat, str):
             raise ValueError(f"{where}: unit {k}'s label and category must be strings, got {lab!r}, {cat!r}")
         thresholds[k], iou[k], labels[k], cats[k] = t, v, lab, cat
@@ -136,8 +153,8 @@ def from_json(path, layer: str) -> UnitConcepts:
                               if isinstance(c, str) and isinstance(e, dict) and isinstance(e.get("label"), str))
     # the report sits beside the JSON (save_report(dir)) or in report/ (`unitscope dissect --out dir`),
     # its folders named as save_report names them
-    stem = file_stems([str(l.get("layer")) for l in layers])[layer]
-    strips = [path.parent / stem, path.parent / "report" / stem]
+    folder = report_files([str(l.get("layer")) for l in layers])[layer]["units"]
+    strips = [path.parent / folder, path.parent / "report" / folder]
 
     def top_images(k):
         p = next((d / f"unit_{k:04d}.jpg" for d in strips if (d / f"unit_{k:04d}.jpg").is_file()), None)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unitscope._checks import IOU_THRESHOLD
 from unitscope.explain.concepts import NO_CONCEPT
 
 
@@ -73,7 +74,7 @@ class Explanation:
     units: list
     concepts: list = field(repr=False)
     categories: list = field(repr=False)
-    iou_threshold: float = 0.04
+    iou_threshold: float = IOU_THRESHOLD
     logit: float = float("nan")
     close_concepts: list = field(default_factory=list)
 

@@ -47,7 +47,7 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
     from unitscope.models import LoadedModel
     from unitscope.reference.bilinear import bilinear_resize
     from unitscope.saliency import GradCAM
-    from unitscope.saliency.base import check_input, check_positive_int, warn_if_training
+    from unitscope._checks import check_input, check_positive_int, warn_if_training
     from unitscope.viz import to_image_array
 
     if isinstance(model, LoadedModel):

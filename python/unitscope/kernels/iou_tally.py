@@ -9,6 +9,7 @@ import threading
 import torch
 
 from unitscope import _backend
+from unitscope._checks import check_threshold_op, check_union
 from unitscope import _tensors as T
 from unitscope.kernels import _state as S
 from unitscope.kernels._lock import Locked
@@ -51,10 +52,8 @@ class IoUTally(Locked):
         for name, v in (("num_units", num_units), ("num_labels", num_labels), ("num_categories", num_categories)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if threshold_op not in (">", ">="):
-            raise ValueError(f"threshold_op must be '>' or '>=', got {threshold_op!r}")
-        if union not in ("category", "dataset"):
-            raise ValueError(f"union must be 'category' or 'dataset', got {union!r}")
+        check_threshold_op(threshold_op)
+        check_union(union)
         self.device = T.state_device(device, backend)
         self.backend = _backend.select_backend(backend, self.device, "IoUTally")
         self.num_threads = None if num_threads is None else _backend.num_threads(num_threads)

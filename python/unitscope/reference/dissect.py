@@ -11,9 +11,6 @@ import torch
 from unitscope._model_state import ModelState
 from unitscope.reference.bilinear import bilinear_resize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def quantile_linear(values: torch.Tensor, q: float) -> torch.Tensor:
     """values (K, n) -> (K,) float64: torch.nanquantile(values.double(), q, dim=1) ('linear', NaN
@@ -44,11 +41,7 @@ def collect_activations(model, layers, dataset, preprocess=None, batch_size=16) 
         with torch.no_grad():
             for start in range(0, len(dataset), batch_size):
                 x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
-                if preprocess is None:
-                    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-                    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-                    x = (x - mean) / std
-                else:
+                if preprocess is not None:  # (None: the [0, 1] images, as unitscope.dissect)
                     x = preprocess(x)
                 model(x)
     finally:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import warnings
 
 import torch
 from torch import nn
 
+from unitscope._checks import check_choice, check_input, check_positive_int, warn_if_training  # noqa: F401 (re-exported: their home before _checks.py)
 from unitscope._compile import Runner
 from unitscope._model_state import untouched
 
@@ -149,36 +149,6 @@ class Attribution:
             picked = s.gather(1, target[:, None]).sum()
             (g,) = torch.autograd.grad(picked, xi, create_graph=keep)
         return g
-
-
-def warn_if_training(model):
-    if model.training:
-        warnings.warn("the model is in training mode: BatchNorm/Dropout make each image's attribution depend on "
-                      "the batch and on chance; call model.eval() first", stacklevel=3)
-
-
-def check_input(x):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor (B, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"x must be floating point, got {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError(f"x must hold at least one image, got shape {tuple(x.shape)}")
-    return x
-
-
-def check_choice(value, choices, name):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
-    return value
-
-
-def check_positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def reduce_map(g, reduce="abs", channel="max"):
