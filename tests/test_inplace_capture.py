@@ -140,7 +140,7 @@ def test_dissection_thresholds_are_the_layers_own_output(kind, dataset, tmp_path
     }
     for what, kw in runs.items():
         d = unitscope.dissect(model, kw.pop("layers"), dataset, batch_size=4, quantile=0.5, progress=False,
-                              topk=2, **kw)
+                              topk=2, preprocess=imagenet_preprocess, **kw)
         torch.testing.assert_close(torch.as_tensor(d[layer].thresholds), expect, rtol=1e-6, atol=1e-6, msg=what)
 
 
@@ -148,7 +148,8 @@ def test_dissection_thresholds_are_the_layers_own_output(kind, dataset, tmp_path
 def test_compiled_dissection_thresholds_are_the_layers_own_output(kind, dataset):
     model, layer = build(kind), LAYER[kind]
     expect = reference_thresholds(model, dataset, 0.5)
-    d = unitscope.dissect(model, [layer], dataset, batch_size=4, quantile=0.5, progress=False, topk=2, compile=True)
+    d = unitscope.dissect(model, [layer], dataset, batch_size=4, quantile=0.5, progress=False, topk=2, compile=True,
+                          preprocess=imagenet_preprocess)
     assert d.settings["compiled"]
     # compiled code may round differently in the last bits; the in-place error is of order 0.1-1
     torch.testing.assert_close(torch.as_tensor(d[layer].thresholds), expect, rtol=1e-4, atol=1e-4)
@@ -202,11 +203,11 @@ def test_dataset_examples_at_the_layer(kind, reduce):
 @pytest.mark.parametrize("kind", KINDS)
 def test_explain_contributions_at_the_layer(kind, dataset):
     model, layer = build(kind), LAYER[kind]
-    d = unitscope.dissect(model, [layer], dataset, batch_size=4, progress=False, topk=2)
+    d = unitscope.dissect(model, [layer], dataset, batch_size=4, progress=False, topk=2, preprocess=imagenet_preprocess)
     x = images(2, seed=4)
     out = unitscope.explain(model, x, d, layer, target=[1, 3], top=2)
     a = model.upto(x).detach().requires_grad_(True)
     (g,) = torch.autograd.grad(model.rest(a, x)[[0, 1], [1, 3]].sum(), a)
-    expect = (g.double().mean(dim=(2, 3)) * a.detach().double().mean(dim=(2, 3))).numpy()
+    expect = (g.double().mean(dim=(2, 3)) * a.detach().double().sum(dim=(2, 3))).numpy()  # alpha_k * sum(A_k)
     for b, e in enumerate(out):
         np.testing.assert_allclose(e.contributions, expect[b], rtol=1e-5, atol=1e-6)
