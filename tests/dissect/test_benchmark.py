@@ -1,7 +1,6 @@
 """`unitscope benchmark`: a TOML spec of models x transforms dissected entry by entry into runs/<entry>/,
 the comparison page written, a finished entry never recomputed, a changed spec refused, bad specs one
 line with exit 2; the rotation path passes transform= to dissect() (run for real where dissect has it)."""
-import inspect
 
 import cli_models  # tests/dissect is on sys.path (conftest), so MODULE:FACTORY finds it too
 import numpy as np
@@ -90,8 +89,6 @@ def test_entries_are_models_times_transforms_and_rotations_reach_dissect(tmp_pat
     assert repr(t1["0"]) == "random_rotation(alpha=0.5, seed=1)"
 
 
-@pytest.mark.skipif("transform" not in inspect.signature(unitscope.dissect).parameters,
-                    reason="needs dissect(transform=...), which this build does not have")
 def test_rotation_entry_runs_for_real(tmp_path):
     extra = '\n[[transforms]]\nname = "full"\nrotation = 1.0\nlayers = ["2"]\n'
     out = tmp_path / "out"
