@@ -177,7 +177,7 @@ class IoUTally(Locked):
     def state_dict(self) -> dict:
         """{'config': plain values, 'intersection', 'activation', 'label', 'activation_total': int64
         tensors (cloned, on the tally's device), 'images': int64 0-d tensor, 'digest' (kernels/_state.py)}."""
-        out = {"config": self.config()}
+        out: dict[str, object] = {"config": self.config()}
         with self._locked():
             for k in _COUNTS:
                 out[k] = getattr(self, k).clone()
