@@ -4,8 +4,8 @@ length, through every backend (cpp, cuda, numba, torch).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 import threading
+from collections.abc import Sequence
 
 import torch
 
