@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+
 import unitscope
 from unitscope.kernels import (
     ExactQuantile,

@@ -97,7 +97,7 @@ def _resources(path: Path) -> dict | None:
             name = m.group(1)
         r = re.search(r"REG:(\d+)", line)
         if r and name:
-            num = lambda key: int(x.group(1)) if (x := re.search(key + r":(\d+)", line)) else 0  # noqa: E731
+            num = lambda key, line=line: int(x.group(1)) if (x := re.search(key + r":(\d+)", line)) else 0  # noqa: E731
             kernels.append({"kernel": name, "registers": int(r.group(1)), "stack": num("STACK"),
                             "local": num("LOCAL"), "shared": num("SHARED")})
             name = None

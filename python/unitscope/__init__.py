@@ -6,6 +6,7 @@ featviz, saliency, data, models, viz) load on first use (PEP 562), so `import un
 stays lean for embedding (docs/embedding.md).
 """
 import importlib
+import sys as _sys
 import types
 
 from unitscope._backend import backends, cuda_compiled
@@ -68,7 +69,5 @@ def __getattr__(name):
 def __dir__():
     return sorted(set(globals()) | set(__all__))
 
-
-import sys as _sys
 
 _sys.modules[__name__].__class__ = _Package

@@ -127,7 +127,7 @@ def run(args) -> int:
     # the units' renders optimize the ReLU6's input (_bn1): from a grey start most head units are off, and
     # an inactive ReLU6 passes no gradient, so a render of _swish@1 itself stays grey
     rendered = render_layer(loaded.model, explained, loaded.input_size, preprocess=loaded.preprocess)
-    for name, x, target in photos:
+    for name, x, _target in photos:
         (e,) = explain(loaded, x, result, explained, top=top, featviz=lambda k: render(rendered, k))
         explanations.append((name, e, e.html_fragment(out / "explain" / name, f"explain/{name}")))
         print(f"{name}: {e.summary()}")

@@ -6,6 +6,7 @@ import cli_models  # tests/dissect is on sys.path (conftest), so MODULE:FACTORY 
 import numpy as np
 import pytest
 import torch
+
 import unitscope
 from unitscope import cli
 from unitscope.data import BrodenDataset

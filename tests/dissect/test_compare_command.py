@@ -5,6 +5,7 @@ import csv
 
 import numpy as np
 import pytest
+
 from unitscope import cli
 from unitscope.dissect import Dissection, LayerDissection, compare
 from unitscope.dissect.compare_command import find_runs

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 import unitscope
 from unitscope.data import BrodenDataset
 from unitscope.dissect import Dissection, LayerDissection, compare

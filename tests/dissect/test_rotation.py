@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from unitscope.dissect import random_rotation
 from unitscope.dissect.rotation import _haar_special_orthogonal, _rotation_power
 

@@ -1,7 +1,6 @@
 """Targeted PGD: planted optima on a linear colour classifier (L-inf and L2, with the [0, 1] box),
 errors, the model left as it was, the contrast figure, and the target winning on bundled photos
 through the real EfficientNet-Lite0 within eps."""
-import argparse
 import math
 
 import pytest

@@ -4,6 +4,7 @@ every backend's gradients equal to autograd through that reference. float64 inpu
 every backend (issue 19: the kernel used to refuse them) and read as float32, like every kernel."""
 import pytest
 import torch
+
 import unitscope
 from unitscope.kernels import _gradcam_grad, gradcam
 from unitscope.reference.bilinear import bilinear_taps

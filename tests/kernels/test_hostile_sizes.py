@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import unitscope
+from conftest import CPU_BACKENDS
 from unitscope import _backend
 from unitscope.kernels import gradcam
-
-from conftest import CPU_BACKENDS
 
 PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python")
 

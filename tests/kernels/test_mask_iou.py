@@ -3,9 +3,10 @@ scalar or per-class thresholds, (B, S, S) labels; equal to a plain PyTorch compu
 (every backend) and to torchmetrics' JaccardIndex on hard masks."""
 import pytest
 import torch
-import unitscope
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import unitscope
 from unitscope.kernels import mask_iou
 from unitscope.reference.bilinear import bilinear_resize
 

@@ -3,8 +3,9 @@ function calling every kernel compiled with fullgraph=True (no graph break) give
 torch.export of a module that calls them; no tensor without data reaches the compiled code."""
 import pytest
 import torch
-import unitscope
 from torch._subclasses.fake_tensor import FakeTensorMode
+
+import unitscope
 from unitscope import _tensors as T
 from unitscope.kernels import (
     ExactQuantile,
@@ -35,7 +36,9 @@ def _tally_args(backend):
     img = torch.randint(0, 5, (2, 1), generator=g)
     ann = torch.tensor([[True, False], [True, True]])
     cat = torch.tensor([0, 0, 1, 1, 0])
-    z = lambda *s: torch.zeros(s, dtype=torch.int64)
+    def z(*s):
+        return torch.zeros(s, dtype=torch.int64)
+
     return (A, thr, pix, img, ann, cat, z(3, 5), z(3, 2), z(5), z(3), 8, 8, False, False, False, backend, 1)
 
 

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 import unitscope
-from unitscope.reference.quantile import exact_quantile
-
 from conftest import device_of
+from unitscope.reference.quantile import exact_quantile
 
 
 def mixed_zeros(seed, n=3000, K=3):

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 import torch
+
 import unitscope
 from unitscope import ExactQuantile, IoUTally, QuantileSketch
 from unitscope.reference.quantile import exact_quantile
@@ -66,8 +67,10 @@ def test_sketch_and_tally_from_threads_equal_serial(backend):
     g = torch.Generator().manual_seed(2)
     batches = [(torch.randn(4, 8, 7, 7, generator=g), torch.randint(0, 6, (4, 2, 28, 28), generator=g))
                for _ in range(16)]
-    make = lambda: IoUTally(8, 6, label_category=torch.zeros(6, dtype=torch.int64), num_categories=1,
-                            out_size=28, backend=backend)
+    def make():
+        return IoUTally(8, 6, label_category=torch.zeros(6, dtype=torch.int64), num_categories=1, out_size=28,
+                        backend=backend)
+
     thr = torch.zeros(8)
     serial_t, shared_t = make(), make()
     for a, lab in batches:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import unitscope
 from PIL import Image
+
+import unitscope
 from unitscope.cli import main
 
 MODULE = '''

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from unitscope.data import broden_meta as meta
 from unitscope.data.broden_meta import BrodenFormatError

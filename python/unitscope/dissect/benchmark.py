@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,9 +60,9 @@ def _names(value, where: str) -> list:
 def read_spec(path) -> dict:
     """The spec as {dataset, settings, entries: [{name, model, weights, pretrained, seed, layers,
     transform: None | {name, rotation, seed, layers}}]}, every key checked."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
+    else:  # Python 3.10
         try:
             import tomli as tomllib
         except ImportError as e:
@@ -86,7 +88,7 @@ def read_spec(path) -> dict:
     models = doc.get("models")
     if not isinstance(models, list) or not models:
         raise ValueError("SPEC must list at least one [[models]] entry")
-    transforms = [None]
+    transforms: list[dict | None] = [None]
     for i, t in enumerate(doc.get("transforms", [])):
         where = f"[[transforms]] {i + 1}"
         _keys(t, _TRANSFORM, where)
@@ -132,7 +134,8 @@ class _Rotation:
     """random_rotation(K, alpha, seed) with K taken from the first activations it sees."""
 
     def __init__(self, alpha: float, seed: int):
-        self.alpha, self.seed, self.rotation = alpha, seed, None
+        self.alpha, self.seed = alpha, seed
+        self.rotation: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, x):
         from unitscope.dissect.rotation import random_rotation

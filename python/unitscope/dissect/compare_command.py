@@ -86,7 +86,7 @@ def _stacked_chart(path: Path, bars: list, categories: list, ylabel: str, title:
         ax.bar(xs, values, 0.7, bottom=bottom, label=cat, color=colors(ci % 10))
         bottom += values
     for x, total in zip(xs, bottom):
-        ax.text(x, total, f"{int(total)}", ha="center", va="bottom", fontsize=7, parse_math=False)
+        ax.text(float(x), float(total), f"{int(total)}", ha="center", va="bottom", fontsize=7, parse_math=False)
     tilt = len(bars) > 4 or max((len(label) for label, _ in bars), default=0) > 14
     ax.set_xticks(xs, [label for label, _ in bars], rotation=45 if tilt else 0, ha="right" if tilt else "center",
                   fontsize=7, parse_math=False)

@@ -91,8 +91,9 @@ def _layer_from_dict(entry, where) -> LayerDissection:
     if not isinstance(units, list) or not units:
         raise ValueError(f"{where}: 'units' must be a non-empty list")
     K = len(units)
-    rows = [None] * K
-    categories = None
+    # per unit: (best (label, iou) per category, index of its best category, threshold)
+    rows: list[tuple[list[tuple[str, float]], int, float] | None] = [None] * K
+    categories: list[str] | None = None
     for i, u in enumerate(units):
         k = u.get("unit") if isinstance(u, dict) else None
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < K or rows[k] is not None:
@@ -104,12 +105,12 @@ def _layer_from_dict(entry, where) -> LayerDissection:
             categories = list(pc)
         elif list(pc) != categories:
             raise ValueError(f"{where}: unit {k}'s categories {list(pc)!r:.200} differ from {categories!r:.200}")
-        best = []
-        for c in categories:
-            e = pc[c]
+        best: list[tuple[str, float]] = []
+        for cat in categories:
+            e = pc[cat]
             if not isinstance(e, dict) or not isinstance(e.get("label"), str):
-                raise ValueError(f"{where}: unit {k}'s per_category[{c!r:.80}] must hold a string 'label'")
-            best.append((e["label"], _iou(e.get("iou"), f"{where}: unit {k}'s per_category[{c!r:.80}].iou")))
+                raise ValueError(f"{where}: unit {k}'s per_category[{cat!r:.80}] must hold a string 'label'")
+            best.append((e["label"], _iou(e.get("iou"), f"{where}: unit {k}'s per_category[{cat!r:.80}].iou")))
         label, category, iou = u.get("label"), u.get("category"), _iou(u.get("iou"), f"{where}: unit {k}'s iou")
         if category not in categories or best[categories.index(category)][0] != label:
             raise ValueError(f"{where}: unit {k}'s best concept ({label!r:.80}, {category!r:.80}) is not its best "
@@ -117,14 +118,18 @@ def _layer_from_dict(entry, where) -> LayerDissection:
         if iou != max(v for _, v in best) or best[categories.index(category)][1] != iou:
             raise ValueError(f"{where}: unit {k}'s iou {iou} is not the largest of its per-category IoUs")
         rows[k] = (best, categories.index(category), _threshold(u.get("threshold"), f"{where}: unit {k}'s"))
+    # K distinct units in [0, K) filled every row, and the non-empty units set the categories
+    full = [r for r in rows if r is not None]
+    assert len(full) == K and categories is not None
     # labels: the distinct (category, name) pairs; their order settles ties between categories as the
     # original label numbers did (a unit's best label comes before every other label tied with it)
-    ids, after = {}, {}
+    ids: dict[tuple[int, str], int] = {}
+    after: dict[tuple[int, str], set[tuple[int, str]]] = {}
     for _, u in sorted(enumerate(units), key=lambda t: t[0]):  # file order
-        best, c, _ = rows[u["unit"]]
+        best, c, _ = full[u["unit"]]
         for key in [(c, best[c][0])] + [(ci, b[0]) for ci, b in enumerate(best)]:
             ids.setdefault(key, len(ids))
-    for best, c, _ in rows:
+    for best, c, _ in full:
         top = (c, best[c][0])
         for ci, (lab, v) in enumerate(best):
             if ci != c and v == best[c][1]:
@@ -133,10 +138,10 @@ def _layer_from_dict(entry, where) -> LayerDissection:
     ids = {key: n for n, key in enumerate(order)}
     C = len(ids)
     iou_matrix = np.full((K, C), -1.0)
-    for k, (best, _, _) in enumerate(rows):
+    for k, (best, _, _) in enumerate(full):
         for ci, (lab, v) in enumerate(best):
             iou_matrix[k, ids[(ci, lab)]] = v
-    thresholds = np.array([t for _, _, t in rows], dtype=np.float32)
+    thresholds = np.array([t for _, _, t in full], dtype=np.float32)
     dead = ~np.isfinite(thresholds)
     minus = lambda *shape: np.full(shape, -1, dtype=np.int64)  # noqa: E731  not recorded in the file
     return LayerDissection(

@@ -9,7 +9,6 @@ import torch
 
 def add_arguments(p):
     from unitscope import cli
-
     from unitscope.models.own import add_model_arguments
 
     add_model_arguments(p)  # --model, --weights, --mean/--std/--no-normalize, --classes

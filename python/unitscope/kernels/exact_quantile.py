@@ -18,12 +18,20 @@ from unitscope.reference import quantile as ref
 _VERSION = 1
 
 
-def _check_int(value, name, minimum):
+def _check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_q(q: object) -> float:
+    # q is taken as `object`: for a parameter annotated float, mypy holds isinstance(q, numbers.Real)
+    # impossible (float does not subclass Real in typeshed) and skipped the rest of __init__ as unreachable
+    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
+        raise ValueError(f"q must be a number in [0, 1], got {q!r}")
+    return float(q)
 
 
 def channel_view(x: T.ArrayLike, dim: int, K: int, name: str = "x") -> tuple[torch.Tensor, int, int, bool]:
@@ -127,9 +135,7 @@ class ExactQuantile(Locked):
     def __init__(self, num_channels: int, q: float, total: int, *, dim: int = 1, interpolation: str = "linear",
                  device: T.DeviceLike = None, backend: str | None = None) -> None:
         self.num_channels = _check_int(num_channels, "num_channels", 1)
-        if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) <= 1.0:
-            raise ValueError(f"q must be a number in [0, 1], got {q!r}")
-        self.q = float(q)
+        self.q = _check_q(q)
         self.total = _check_int(total, "total", 1)
         self.dim = _check_int(dim, "dim", -(2 ** 31))
         if interpolation not in ref.INTERPOLATIONS:

@@ -17,8 +17,8 @@ def gradcam(activations: T.ArrayLike, gradients: T.ArrayLike | None = None, *, w
     """Class activation maps from a layer's activations and either its gradients or channel weights.
 
     Args:
-        activations (Tensor[B, K, h, w] or ndarray; float32, float16, bfloat16 or float64, rounded to
-            float32 on every backend): the layer output.
+        activations (Tensor[B, K, h, w] or ndarray): the layer output; float32, float16, bfloat16 or
+            float64, rounded to float32 on every backend.
         gradients (same shape and dtype as activations, optional): d score / d activations; the
             channel weights are their spatial mean (one target per image).
         weights (Tensor[B, K] or Tensor[B, T, K], optional): channel weights given directly, e.g.

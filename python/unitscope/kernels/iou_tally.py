@@ -34,11 +34,15 @@ class IoUTally(Locked):
     its labels occurs.
 
     Args:
-        num_units (int): K. num_labels (int): C, including the empty label 0.
+        num_units (int): K, the number of units.
+        num_labels (int): C, including the empty label 0.
         label_category (Tensor[C] int): category of each label (entry 0 unused).
         num_categories (int): number of categories.
         out_size (int or (S_h, S_w)): the label resolution.
-        align_corners (bool), threshold_op (">" or ">="), union ("category" or "dataset").
+        align_corners (bool): of the bilinear resize of the maps, as in F.interpolate (default False).
+        threshold_op (">" or ">="): the mask is resized map > threshold, or >= (default ">").
+        union ("category" or "dataset"): the activation counts a unit's mask only in images annotated
+            for the category, or in every image (default "category"; see above).
         device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda");
             a bare "cuda" means the current CUDA device when the tally is built.
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
@@ -176,7 +180,7 @@ class IoUTally(Locked):
     def state_dict(self) -> dict:
         """{'config': plain values, 'intersection', 'activation', 'label', 'activation_total': int64
         tensors (cloned, on the tally's device), 'images': int64 0-d tensor, 'digest' (kernels/_state.py)}."""
-        out = {"config": self.config()}
+        out: dict[str, object] = {"config": self.config()}
         with self._locked():
             for k in _COUNTS:
                 out[k] = getattr(self, k).clone()

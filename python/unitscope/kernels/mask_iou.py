@@ -77,7 +77,9 @@ def mask_iou(scores: T.ArrayLike, labels: T.ArrayLike, thresholds: float | Tenso
     cfg = TallyConfig(K, C, 1, tuple(lab.shape[1:]), bool(align_corners), threshold_op, "dataset",
                       torch.zeros(C, dtype=torch.int64, device=A.device))
     batch = check_batch(cfg, A.device, A, thresholds, code[:, None], check_label_range=False)
-    z = lambda *s: torch.zeros(s, dtype=torch.int64, device=A.device)
+    def z(*s):
+        return torch.zeros(s, dtype=torch.int64, device=A.device)
+
     inter, act, label, total = z(K, C), z(K, 1), z(C), z(K)
     torch.ops.unitscope.tally_(batch.activations, batch.thresholds32, batch.pixel_labels, None, None,
                                cfg.label_category, inter, act, label, total, cfg.out_size[0], cfg.out_size[1],

@@ -4,8 +4,8 @@ length, through every backend (cpp, cuda, numba, torch).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 import threading
+from collections.abc import Sequence
 
 import torch
 
@@ -82,7 +82,8 @@ def feed(name, t, s, nb, num_threads):
 
         _backend.set_numba_threads(num_threads)
         bits = t.to(torch.float32).view(torch.int32).numpy().view(np.uint32)
-        sketch_update(bits, *(s[n].numpy() for n in _FIELDS), nb)
+        coarse, fine, top, zeros, nan, kmin, kmax = (s[n].numpy() for n in _FIELDS)
+        sketch_update(bits, coarse, fine, top, zeros, nan, kmin, kmax, nb)
     else:
         C = _backend.compiled_module()
         args = (T.ptr(t), T.DTYPE_CODE[t.dtype], outer, K, inner, *(T.ptr(s[n]) for n in _FIELDS), nb)
@@ -171,6 +172,7 @@ class QuantileSketch(Locked):
 
     def quantile(self, q: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
         """q (float or 1-d sequence/tensor of floats in [0, 1]) -> float32 (K,) or (len(q), K)."""
+        qs: list[float] | None
         if isinstance(q, numbers.Real) and not isinstance(q, bool):
             qs, scalar = [float(q)], True
         else:

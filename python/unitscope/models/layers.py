@@ -84,7 +84,7 @@ def layers(model: nn.Module, input_size=224, *, preprocess=None, device=None) ->
     labels = [f"{n}@{k}" if calls[n] > 1 else n for n, _, k, _ in records]
     cam = _cam_index(records)
     rows = []
-    for i, (name, mod, k, out) in enumerate(records):
+    for i, (_name, mod, _k, out) in enumerate(records):
         label = labels[i]
         feeds = produced.get(id(first_inputs[i])) if first_inputs[i] is not None else None
         if isinstance(out, torch.Tensor):
