@@ -9,12 +9,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+
 import unitscope
+from dissect.test_planted import NaNUnit, identity, make_planted_dataset
 from unitscope.dissect import Dissection
 from unitscope.dissect import checkpoint as ck
 from unitscope.explain.concepts import unit_concepts
-
-from dissect.test_planted import NaNUnit, identity, make_planted_dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 import unitscope
+from dissect.test_planted import GROUND, SPOT, N, Planted, S, Units, identity, make_planted_dataset
 from unitscope import _compile
 from unitscope.data import BrodenDataset
 from unitscope.dissect import Dissection
-
-from dissect.test_planted import GROUND, SPOT, N, Planted, S, Units, identity, make_planted_dataset
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ checked (a callable returning the shape it was given), and part of a checkpoint'
 import numpy as np
 import pytest
 import torch
+
 import unitscope
+from dissect.test_planted import Planted, Units, identity, make_planted_dataset
 from unitscope.data import BrodenDataset
 from unitscope.dissect import CheckpointError
-
-from dissect.test_planted import Planted, Units, identity, make_planted_dataset
 
 
 @pytest.fixture(scope="module")

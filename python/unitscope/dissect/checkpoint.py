@@ -120,7 +120,7 @@ def save_checkpoint(path: Path, state: dict | DissectState, envelope: dict | Non
         tmp.unlink(missing_ok=True)
 
 
-def _disk_full(e: BaseException):
+def _disk_full(e: BaseException | None):
     """ENOSPC or EDQUOT where e, or the error it was raised from or during (torch.save wraps a failed
     write in a RuntimeError), says the disk or quota is full; else None."""
     seen = 0

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
+from unitscope._checks import IOU_THRESHOLD
 from unitscope.models.own import (  # noqa: F401
     custom_normalization,
     import_factory,
     load_model,
     preprocess_from_args,
 )
-from unitscope._checks import IOU_THRESHOLD
 
 REPORT_PAGE = "index.html"  # the report's own folder (OUT/report/) keeps it apart from saliency.html / featviz.html
 

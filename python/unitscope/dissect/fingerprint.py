@@ -108,7 +108,7 @@ def describe_callable(fn, depth: int = 0) -> str:
 
 def _cell_full(cell) -> bool:
     try:
-        cell.cell_contents
+        cell.cell_contents  # noqa: B018 (the read raises ValueError on an empty cell)
     except ValueError:
         return False
     return True

@@ -173,6 +173,7 @@ class Feed:
                     calls = self.batches_left(0) * (1 if self.cache is not None else 2)
                     self.runner.warm_up(x, calls=calls)
                 chosen = broadcast(self.runner.variant, world)
+            assert chosen is not None  # a recorded variant, or the one rank 0 chose
             got = gather(self.runner.use(chosen, x), world)
         if any(g != chosen for g in got):
             if want is not None:

@@ -20,13 +20,14 @@ class Passes:
     def __init__(self, feed, config, ds, out_size, backend, save):
         self.feed, self.config, self.ds, self.out_size, self.backend = feed, config, ds, out_size, backend
         self.layers, self.device, self.timer, self.save = feed.layers, feed.device, feed.timer, save
-        self.states = {"quantile": {}, "topk": {}, "tally": {}, "ties": {}}
+        self.states: dict[str, dict] = {"quantile": {}, "topk": {}, "tally": {}, "ties": {}}
 
     # ---- the running states ----------------------------------------------------------------------
     def make_threshold_states(self, shapes) -> None:
         c, total = self.config, len(self.ds)
         for layer in self.layers:
             K, h, w = shapes[layer]
+            q: unitscope.ExactQuantile | unitscope.QuantileSketch
             if c.exact:
                 q = unitscope.ExactQuantile(K, c.quantile, total * h * w, dim=1, device=self.device,
                                             backend=self.backend)

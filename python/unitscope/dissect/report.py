@@ -41,7 +41,7 @@ def _thumb(path: Path, cache: dict) -> np.ndarray:
         if len(cache) > 2048:  # thumbnails of 37 KiB each
             cache.clear()
         with open_image(path, what="dataset image") as im:  # header checked first; the stored pixel grid
-            cache[path] = np.asarray(im.convert("RGB").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.uint8)
+            cache[path] = np.asarray(im.convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.uint8)
     return cache[path]
 
 
@@ -124,7 +124,8 @@ def save_report(dissection, directory, *, max_units: int | None = None, dataset_
     adds a link to the page that leads here. Returns the index.html path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    index_rows, cache = [], {}
+    index_rows: list[str] = []
+    cache: dict = {}
     files = report_files(list(dissection.layers))
     for ld in dissection:
         f = files[ld.layer]
@@ -140,7 +141,7 @@ def save_report(dissection, directory, *, max_units: int | None = None, dataset_
         if progress:
             from tqdm.auto import tqdm
             it = tqdm(units, desc=f"report {ld.layer}", unit="unit")
-        rows = {True: [], False: []}
+        rows: dict[bool, list[str]] = {True: [], False: []}
         for u in it:
             rows[u["unit"] in detector].append(_unit_row(ld, u, f["units"], out, root, cache))
         n_det = len(detector)

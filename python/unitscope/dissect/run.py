@@ -23,9 +23,8 @@ import warnings
 import torch
 
 from unitscope._checks import IOU_THRESHOLD
-from unitscope.data import BrodenDataset
 from unitscope._model_state import ModelState
-from unitscope.hooks import LayerCapture
+from unitscope.data import BrodenDataset
 from unitscope.dissect.checkpoint import (
     checkpoint_path,
     prepare_checkpoint_dir,
@@ -38,6 +37,7 @@ from unitscope.dissect.ranks import rank_and_world
 from unitscope.dissect.result import Dissection, LayerDissection, plateau
 from unitscope.dissect.resume import envelope, resume
 from unitscope.dissect.state import DissectState, Stage
+from unitscope.hooks import LayerCapture
 
 
 def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, device=None,
@@ -165,7 +165,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
     return Dissection(results, timings=dict(timer.seconds), settings=meta)
 
 
-_said = []
+_said: list[bool] = []  # the preprocess=None warning, once per process
 
 
 def _say_preprocess_changed() -> None:

@@ -80,7 +80,7 @@ class DissectState:
                 "compiled": self.compiled, "channels_last": self.channels_last}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DissectState":
+    def from_dict(cls, d: dict) -> DissectState:
         """From to_dict()'s layout, already validated (checkpoint.load_checkpoint)."""
         return cls(stage=Stage(d["stage"]), done=d["done"], shapes={k: tuple(v) for k, v in d["shapes"].items()},
                    layers={name: LayerState(**entry) for name, entry in d["layers"].items()},

@@ -23,7 +23,7 @@ class ThresholdTies:
             raise ValueError(f"acts must have shape (B, {self.count.shape[0]}, h, w), got {tuple(acts.shape)}")
         self.count += (acts == self.thresholds[None, :, None, None]).sum(dim=(0, 2, 3))
 
-    def merge(self, other: "ThresholdTies") -> "ThresholdTies":
+    def merge(self, other: ThresholdTies) -> ThresholdTies:
         self.count = self.count + other.count.to(self.count.device)
         return self
 

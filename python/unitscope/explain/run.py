@@ -44,10 +44,10 @@ def explain(model, x, dissection, layer, target=None, *, top=5, preprocess=None,
 
     Returns a list of B Explanations (see Explanation), one per image.
     """
+    from unitscope._checks import check_input, check_positive_int, warn_if_training
     from unitscope.models import LoadedModel
     from unitscope.reference.bilinear import bilinear_resize
     from unitscope.saliency import GradCAM
-    from unitscope._checks import check_input, check_positive_int, warn_if_training
     from unitscope.viz import to_image_array
 
     if isinstance(model, LoadedModel):

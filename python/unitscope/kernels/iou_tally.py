@@ -9,8 +9,8 @@ import threading
 import torch
 
 from unitscope import _backend
-from unitscope._checks import check_threshold_op, check_union
 from unitscope import _tensors as T
+from unitscope._checks import check_threshold_op, check_union
 from unitscope.kernels import _state as S
 from unitscope.kernels._lock import Locked
 from unitscope.kernels.tally import TallyConfig, check_batch

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from unitscope.saliency.base import Attribution
 from unitscope.hooks import LayerCapture
+from unitscope.saliency.base import Attribution
 
 
 class CAMBase(Attribution):

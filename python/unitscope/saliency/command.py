@@ -21,7 +21,6 @@ PIXEL_METHODS = {"gradient", "gxi", "smoothgrad", "ig", "guided", "guided_gradca
 
 def add_arguments(parser):
     from unitscope import cli
-
     from unitscope.models.own import add_model_arguments
 
     add_model_arguments(parser)  # --model, --weights, --mean/--std/--no-normalize, --classes
