@@ -110,7 +110,7 @@ def test_rules_by_hand_on_an_mlp():
 
 
 # ---- conservation -----------------------------------------------------------------------------------
-TINY = dict(stabilizer=1e-12, bias=False)  # a stabilizer far below the activations (1e-6 moves 1e-3 of them)
+TINY = {"stabilizer": 1e-12, "bias": False}  # a stabilizer far below the activations (1e-6 moves 1e-3 of them)
 
 
 EPSILON = Composite(Epsilon(1e-12, bias=False), Epsilon(1e-12, bias=False), stabilizer=1e-12)
