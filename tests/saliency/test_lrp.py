@@ -149,13 +149,17 @@ def test_biases_absorb_relevance():
 
 # ---- against zennit ---------------------------------------------------------------------------------
 def zennit_relevance(model, composite, x, c, canonizers):
+    return zennit_relevance_n(model, composite, x, c, canonizers, classes=10)
+
+
+def zennit_relevance_n(model, composite, x, c, canonizers, classes):
     peers.zennit()
     from zennit.attribution import Gradient
 
     model = copy.deepcopy(model)
     composite.canonizers = canonizers
     with Gradient(model=model, composite=composite) as attributor:
-        onehot = torch.zeros(x.shape[0], 10, dtype=x.dtype).scatter(1, c[:, None], 1.0)
+        onehot = torch.zeros(x.shape[0], classes, dtype=x.dtype).scatter(1, c[:, None], 1.0)
         _, rel = attributor(x, lambda out: out * onehot)
     return rel
 
@@ -299,3 +303,68 @@ def test_batch_and_targets_are_independent():
     both = lrp(x, torch.tensor([[1, 2], [3, 4], [5, 6]]))
     assert both.shape == (3, 2, 3, 32, 32)
     torch.testing.assert_close(both[1, 1], lrp(x[1:2], 4)[0])
+
+
+# ---- EfficientNet-Lite0 -----------------------------------------------------------------------------
+def zennit_efficientnet_canonizers(model):
+    """zennit ships no canonizer for EfficientNet: its skip connection `x = x + inputs` is forward code,
+    and its convolutions (Conv2dStaticSamePadding) hold a padding child, so zennit's sequential
+    BatchNorm merge sees no conv -> BN neighbours. Written here as zennit's own ResNet canonizer does:
+    a Sum module for the addition, and a NamedMergeBatchNorm over the (conv, bn) pairs."""
+    peers.zennit()
+    from efficientnet_lite_pytorch.model import MBConvBlock
+    from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
+    from zennit.layer import Sum
+
+    def forward(self, inputs, drop_connect_rate=None):  # MBConvBlock.forward in eval mode, no SE (Lite)
+        x = inputs
+        if self._block_args.expand_ratio != 1:
+            x = self._swish(self._bn0(self._expand_conv(inputs)))
+        x = self._swish(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        args = self._block_args
+        if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
+            x = self.canonizer_sum(torch.stack([inputs, x], dim=-1))
+        return x
+
+    def attributes(name, module):
+        if isinstance(module, MBConvBlock):
+            assert not module.has_se
+            return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    pairs = [(["_conv_stem"], "_bn0"), (["_conv_head"], "_bn1")]
+    for i in range(len(model._blocks)):
+        b = f"_blocks.{i}"
+        if hasattr(model._blocks[i], "_expand_conv"):
+            pairs.append(([f"{b}._expand_conv"], f"{b}._bn0"))
+        pairs += [([f"{b}._depthwise_conv"], f"{b}._bn1"), ([f"{b}._project_conv"], f"{b}._bn2")]
+    return [NamedMergeBatchNorm(pairs), AttributeCanonizer(attributes)]
+
+
+@pytest.mark.parametrize("name", ["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_same_relevance_as_zennit_on_efficientnet_lite0(name):
+    peers.zennit()
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import zennit.composites as zc
+
+    from unitscope import models
+
+    lm = models.load("efficientnet_lite0")
+    m = copy.deepcopy(lm.model).eval()  # float32: float64 convolutions run 50x slower on CPU
+    for bn in m.modules():  # the same function with eps in running_var: zennit's merged BN keeps its eps
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_var += bn.eps
+            bn.eps = 0.0
+    x = lm.preprocess(images(1, 48).float())  # the model's input space: zennit knows no preprocess
+    lo, hi = lm.preprocess(torch.zeros(1, 3, 1, 1)), lm.preprocess(torch.ones(1, 3, 1, 1))
+    c = torch.tensor([285])
+    if name == "epsilon_gamma_box":
+        ours, theirs = EpsilonGammaBox(low=lo, high=hi), zc.EpsilonGammaBox(low=lo, high=hi)
+    else:
+        ours, theirs = EpsilonPlusFlat(), zc.EpsilonPlusFlat()
+    ref = zennit_relevance_n(m, theirs, x, c, zennit_efficientnet_canonizers(m), classes=1000)
+    got = LRP(m, ours)(x, c)
+    assert got.abs().max() > 0
+    # float32 through 49 layers: the same sums in another order differ in the last bits (float64: 1e-23)
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
