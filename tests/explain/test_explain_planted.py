@@ -89,7 +89,7 @@ def test_contributions_by_hand_and_against_gradcam(planted):
     expl = unitscope.explain(model, x, result["units"], "units", target=target)
     A = model.units(x)
     hw = A.shape[-1] * A.shape[-2]
-    cam = GradCAM(model, "units", relu=False, upsample=False)(x, target=target)  # (B, h, w), layer resolution
+    cam = GradCAM(model, "units", relu=False, upsample=False, normalize=False)(x, target=target)  # (B, h, w), layer resolution
     for b, e in enumerate(expl):
         assert e.target == target[b]
         by_hand = (model.fc.weight[target[b]].double() / hw * A[b].double().mean(dim=(1, 2))).detach().numpy()

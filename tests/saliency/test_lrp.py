@@ -11,36 +11,8 @@ from torch import nn
 from unitscope.saliency.lrp import (LRP, AlphaBeta, Composite, DeepTaylor, Epsilon, EpsilonAlpha2Beta1,
                                     EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat, Flat,
                                     ZBox, ZPlus)
-from tiny_models import MLP, FunctionalReLU, SEGate, TinyResNet
+from tiny_models import MLP, FunctionalReLU, SEGate, TinyResNet, VGGish
 import peers
-
-
-class VGGish(nn.Module):
-    """conv-BN-ReLU, conv-ReLU, max pool, conv-BN-ReLU, average pool, conv-ReLU6, adaptive average
-    pool, flatten, linear-ReLU-dropout-linear; BN statistics randomized so folding matters."""
-
-    def __init__(self, bias=True, bn=True, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1, bias=bias), norm(8), nn.ReLU(inplace=True),
-            nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1, bias=bias), norm(16), nn.ReLU(inplace=True), nn.AvgPool2d(2),
-            nn.Conv2d(16, 16, 3, padding=1, bias=bias), nn.ReLU6(inplace=True))
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(64, 32, bias=bias),
-                                        nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(32, 10, bias=bias))
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                with torch.no_grad():
-                    m.running_mean.uniform_(-0.2, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.2, 0.2)
-        self.eval()
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
 
 
 def resnet(seed=0, bn_stats=True):

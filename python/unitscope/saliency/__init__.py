@@ -13,6 +13,12 @@ from unitscope.saliency.gradcam_plus_plus import GradCAMPlusPlus
 from unitscope.saliency.hirescam import HiResCAM
 from unitscope.saliency.scorecam import ScoreCAM
 from unitscope.saliency.guided_gradcam import GuidedGradCAM
+from unitscope.saliency.xgradcam import XGradCAM
+from unitscope.saliency.layercam import LayerCAM
+from unitscope.saliency.eigencam import EigenCAM
+from unitscope.saliency.ablationcam import AblationCAM
+from unitscope.saliency.fullgrad import FullGrad
+from unitscope.saliency.lrp import LRP
 from unitscope.saliency.occlusion import Occlusion
 from unitscope.saliency.lime import LIME
 from unitscope.saliency.kernel_shap import KernelSHAP
@@ -22,6 +28,7 @@ from unitscope.saliency.randomization import randomization_test, spearman
 from unitscope.saliency.deletion_insertion import deletion_insertion
 
 __all__ = ["Attribution", "VanillaGradient", "GradientTimesInput", "SmoothGrad", "IntegratedGradients",
-           "GuidedBackprop", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ScoreCAM", "GuidedGradCAM", "Occlusion",
+           "GuidedBackprop", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ScoreCAM", "GuidedGradCAM", "XGradCAM",
+           "LayerCAM", "EigenCAM", "AblationCAM", "FullGrad", "LRP", "Occlusion",
            "LIME", "KernelSHAP", "LayerCapture", "resolve_layer", "make_baseline", "randomization_test",
            "spearman", "deletion_insertion", "show_progress"]
