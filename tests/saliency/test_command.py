@@ -28,6 +28,19 @@ def test_cli_writes_overlays_and_html(tmp_path):
     assert (out / "grid.png").exists() and (out / "image.png").exists()
 
 
+def test_cli_new_methods(tmp_path):
+    # Ablation-CAM is left out: 1280 forward passes on EfficientNet's CAM layer
+    out = tmp_path / "out"
+    methods = ["lrp", "xgradcam", "layercam", "eigencam", "fullgrad"]
+    rc = cli.main(["saliency", "--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--method",
+                   ",".join(methods), "--composite", "epsilon_plus_flat", "--out", str(out), "--quiet"])
+    assert rc == 0
+    for m in methods:
+        with Image.open(out / f"{m}_285.png") as im:
+            assert im.size == (224, 224)
+    assert all(m in (out / "saliency.html").read_text() for m in methods)
+
+
 def _fails(argv, capsys, message):
     """The command exits with code 2 and prints one line `unitscope saliency: error: ...message...`."""
     try:
@@ -54,6 +67,7 @@ def test_cli_bad_arguments(tmp_path, capsys):
     _fails(ok + ["--samples", "1", "--method", "lime"], capsys, "--samples must be at least 2 for LIME")
     _fails(ok + ["--alpha", "2"], capsys, "argument --alpha: must be a number in [0, 1], got 2")
     _fails(ok + ["--device", "gpu7"], capsys, "argument --device: 'gpu7' is not a torch device")
+    _fails(ok + ["--composite", "zplus"], capsys, "argument --composite: unknown composite 'zplus'; choose among")
     # the misspelled CAM layer gets the close names, before any method runs
     _fails(ok + ["--method", "gradcam", "--layer", "_block.10"], capsys, "similar names: _blocks.10")
     assert not (tmp_path / "o").exists()

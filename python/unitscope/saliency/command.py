@@ -11,8 +11,10 @@ import torch
 
 PAGE = "saliency.html"  # the page of this command; featviz and dissect write their own names into a shared --out
 METHODS = ("gradient", "gxi", "smoothgrad", "ig", "guided", "gradcam", "gradcam++", "hirescam", "scorecam",
-           "guided_gradcam", "occlusion", "lime", "kernelshap")
-CAM_METHODS = {"gradcam", "gradcam++", "hirescam", "scorecam", "guided_gradcam"}
+           "guided_gradcam", "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad", "lrp", "occlusion", "lime",
+           "kernelshap")
+CAM_METHODS = {"gradcam", "gradcam++", "hirescam", "scorecam", "guided_gradcam", "xgradcam", "layercam", "eigencam",
+               "ablationcam"}
 
 
 def add_arguments(parser):
@@ -35,6 +37,10 @@ def add_arguments(parser):
     parser.add_argument("--samples", type=cli.positive_int, default=None,
                         help="samples for SmoothGrad (default 25), LIME and KernelSHAP (default 500; at least 2)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=16, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--composite", default="epsilon_gamma_box", type=_checked(_composite),
+                        help="LRP composite (rules by layer): epsilon_gamma_box (z^B on the pixels, gamma on "
+                             "convolutions, epsilon on linear layers), epsilon_plus, epsilon_plus_flat, "
+                             "epsilon_alpha2_beta1, epsilon_alpha2_beta1_flat or deep_taylor (default: %(default)s)")
     parser.add_argument("--alpha", type=cli.float_in(0, 1), default=0.6, help="heat map opacity in [0, 1] (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (they are on by default)")
 
@@ -55,12 +61,21 @@ def _methods(arg):
     names = list(METHODS) if arg.strip() == "all" else [m.strip().lower() for m in arg.split(",") if m.strip()]
     aliases = {"ig": "ig", "integrated_gradients": "ig", "gradcampp": "gradcam++", "gradcam_plus_plus": "gradcam++",
                "guided_backprop": "guided", "gradient_x_input": "gxi", "vanilla": "gradient", "shap": "kernelshap",
-               "guidedgradcam": "guided_gradcam"}
+               "guidedgradcam": "guided_gradcam", "xgrad_cam": "xgradcam", "layer_cam": "layercam",
+               "eigen_cam": "eigencam", "ablation_cam": "ablationcam", "deep_taylor": "lrp"}
     names = [aliases.get(n, n) for n in names]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
         raise ValueError(f"unknown {', '.join(bad) or '(none given)'}; choose among {', '.join(METHODS)}")
     return list(dict.fromkeys(names))
+
+
+def _composite(arg):
+    from unitscope.saliency.lrp import COMPOSITES
+
+    if arg not in COMPOSITES:
+        raise ValueError(f"unknown composite {arg!r}; choose among {', '.join(COMPOSITES)}")
+    return arg
 
 
 def _target_syntax(arg):
@@ -97,7 +112,8 @@ def _targets(arg, probs):
     return ids
 
 
-def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_size=16):
+def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_size=16,
+                 composite="epsilon_gamma_box"):
     """A configured unitscope.saliency method for a CLI/benchmark method name."""
     from unitscope import saliency as S
 
@@ -122,6 +138,18 @@ def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_s
         return S.ScoreCAM(model, layer, batch_size=batch_size, **kw)
     if name == "guided_gradcam":
         return S.GuidedGradCAM(model, layer, **kw)
+    if name == "xgradcam":
+        return S.XGradCAM(model, layer, **kw)
+    if name == "layercam":
+        return S.LayerCAM(model, layer, **kw)
+    if name == "eigencam":
+        return S.EigenCAM(model, layer, **kw)
+    if name == "ablationcam":
+        return S.AblationCAM(model, layer, batch_size=batch_size, **kw)
+    if name == "fullgrad":
+        return S.FullGrad(model, **kw)
+    if name == "lrp":
+        return S.LRP(model, composite, channel="sum", **kw)
     if name == "occlusion":
         return S.Occlusion(model, window=32, stride=16, batch_size=batch_size, **kw)
     if name == "lime":
@@ -153,7 +181,7 @@ def run(args) -> int:
         rows.append({"class": t, "name": lm.class_names[t], "probability": float(probs[0, t]), "files": {}})
     for name in methods:
         method = build_method(name, lm.model, layer, lm.preprocess, steps=args.steps, samples=args.samples,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, composite=args.composite)
         start = time.perf_counter()
         with show_progress(name, enabled=not args.quiet):
             maps = method(x, torch.tensor([targets], device=device))[0]  # (T, ...) for the T targets at once
