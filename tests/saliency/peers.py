@@ -14,6 +14,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 import tiny_models
 
@@ -53,3 +54,40 @@ def install_torchvision_standin():
 def zennit():
     install_torchvision_standin()
     return pytest.importorskip("zennit")
+
+
+def zennit_efficientnet_canonizers(model):
+    """zennit ships no canonizer for EfficientNet: its skip connection `x = x + inputs` is forward code,
+    and its convolutions (Conv2dStaticSamePadding) hold a padding child, so zennit's sequential
+    BatchNorm merge sees no conv -> BN neighbours. Written here as zennit's own ResNet canonizer does:
+    a Sum module for the addition, and a NamedMergeBatchNorm over the (conv, bn) pairs."""
+    zennit()
+    from efficientnet_lite_pytorch.model import MBConvBlock
+    from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
+    from zennit.layer import Sum
+
+    def forward(self, inputs, drop_connect_rate=None):  # MBConvBlock.forward in eval mode, no SE (Lite)
+        x = inputs
+        if self._block_args.expand_ratio != 1:
+            x = self._swish(self._bn0(self._expand_conv(inputs)))
+        x = self._swish(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        args = self._block_args
+        if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
+            x = self.canonizer_sum(torch.stack([inputs, x], dim=-1))
+        return x
+
+    def attributes(name, module):
+        if isinstance(module, MBConvBlock):
+            if module.has_se:
+                raise ValueError("EfficientNet-Lite has no squeeze-excitation; this canonizer does not cover it")
+            return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    pairs = [(["_conv_stem"], "_bn0"), (["_conv_head"], "_bn1")]
+    for i in range(len(model._blocks)):
+        b = f"_blocks.{i}"
+        if hasattr(model._blocks[i], "_expand_conv"):
+            pairs.append(([f"{b}._expand_conv"], f"{b}._bn0"))
+        pairs += [([f"{b}._depthwise_conv"], f"{b}._bn1"), ([f"{b}._project_conv"], f"{b}._bn2")]
+    return [NamedMergeBatchNorm(pairs), AttributeCanonizer(attributes)]

@@ -278,42 +278,6 @@ def test_batch_and_targets_are_independent():
 
 
 # ---- EfficientNet-Lite0 -----------------------------------------------------------------------------
-def zennit_efficientnet_canonizers(model):
-    """zennit ships no canonizer for EfficientNet: its skip connection `x = x + inputs` is forward code,
-    and its convolutions (Conv2dStaticSamePadding) hold a padding child, so zennit's sequential
-    BatchNorm merge sees no conv -> BN neighbours. Written here as zennit's own ResNet canonizer does:
-    a Sum module for the addition, and a NamedMergeBatchNorm over the (conv, bn) pairs."""
-    peers.zennit()
-    from efficientnet_lite_pytorch.model import MBConvBlock
-    from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
-    from zennit.layer import Sum
-
-    def forward(self, inputs, drop_connect_rate=None):  # MBConvBlock.forward in eval mode, no SE (Lite)
-        x = inputs
-        if self._block_args.expand_ratio != 1:
-            x = self._swish(self._bn0(self._expand_conv(inputs)))
-        x = self._swish(self._bn1(self._depthwise_conv(x)))
-        x = self._bn2(self._project_conv(x))
-        args = self._block_args
-        if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
-            x = self.canonizer_sum(torch.stack([inputs, x], dim=-1))
-        return x
-
-    def attributes(name, module):
-        if isinstance(module, MBConvBlock):
-            assert not module.has_se
-            return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
-        return None
-
-    pairs = [(["_conv_stem"], "_bn0"), (["_conv_head"], "_bn1")]
-    for i in range(len(model._blocks)):
-        b = f"_blocks.{i}"
-        if hasattr(model._blocks[i], "_expand_conv"):
-            pairs.append(([f"{b}._expand_conv"], f"{b}._bn0"))
-        pairs += [([f"{b}._depthwise_conv"], f"{b}._bn1"), ([f"{b}._project_conv"], f"{b}._bn2")]
-    return [NamedMergeBatchNorm(pairs), AttributeCanonizer(attributes)]
-
-
 @pytest.mark.parametrize("name", ["epsilon_plus_flat", "epsilon_gamma_box"])
 def test_same_relevance_as_zennit_on_efficientnet_lite0(name):
     peers.zennit()
@@ -335,7 +299,7 @@ def test_same_relevance_as_zennit_on_efficientnet_lite0(name):
         ours, theirs = EpsilonGammaBox(low=lo, high=hi), zc.EpsilonGammaBox(low=lo, high=hi)
     else:
         ours, theirs = EpsilonPlusFlat(), zc.EpsilonPlusFlat()
-    ref = zennit_relevance_n(m, theirs, x, c, zennit_efficientnet_canonizers(m), classes=1000)
+    ref = zennit_relevance_n(m, theirs, x, c, peers.zennit_efficientnet_canonizers(m), classes=1000)
     got = LRP(m, ours)(x, c)
     assert got.abs().max() > 0
     # float32 through 49 layers: the same sums in another order differ in the last bits (float64: 1e-23)

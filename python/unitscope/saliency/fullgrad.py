@@ -10,15 +10,16 @@ from torch import nn
 from unitscope.saliency.base import Attribution
 
 
-def _channel_maps(m, size, eps=1e-7):
+def _channel_maps(m, size, eps=1e-7, chunk=64):
     """(B, C, h, w) -> (B, H, W): each channel min-max scaled, (m - min) / (eps + max - min), resized
-    bilinearly (align_corners=False), then summed over the channels (pytorch-grad-cam's order)."""
-    flat = m.flatten(2)
-    m = m - flat.amin(dim=2)[:, :, None, None]
+    bilinearly (align_corners=False), then summed over the channels (pytorch-grad-cam's order); in
+    chunks of channels, so that C full-size maps never exist at once."""
+    m = m - m.flatten(2).amin(dim=2)[:, :, None, None]
     m = m / (eps + m.flatten(2).amax(dim=2)[:, :, None, None])
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    return m.sum(dim=1)
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m.sum(dim=1)
+    return sum(F.interpolate(m[:, i:i + chunk], size=size, mode="bilinear", align_corners=False).sum(dim=1)
+               for i in range(0, m.shape[1], chunk))
 
 
 def _effective_bias(module):
