@@ -31,9 +31,9 @@ def test_cli_writes_overlays_and_html(tmp_path):
 def test_cli_new_methods(tmp_path):
     # Ablation-CAM is left out: 1280 forward passes on EfficientNet's CAM layer
     out = tmp_path / "out"
-    methods = ["lrp", "xgradcam", "layercam", "eigencam", "fullgrad"]
+    methods = ["lrp", "xgradcam", "layercam", "eigencam", "fullgrad", "deeplift", "gradientshap"]
     rc = cli.main(["saliency", "--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--method",
-                   ",".join(methods), "--composite", "epsilon_plus_flat", "--out", str(out), "--quiet"])
+                   ",".join(methods), "--composite", "epsilon_plus_flat", "--samples", "2", "--out", str(out), "--quiet"])
     assert rc == 0
     for m in methods:
         with Image.open(out / f"{m}_285.png") as im:

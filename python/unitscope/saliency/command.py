@@ -11,8 +11,8 @@ import torch
 
 PAGE = "saliency.html"  # the page of this command; featviz and dissect write their own names into a shared --out
 METHODS = ("gradient", "gxi", "smoothgrad", "ig", "guided", "gradcam", "gradcam++", "hirescam", "scorecam",
-           "guided_gradcam", "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad", "lrp", "occlusion", "lime",
-           "kernelshap")
+           "guided_gradcam", "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad", "lrp", "deeplift", "gradientshap",
+           "occlusion", "lime", "kernelshap")
 CAM_METHODS = {"gradcam", "gradcam++", "hirescam", "scorecam", "guided_gradcam", "xgradcam", "layercam", "eigencam",
                "ablationcam"}
 
@@ -35,7 +35,7 @@ def add_arguments(parser):
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--steps", type=cli.positive_int, default=32, help="Integrated Gradients steps (default: %(default)s)")
     parser.add_argument("--samples", type=cli.positive_int, default=None,
-                        help="samples for SmoothGrad (default 25), LIME and KernelSHAP (default 500; at least 2)")
+                        help="samples for SmoothGrad and GradientSHAP (default 25), LIME and KernelSHAP (default 500; at least 2)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=16, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--composite", default="epsilon_gamma_box", type=_checked(_composite),
                         help="LRP composite (rules by layer): epsilon_gamma_box (z^B on the pixels, gamma on "
@@ -62,7 +62,8 @@ def _methods(arg):
     aliases = {"ig": "ig", "integrated_gradients": "ig", "gradcampp": "gradcam++", "gradcam_plus_plus": "gradcam++",
                "guided_backprop": "guided", "gradient_x_input": "gxi", "vanilla": "gradient", "shap": "kernelshap",
                "guidedgradcam": "guided_gradcam", "xgrad_cam": "xgradcam", "layer_cam": "layercam",
-               "eigen_cam": "eigencam", "ablation_cam": "ablationcam", "deep_taylor": "lrp"}
+               "eigen_cam": "eigencam", "ablation_cam": "ablationcam", "deep_taylor": "lrp", "deep_lift": "deeplift",
+               "gradient_shap": "gradientshap", "gradshap": "gradientshap"}
     names = [aliases.get(n, n) for n in names]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
@@ -150,6 +151,11 @@ def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_s
         return S.FullGrad(model, **kw)
     if name == "lrp":
         return S.LRP(model, composite, channel="sum", **kw)
+    if name == "deeplift":
+        return S.DeepLift(model, baseline="black", channel="sum", **kw)
+    if name == "gradientshap":
+        return S.GradientSHAP(model, baselines="black", n_samples=samples or 25, stdev=0.15, batch_size=batch_size,
+                              channel="sum", **kw)
     if name == "occlusion":
         return S.Occlusion(model, window=32, stride=16, batch_size=batch_size, **kw)
     if name == "lime":
