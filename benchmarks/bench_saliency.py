@@ -68,6 +68,8 @@ def ours(name, lm, cfg, bs):
         "eigencam": lambda: S.EigenCAM(m, GRADCAM_PEER_LAYER, sign="svd", **kw),
         "ablationcam": lambda: S.AblationCAM(m, GRADCAM_PEER_LAYER, batch_size=32, **kw),
         "fullgrad": lambda: S.FullGrad(m, **kw),
+        "deeplift": lambda: S.DeepLift(m, baseline="black", **kw),
+        "gradientshap": lambda: S.GradientSHAP(m, baselines="black", n_samples=cfg["sg_samples"], batch_size=16, **kw),
     }[name]()
 
 
@@ -148,6 +150,11 @@ def captum_call(name, lm, cfg, x, target):
                                                             internal_batch_size=32)
     if name == "guided_backprop":
         return lambda: C.GuidedBackprop(net).attribute(x, target=target)
+    if name == "deeplift":  # Captum hooks modules once each: EfficientNet's reused _swish gives another map
+        return lambda: C.DeepLift(net).attribute(x, baselines=torch.zeros_like(x), target=target)
+    if name == "gradientshap":
+        return lambda: C.GradientShap(net).attribute(x, baselines=torch.zeros_like(x[:1]), target=target,
+                                                     n_samples=cfg["sg_samples"])
     if name == "gradcam":
         return lambda: C.LayerAttribution.interpolate(
             C.LayerGradCam(net, layer).attribute(x, target=target, relu_attributions=True), (H, W),
@@ -239,7 +246,7 @@ def main(argv=None):
     lm = models.load("efficientnet_lite0", device=device)
     names = ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop", "gradcam",
              "gradcam++", "hirescam", "scorecam", "guided_gradcam", "occlusion", "lime", "kernelshap", "lrp",
-             "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad"]
+             "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad", "deeplift", "gradientshap"]
     if args.methods != "all":
         names = [n for n in args.methods.split(",") if n]
     have_captum = not args.no_captum
@@ -307,7 +314,7 @@ def main(argv=None):
 
 def agreement(name, a, b):
     """Largest difference between our map and the peer's, after bringing them to one form."""
-    if name in ("smoothgrad", "lime", "kernelshap"):
+    if name in ("smoothgrad", "lime", "kernelshap", "gradientshap"):
         return float("nan")  # random samples differ: not comparable value by value
     b = b.detach()
     if name in ("gradcam", "occlusion"):

@@ -33,11 +33,15 @@ class _Multiplier(torch.autograd.Function):
             return None, None, ctx.rule(g, x).detach()
 
 
-def _local_grad(module, x, g):
-    """The module's own gradient at x (where the secant is 0/0)."""
-    xi = x.detach().requires_grad_(True)
-    (d,) = torch.autograd.grad(module(xi.clone()), xi, g)  # clone: the module may work in place
-    return d
+def _secant_or_grad(module, x, g, dx, num, eps):
+    """num / dx where |dx| >= eps; the module's own gradient (g f'(x)) where |dx| < eps."""
+    small = dx.abs() < eps
+    out = num / torch.where(small, 1, dx)
+    if small.any():  # the gradient pass only where some entry needs it
+        xi = x.detach().requires_grad_(True)
+        (d,) = torch.autograd.grad(module(xi.clone()), xi, g)  # clone: the module may work in place
+        out = torch.where(small, d, out)
+    return out
 
 
 def _elementwise_rule(module, x0, y0, eps):
@@ -45,7 +49,7 @@ def _elementwise_rule(module, x0, y0, eps):
         with torch.no_grad():
             dx = x - x0
             dy = module(x.clone()) - y0
-        return torch.where(dx.abs() < eps, _local_grad(module, x, g), g * dy / torch.where(dx.abs() < eps, 1, dx))
+        return _secant_or_grad(module, x, g, dx, g * dy, eps)
     return rule
 
 
@@ -66,7 +70,7 @@ def _maxpool_rule(module, x0, y0, eps):
             up.scatter_add_(2, idx0.flatten(2), (g * (y - top)).flatten(2))
             up = up.view_as(x)
             dx = x - x0
-        return torch.where(dx.abs() < eps, _local_grad(module, x, g), up / torch.where(dx.abs() < eps, 1, dx))
+        return _secant_or_grad(module, x, g, dx, up, eps)
     return rule
 
 
