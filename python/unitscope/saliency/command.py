@@ -42,6 +42,14 @@ def add_arguments(parser):
                              "convolutions, epsilon on linear layers), epsilon_plus, epsilon_plus_flat, "
                              "epsilon_alpha2_beta1, epsilon_alpha2_beta1_flat or deep_taylor (default: %(default)s)")
     parser.add_argument("--alpha", type=cli.float_in(0, 1), default=0.6, help="heat map opacity in [0, 1] (default: %(default)s)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="print and save (targets.json) each method's faithfulness correlation (Quantus's "
+                             "definition: 100 random subsets of 224 input values set to the image minimum), and with "
+                             "--mask its pointing game and relevance mass (default: off)")
+    parser.add_argument("--mask", default=None, type=cli.image_file,
+                        help="object mask for --metrics (pointing game, relevance mass): an image file, nonzero "
+                             "(brighter than mid-gray) where the object is, resized to the model's input size "
+                             "(default: none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (they are on by default)")
 
 
@@ -178,6 +186,9 @@ def run(args) -> int:
     if set(methods) & CAM_METHODS:
         LayerCapture(lm.model, layer)  # a misspelled --layer (or a bad '@k') fails here, with the close names
     x = models.load_image(args.image, lm.input_size).to(device)
+    mask = _read_mask(args.mask, x) if args.mask is not None else None
+    if mask is not None and not args.metrics:
+        raise ValueError("--mask is used by --metrics only; add --metrics")
     probs = torch.softmax(lm.predict(x), dim=1).cpu()
     targets = _targets(args.target, probs)
     os.makedirs(args.out, exist_ok=True)
@@ -200,6 +211,8 @@ def run(args) -> int:
             tiles.append(img)
             titles.append(f"{name} {row['name']}")
         print(f"{name:15s} {timing[name]:7.2f} s")
+        if args.metrics:
+            _metrics(method, x, maps, rows, name, mask)
     viz.save_grid(tiles, os.path.join(args.out, "grid.png"), titles=titles, ncols=len(methods))
     _write_html(args, rows, methods, layer, timing)
     image = args.image if args.image.startswith("skimage:") and not os.path.exists(args.image) else os.path.abspath(args.image)
@@ -208,6 +221,35 @@ def run(args) -> int:
                    "seconds": timing}, f, indent=2)
     print(f"wrote {len(tiles)} overlays, grid.png and {PAGE} to {args.out}")
     return 0
+
+
+def _read_mask(path, x):
+    """The --mask file as a bool Tensor (1, H, W) at x's size (nearest), on x's device."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from unitscope.models.images import read_image
+
+    m = torch.from_numpy(np.ascontiguousarray(read_image(path).mean(axis=2) > 0.5))[None, None].float()
+    m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="nearest")[:, 0] > 0.5
+    if not m.any():
+        raise ValueError(f"--mask {path!r} marks no pixel (nothing brighter than mid-gray)")
+    return m.to(x.device)
+
+
+def _metrics(method, x, maps, rows, name, mask):
+    """Faithfulness correlation (and pointing game, relevance mass with a mask) of each class's map."""
+    from unitscope.saliency.metrics import faithfulness_correlation, pointing_game, relevance_mass
+
+    for row, m in zip(rows, maps):
+        t = torch.tensor([row["class"]], device=x.device)
+        scores = {"faithfulness_correlation": float(faithfulness_correlation(method, x, m[None].detach(), t)[0])}
+        if mask is not None:
+            flat = m[None].detach() if m.dim() == 2 else m[None].detach().sum(dim=1)
+            scores["pointing_game"] = float(pointing_game(flat, mask)[0])
+            scores["relevance_mass"] = float(relevance_mass(flat, mask)[0])
+        row.setdefault("metrics", {})[name] = scores
+        print(f"  {row['name'][:24]:24s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
 
 def _write_html(args, rows, methods, layer, timing):
