@@ -22,6 +22,7 @@ from unitscope.saliency.lrp import LRP
 from unitscope.saliency.deeplift import DeepLift
 from unitscope.saliency.deep_shap import DeepSHAP
 from unitscope.saliency.gradient_shap import GradientSHAP
+from unitscope.saliency.neuron import LayerGradientXActivation, NeuronModel
 from unitscope.saliency.occlusion import Occlusion
 from unitscope.saliency.lime import LIME
 from unitscope.saliency.kernel_shap import KernelSHAP
@@ -33,6 +34,6 @@ from unitscope.saliency.deletion_insertion import deletion_insertion
 __all__ = ["Attribution", "VanillaGradient", "GradientTimesInput", "SmoothGrad", "IntegratedGradients",
            "GuidedBackprop", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ScoreCAM", "GuidedGradCAM", "XGradCAM",
            "LayerCAM", "EigenCAM", "AblationCAM", "FullGrad", "LRP", "DeepLift", "DeepSHAP",
-           "GradientSHAP", "Occlusion",
+           "GradientSHAP", "NeuronModel", "LayerGradientXActivation", "Occlusion",
            "LIME", "KernelSHAP", "LayerCapture", "resolve_layer", "make_baseline", "randomization_test",
            "spearman", "deletion_insertion", "show_progress"]
