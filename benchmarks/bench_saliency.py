@@ -1,6 +1,14 @@
 """Saliency methods on the real EfficientNet-Lite0 at 224x224: time per image and peak memory at batch
-1 and 16, unitscope beside Captum's equivalent in the same process, and Grad-CAM for the top-5 classes
-of 16 images in one call vs five calls. Prints a table, writes benchmarks/out/bench_saliency.json.
+1 and 16, unitscope beside its peer's equivalent in the same process (Captum; zennit for LRP;
+pytorch-grad-cam for XGrad-CAM, LayerCAM, Eigen-CAM, Ablation-CAM and FullGrad), and Grad-CAM for the
+top-5 classes of 16 images in one call vs five calls. Prints a table, writes
+benchmarks/out/bench_saliency.json.
+
+zennit and pytorch-grad-cam are imported as the tests do, with the torchvision stand-in of
+tests/saliency/peers.py (and zennit with the EfficientNet canonizer written there). The pytorch-grad-cam
+rows explain "_bn1" (the head's BatchNorm, 1280 x 7 x 7), not the default "_swish@1": pytorch-grad-cam
+cannot pick one call of the reused `_swish` module. Ablation-CAM runs at batch 1 only (1280 forward
+passes per image).
 
 Memory: on CPU the peak of the bytes torch allocates during one call (torch.profiler's memory events,
 cumulated in time order, minus what was live before the call; tensors only, not Python objects); on
@@ -54,7 +62,70 @@ def ours(name, lm, cfg, bs):
         "lime": lambda: S.LIME(m, segments="grid", n_segments=49, n_samples=cfg["lime_samples"], batch_size=32, **kw),
         "kernelshap": lambda: S.KernelSHAP(m, segments="grid", n_segments=49, n_samples=cfg["lime_samples"],
                                            batch_size=32, **kw),
+        "lrp": lambda: S.LRP(m, "epsilon_gamma_box", **kw),
+        "xgradcam": lambda: S.XGradCAM(m, GRADCAM_PEER_LAYER, **kw),
+        "layercam": lambda: S.LayerCAM(m, GRADCAM_PEER_LAYER, **kw),
+        "eigencam": lambda: S.EigenCAM(m, GRADCAM_PEER_LAYER, sign="svd", **kw),
+        "ablationcam": lambda: S.AblationCAM(m, GRADCAM_PEER_LAYER, batch_size=32, **kw),
+        "fullgrad": lambda: S.FullGrad(m, **kw),
+        "deeplift": lambda: S.DeepLift(m, baseline="black", **kw),
+        "gradientshap": lambda: S.GradientSHAP(m, baselines="black", n_samples=cfg["sg_samples"], batch_size=16, **kw),
     }[name]()
+
+
+GRADCAM_PEER_LAYER = "_bn1"
+GRADCAM_PEER = {"xgradcam": "XGradCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM", "ablationcam": "AblationCAM",
+                "fullgrad": "FullGrad"}
+BATCH1_ONLY = {"ablationcam"}
+
+
+def _peers():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "saliency"))
+    import peers
+
+    return peers
+
+
+def peer_call(name, lm, cfg, x, target):
+    """(peer name, its equivalent as a zero-argument callable), or (None, None) where there is none."""
+    if name == "lrp":
+        peers = _peers()
+        peers.zennit()
+        import copy
+
+        import zennit.composites as zc
+        from zennit.attribution import Gradient
+
+        model = copy.deepcopy(lm.model).eval()
+        xin = lm.preprocess(x)
+        lo, hi = lm.preprocess(torch.zeros_like(x[:1])), lm.preprocess(torch.ones_like(x[:1]))
+        comp = zc.EpsilonGammaBox(low=torch.minimum(lo, hi), high=torch.maximum(lo, hi),
+                                  canonizers=peers.zennit_efficientnet_canonizers(model))
+        onehot = torch.zeros(x.shape[0], 1000, device=x.device).scatter(1, target[:, None], 1.0)
+
+        def run():
+            with Gradient(model=model, composite=comp) as attributor:
+                return attributor(xin, lambda out: out * onehot)[1]
+        return "zennit", run
+    if name in GRADCAM_PEER:
+        _peers().install_torchvision_standin()
+        import pytorch_grad_cam as gc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        layers = [] if name == "fullgrad" else [lm.model.get_submodule(GRADCAM_PEER_LAYER)]
+        kw = {"batch_size": 32} if name == "ablationcam" else {}
+        xin = lm.preprocess(x)
+        targets = [ClassifierOutputTarget(int(t)) for t in target]
+
+        def run():
+            cam = getattr(gc, GRADCAM_PEER[name])(model=lm.model, target_layers=layers, **kw)
+            try:
+                return torch.from_numpy(cam(input_tensor=xin, targets=targets))
+            finally:
+                cam.activations_and_grads.release()
+        return "grad-cam", run
+    cap = captum_call(name, lm, cfg, x, target)
+    return ("captum", cap) if cap is not None else (None, None)
 
 
 def captum_call(name, lm, cfg, x, target):
@@ -79,6 +150,11 @@ def captum_call(name, lm, cfg, x, target):
                                                             internal_batch_size=32)
     if name == "guided_backprop":
         return lambda: C.GuidedBackprop(net).attribute(x, target=target)
+    if name == "deeplift":  # Captum hooks modules once each: EfficientNet's reused _swish gives another map
+        return lambda: C.DeepLift(net).attribute(x, baselines=torch.zeros_like(x), target=target)
+    if name == "gradientshap":
+        return lambda: C.GradientShap(net).attribute(x, baselines=torch.zeros_like(x[:1]), target=target,
+                                                     n_samples=cfg["sg_samples"])
     if name == "gradcam":
         return lambda: C.LayerAttribution.interpolate(
             C.LayerGradCam(net, layer).attribute(x, target=target, relu_attributions=True), (H, W),
@@ -156,7 +232,8 @@ def main(argv=None):
     p.add_argument("--methods", default="all")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes, overriding the settings")
     p.add_argument("--reps", type=int, default=None, help="repetitions per timing, overriding the settings")
-    p.add_argument("--no-captum", action="store_true")
+    p.add_argument("--no-captum", "--no-peers", dest="no_captum", action="store_true",
+                   help="time unitscope only (no Captum, zennit or pytorch-grad-cam rows)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                                  "bench_saliency.json"))
     args = p.parse_args(argv)
@@ -168,7 +245,8 @@ def main(argv=None):
     device = torch.device(args.device)
     lm = models.load("efficientnet_lite0", device=device)
     names = ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop", "gradcam",
-             "gradcam++", "hirescam", "scorecam", "guided_gradcam", "occlusion", "lime", "kernelshap"]
+             "gradcam++", "hirescam", "scorecam", "guided_gradcam", "occlusion", "lime", "kernelshap", "lrp",
+             "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad", "deeplift", "gradientshap"]
     if args.methods != "all":
         names = [n for n in args.methods.split(",") if n]
     have_captum = not args.no_captum
@@ -182,32 +260,41 @@ def main(argv=None):
         top5 = lm.model(lm.preprocess(X)).topk(5, dim=1).indices
     rows = []
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, settings {cfg}")
-    print(f"{'method':22s} {'B':>3s} {'ours ms/img':>12s} {'captum ms/img':>14s} {'ratio':>6s} "
-          f"{'ours MiB':>9s} {'captum MiB':>11s} {'max|diff|':>10s}")
+    print(f"{'method':22s} {'B':>3s} {'ours ms/img':>12s} {'peer ms/img':>14s} {'ratio':>6s} "
+          f"{'ours MiB':>9s} {'peer MiB':>11s} {'max|diff|':>10s} peer")
     for name in names:
         for bs in cfg["batches"]:
+            if name in BATCH1_ONLY and bs != 1:
+                continue
             x, tgt = X[:bs], top5[:bs, 0]
             method = ours(name, lm, cfg, bs)
             row = {"method": name, "batch": bs}
             t, mine = timed(lambda: method(x, tgt), device, cfg["reps"], keep=True)  # noqa: B023 (called here)
             row["ours_s_per_image"] = t / bs
             row["ours_peak_bytes"] = peak_memory(lambda: method(x, tgt), device)  # noqa: B023 (called here)
-            cap = captum_call(name, lm, cfg, x, tgt) if have_captum else None
+            peer, cap = (None, None)
+            if have_captum:
+                try:
+                    peer, cap = peer_call(name, lm, cfg, x, tgt)
+                except Exception as e:  # a peer that does not import here: the row keeps ours only
+                    row["peer_error"] = f"{type(e).__name__}: {e}"
+                    print(f"  peer of {name}: {row['peer_error']}")
             if cap is not None:
+                row["peer"] = peer
                 try:
                     t, theirs = timed(cap, device, cfg["reps"], keep=True)
-                    row["captum_s_per_image"] = t / bs
-                    row["captum_peak_bytes"] = peak_memory(cap, device)
-                    row["ratio_captum_over_ours"] = row["captum_s_per_image"] / row["ours_s_per_image"]
+                    row["peer_s_per_image"] = t / bs
+                    row["peer_peak_bytes"] = peak_memory(cap, device)
+                    row["ratio_peer_over_ours"] = row["peer_s_per_image"] / row["ours_s_per_image"]
                     row["max_abs_diff"] = agreement(name, mine, theirs)
                 except (ImportError, ValueError) as e:  # e.g. Captum's Lime/KernelShap need scikit-learn
-                    row["captum_error"] = f"{type(e).__name__}: {e}"
-                    print(f"  captum {name}: {row['captum_error']}")
+                    row["peer_error"] = f"{type(e).__name__}: {e}"
+                    print(f"  {peer} {name}: {row['peer_error']}")
             rows.append(row)
             print(f"{name:22s} {bs:3d} {1e3 * row['ours_s_per_image']:12.1f} "
-                  f"{_f(row.get('captum_s_per_image'), 1e3, 14, 1)} {_f(row.get('ratio_captum_over_ours'), 1, 6, 2)} "
-                  f"{row['ours_peak_bytes'] / 2**20:9.1f} {_f(row.get('captum_peak_bytes'), 2**-20, 11, 1)} "
-                  f"{_f(row.get('max_abs_diff'), 1, 10, 2, 'e')}")
+                  f"{_f(row.get('peer_s_per_image'), 1e3, 14, 1)} {_f(row.get('ratio_peer_over_ours'), 1, 6, 2)} "
+                  f"{row['ours_peak_bytes'] / 2**20:9.1f} {_f(row.get('peer_peak_bytes'), 2**-20, 11, 1)} "
+                  f"{_f(row.get('max_abs_diff'), 1, 10, 2, 'e')} {row.get('peer', '-')}")
             sys.stdout.flush()
     multi = gradcam_top5(lm, X, top5, device, cfg)
     print(f"Grad-CAM top-5 of {X.shape[0]} images: one call {multi['one_call_s']:.3f} s, five calls "
@@ -226,8 +313,8 @@ def main(argv=None):
 
 
 def agreement(name, a, b):
-    """Largest difference between our map and Captum's, after bringing them to one form."""
-    if name in ("smoothgrad", "lime", "kernelshap"):
+    """Largest difference between our map and the peer's, after bringing them to one form."""
+    if name in ("smoothgrad", "lime", "kernelshap", "gradientshap"):
         return float("nan")  # random samples differ: not comparable value by value
     b = b.detach()
     if name in ("gradcam", "occlusion"):

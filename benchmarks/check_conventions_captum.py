@@ -77,7 +77,7 @@ def main(argv=None):
     b = C.GuidedBackprop(gelu).attribute(x, target=t)
     check("GuidedBackprop activations='relu' (ReLU + GELU model)", a, b)
     r = Reused().eval()
-    a = S.GradCAM(r, "relu@1", upsample=False)(x, t)
+    a = S.GradCAM(r, "relu@1", upsample=False, normalize=False)(x, t)
     b = C.LayerGradCam(r, r.relu).attribute(x, target=t, relu_attributions=True)[:, 0]
     check("GradCAM 'relu@1' vs Captum LayerGradCam(reused relu module)", a, b)
     worst = max(d / max(s, 1e-30) for _, d, s in rows)

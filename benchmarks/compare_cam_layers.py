@@ -52,7 +52,7 @@ def measure(lm, x, layer, channels, batch_size):
         logits = lm.model(lm.preprocess(x))
     A = cap.check()
     top5 = logits.topk(5, dim=1).indices  # (1, 5)
-    cams = S.GradCAM(lm.model, layer, preprocess=lm.preprocess)(x, top5)[0]  # (5, H, W)
+    cams = S.GradCAM(lm.model, layer, preprocess=lm.preprocess, normalize=False)(x, top5)[0]  # (5, H, W)
     corr, flat_pairs = class_correlation(cams)
     score = S.ScoreCAM(lm.model, layer, preprocess=lm.preprocess, max_channels=channels,
                        batch_size=batch_size)(x, top5[:, 0])[0]

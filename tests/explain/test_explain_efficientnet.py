@@ -37,7 +37,8 @@ def test_explain_efficientnet(setup):
     lm, x, layer, path, _ = setup
     (e,) = unitscope.explain(lm, x, path, layer, top=4)
     assert e.predicted_name == "Egyptian cat" and e.target == e.predicted and 0 < e.probability < 1
-    cam = GradCAM(lm.model, layer, relu=False, upsample=False, preprocess=lm.preprocess)(x, target=e.target)
+    cam = GradCAM(lm.model, layer, relu=False, upsample=False, preprocess=lm.preprocess,
+                  normalize=False)(x, target=e.target)
     assert e.total == pytest.approx(float(cam.double().sum()), rel=1e-4, abs=1e-6)
     assert len(e.units) == 4 and e.units[0].contribution >= e.units[-1].contribution > 0
     for u in e.units:

@@ -92,7 +92,7 @@ def test_contributions_by_hand_and_against_gradcam(planted):
     expl = unitscope.explain(model, x, result["units"], "units", target=target)
     A = model.units(x)
     hw = A.shape[-1] * A.shape[-2]
-    cam = GradCAM(model, "units", relu=False, upsample=False)(x, target=target)  # (B, h, w), layer resolution
+    cam = GradCAM(model, "units", relu=False, upsample=False, normalize=False)(x, target=target)  # (B, h, w), layer resolution
     for b, e in enumerate(expl):
         assert e.target == target[b]
         # alpha_k = W[c, k] / hw, times the spatial sum of A_k: W[c, k] mean(A_k) (issue 21: contributions

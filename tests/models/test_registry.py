@@ -78,7 +78,7 @@ def test_efficientnet_lite0_cam_layer_is_the_activated_head():
     assert A.shape == (2, 1280, 7, 7)
     torch.testing.assert_close(A, bn.check().clamp(0, 6), rtol=0, atol=0)  # ReLU6 after _bn1
     c = [285, 7]
-    cam = S.GradCAM(lm.model, lm.cam_layer, relu=False, upsample=False, preprocess=lm.preprocess)(x, c)
+    cam = S.GradCAM(lm.model, lm.cam_layer, relu=False, upsample=False, preprocess=lm.preprocess, normalize=False)(x, c)
     expect = logits[[0, 1], c] - lm.model._fc.bias.detach()[c]
     torch.testing.assert_close(cam.sum(dim=(1, 2)), expect, rtol=1e-4, atol=1e-4)
 

@@ -33,9 +33,9 @@ def test_gradcam_by_hand(net, x):
     W = net.fc.weight.detach()
     c = torch.tensor([1, 3])
     expect = torch.relu(torch.einsum("bk,bkhw->bhw", W[c] / (h * w), A))
-    got = GradCAM(net, "act")(x, c)
+    got = GradCAM(net, "act", normalize=False)(x, c)
     torch.testing.assert_close(got, up(expect, (10, 9)), rtol=1e-5, atol=1e-6)
-    small = GradCAM(net, "act", upsample=False, relu=False)(x, c)
+    small = GradCAM(net, "act", upsample=False, relu=False, normalize=False)(x, c)
     torch.testing.assert_close(small, torch.einsum("bk,bkhw->bhw", W[c] / (h * w), A), rtol=1e-5, atol=1e-6)
     norm = GradCAM(net, net.act, normalize=True)(x, c)
     e = up(expect, (10, 9))
@@ -46,11 +46,11 @@ def test_gradcam_by_hand(net, x):
 
 def test_hirescam_equals_gradcam_before_gap(net, x):
     # with global average pooling after the layer, HiResCAM and Grad-CAM coincide (Draelos & Carin)
-    torch.testing.assert_close(HiResCAM(net, "act")(x, [0, 4]), GradCAM(net, "act")(x, [0, 4]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(HiResCAM(net, "act", normalize=False)(x, [0, 4]), GradCAM(net, "act", normalize=False)(x, [0, 4]), rtol=1e-5, atol=1e-6)
     A = layer_out(net, x)
     W = net.fc.weight.detach()
     hand = torch.relu(torch.einsum("bk,bkhw->bhw", W[[2, 2]] / 25, A))
-    torch.testing.assert_close(HiResCAM(net, "act", upsample=False)(x, 2), hand, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(HiResCAM(net, "act", upsample=False, normalize=False)(x, 2), hand, rtol=1e-5, atol=1e-6)
 
 
 def test_gradcam_plus_plus_by_hand(net, x):
@@ -64,7 +64,7 @@ def test_gradcam_plus_plus_by_hand(net, x):
         alpha = np.where(g != 0, g ** 2 / (2 * g ** 2 + S * g ** 3), 0.0)  # same at every location
         wk = 25 * alpha * np.maximum(g, 0)
         expect.append(np.maximum((wk[:, None, None] * A[b]).sum(0), 0))
-    got = GradCAMPlusPlus(net, "act", upsample=False)(x, c)
+    got = GradCAMPlusPlus(net, "act", upsample=False, normalize=False)(x, c)
     torch.testing.assert_close(got.double(), torch.tensor(np.stack(expect)), rtol=1e-4, atol=1e-6)
 
 
@@ -81,12 +81,12 @@ def test_scorecam_by_hand(net, x, max_channels):
             with torch.no_grad():
                 weights[b, k] = torch.softmax(net(x[b:b + 1] * m), 1)[0, c[b]]
     expect = up(torch.relu(torch.einsum("bk,bkhw->bhw", weights, A)), (10, 9))
-    got = ScoreCAM(net, "act", batch_size=3, max_channels=max_channels)(x, c)
+    got = ScoreCAM(net, "act", batch_size=3, max_channels=max_channels, normalize=False)(x, c)
     torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
 
 
 def test_guided_gradcam_is_product(net, x):
-    cam = GradCAM(net, "act")(x, [1, 2])
+    cam = GradCAM(net, "act", normalize=False)(x, [1, 2])
     gb = GuidedBackprop(net)(x, [1, 2])
     torch.testing.assert_close(GuidedGradCAM(net, "act")(x, [1, 2]), gb * cam[:, None], rtol=1e-5, atol=1e-7)
 
@@ -115,14 +115,14 @@ def test_resnet_layer4(tmp_path):
         assert m.shape == (2, 64, 64) and torch.isfinite(m).all() and (m >= 0).all()
     # layer4's block reuses its in-place ReLU, but layer4 itself runs once
     with pytest.raises(ValueError, match=r"'layer4.0.relu' \(ReLU\) is called 2 times"):
-        GradCAM(r, "layer4.0.relu")(x)
+        GradCAM(r, "layer4.0.relu", normalize=False)(x)
 
 
 def test_reused_layer_error_names_it_and_alternatives():
     m = ReusedConv().eval()
     with pytest.raises(ValueError, match=r"layer 'conv' \(Conv2d\) is called 2 times per forward pass.*pick one call "
                                          r"with 'conv@k' \(k = 0..1\) or a module that runs once"):
-        GradCAM(m, "conv")(torch.rand(1, 3, 5, 5))
+        GradCAM(m, "conv", normalize=False)(torch.rand(1, 3, 5, 5))
     assert not m.conv._forward_hooks
 
 
@@ -135,20 +135,20 @@ def test_call_number_picks_one_call_of_a_reused_module():
     W = m.fc.weight.detach()
     # the second call feeds the average pool: Grad-CAM there is fc row / (h w) times the output
     expect = torch.einsum("k,bkhw->bhw", W[1] / 30, second)
-    got = GradCAM(m, "conv@1", upsample=False, relu=False)(x, 1)
+    got = GradCAM(m, "conv@1", upsample=False, relu=False, normalize=False)(x, 1)
     torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
     # the first call: dS/d(first) through the second conv, checked with autograd on the hand-made graph
     a = first.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(m.fc(m.conv(a).mean(dim=(2, 3)))[:, 1].sum(), a)
     expect0 = torch.einsum("bk,bkhw->bhw", g.mean(dim=(2, 3)), first)
-    torch.testing.assert_close(GradCAM(m, "conv@0", upsample=False, relu=False)(x, 1), expect0, rtol=1e-5, atol=1e-6)
-    assert GradCAM(m, "conv@1").layer_name == "conv@1"
+    torch.testing.assert_close(GradCAM(m, "conv@0", upsample=False, relu=False, normalize=False)(x, 1), expect0, rtol=1e-5, atol=1e-6)
+    assert GradCAM(m, "conv@1", normalize=False).layer_name == "conv@1"
     with pytest.raises(ValueError, match=r"layer 'conv@2': module 'conv' \(Conv2d\) ran only 2 time\(s\)"):
-        GradCAM(m, "conv@2")(x, 1)
+        GradCAM(m, "conv@2", normalize=False)(x, 1)
     with pytest.raises(ValueError, match=r"the part after '@' must be a call number, got 'last'"):
-        GradCAM(m, "conv@last")
+        GradCAM(m, "conv@last", normalize=False)
     with pytest.raises(ValueError, match="layer 'conf' is not a module of the model"):
-        GradCAM(m, "conf@1")
+        GradCAM(m, "conf@1", normalize=False)
     assert not m.conv._forward_hooks
 
 
@@ -161,15 +161,15 @@ def test_block_output_as_the_second_call_of_its_relu():
 
 def test_layer_errors(net, x):
     with pytest.raises(ValueError, match="layer 'nope' is not a module of the model"):
-        GradCAM(net, "nope")
+        GradCAM(net, "nope", normalize=False)
     with pytest.raises(ValueError, match="is not a submodule"):
-        GradCAM(net, torch.nn.ReLU())
+        GradCAM(net, torch.nn.ReLU(), normalize=False)
     with pytest.raises(TypeError, match="layer must be a module name"):
-        GradCAM(net, 3)
+        GradCAM(net, 3, normalize=False)
     with pytest.raises(ValueError, match="must output a Tensor \\(B, K, h, w\\)"):
-        GradCAM(net, "fc")(x)
+        GradCAM(net, "fc", normalize=False)(x)
     with pytest.raises(ValueError, match="target classes must lie in \\[0, 5\\)"):
-        GradCAM(net, "act")(x, 5)
+        GradCAM(net, "act", normalize=False)(x, 5)
 
 
 @pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM, GuidedGradCAM])
@@ -207,11 +207,12 @@ def test_methods_on_cuda_keep_device():
 
     net = TinyResNet().cuda()
     x = torch.rand(2, 3, 32, 32, device="cuda")
-    for method in (GradCAM(net, "layer4"), GuidedBackprop(net), VanillaGradient(net),
+    for method in (GradCAM(net, "layer4", normalize=False), GuidedBackprop(net), VanillaGradient(net),
                    IntegratedGradients(net, steps=4), Occlusion(net, 8, 8)):
         m = method(x, [1, 2])
         assert m.device.type == "cuda" and torch.isfinite(m).all()
-    cpu = GradCAM(net.cpu(), "layer4")(x.cpu(), [1, 2])
+    cpu = GradCAM(net.cpu(), "layer4", normalize=False)(x.cpu(), [1, 2])
     # cuDNN convolutes in TF32 by default (10-bit mantissas): off, so that CUDA computes what the CPU does
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        torch.testing.assert_close(GradCAM(net.cuda(), "layer4")(x, [1, 2]).cpu(), cpu, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(GradCAM(net.cuda(), "layer4", normalize=False)(x, [1, 2]).cpu(), cpu,
+                                   rtol=1e-3, atol=1e-4)

@@ -1,6 +1,7 @@
 """`unitscope saliency` on a scikit-image photo saved to a temp file."""
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -26,6 +27,37 @@ def test_cli_writes_overlays_and_html(tmp_path):
             with Image.open(out / f"{m}_{t['class']}.png") as im:
                 assert im.size == (224 + 64, 224)  # the overlay and its colour bar
     assert (out / "grid.png").exists() and (out / "image.png").exists()
+
+
+def test_cli_new_methods(tmp_path):
+    # Ablation-CAM is left out: 1280 forward passes on EfficientNet's CAM layer
+    out = tmp_path / "out"
+    methods = ["lrp", "xgradcam", "layercam", "eigencam", "fullgrad", "deeplift", "gradientshap"]
+    rc = cli.main(["saliency", "--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--method",
+                   ",".join(methods), "--composite", "epsilon_plus_flat", "--samples", "2", "--out", str(out), "--quiet"])
+    assert rc == 0
+    for m in methods:
+        with Image.open(out / f"{m}_285.png") as im:
+            assert im.size == (224, 224)
+    assert all(m in (out / "saliency.html").read_text() for m in methods)
+
+
+def test_cli_metrics(tmp_path, capsys):
+    mask = tmp_path / "mask.png"
+    m = np.zeros((300, 451), dtype=np.uint8)  # chelsea's size; all but a 1-pixel border: every peak is inside
+    m[1:-1, 1:-1] = 255
+    Image.fromarray(m).save(mask)
+    out = tmp_path / "out"
+    rc = cli.main(["saliency", "--model", "efficientnet_lite0", "--image", "skimage:chelsea", "--method",
+                   "gradcam,gradient", "--metrics", "--mask", str(mask), "--out", str(out), "--quiet"])
+    assert rc == 0
+    meta = json.loads((out / "targets.json").read_text())
+    scores = meta["targets"][0]["metrics"]
+    for name in ("gradcam", "gradient"):
+        s = scores[name]
+        assert -1 <= s["faithfulness_correlation"] <= 1
+        assert s["pointing_game"] == 1.0 and 0.98 < s["relevance_mass"] <= 1
+    assert "faithfulness_correlation" in capsys.readouterr().out
 
 
 def _fails(argv, capsys, message):
@@ -55,6 +87,9 @@ def test_cli_bad_arguments(tmp_path, capsys):
     _fails(ok + ["--samples", "1", "--method", "lime"], capsys, "--samples must be at least 2 for LIME")
     _fails(ok + ["--alpha", "2"], capsys, "argument --alpha: must be a number in [0, 1], got 2")
     _fails(ok + ["--device", "gpu7"], capsys, "argument --device: 'gpu7' is not a torch device")
+    _fails(ok + ["--mask", str(img)], capsys, "--mask is used by --metrics only")
+    _fails(ok + ["--mask", str(tmp_path / "none.png"), "--metrics"], capsys, "argument --mask")
+    _fails(ok + ["--composite", "zplus"], capsys, "argument --composite: unknown composite 'zplus'; choose among")
     # the misspelled CAM layer gets the close names, before any method runs
     _fails(ok + ["--method", "gradcam", "--layer", "_block.10"], capsys, "similar names: _blocks.10")
     assert not (tmp_path / "o").exists()

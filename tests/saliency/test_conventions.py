@@ -55,15 +55,15 @@ def test_scorecam_pytorch_grad_cam_convention(net, x):
         w = np.exp(np.array(logits) - max(logits))
         w /= w.sum()  # softmax over the channels of the class logits
         expect.append(np.maximum(np.einsum("k,khw->hw", w, A[b].numpy()), 0))
-    got = ScoreCAM(net, "act", softmax="channels", mask_align_corners=True, upsample=False, batch_size=3)(x, c)
+    got = ScoreCAM(net, "act", softmax="channels", mask_align_corners=True, upsample=False, batch_size=3, normalize=False)(x, c)
     torch.testing.assert_close(got.double(), torch.from_numpy(np.stack(expect)), rtol=1e-5, atol=1e-6)
     # the authors' convention (the default) is a different map here
-    assert not torch.allclose(got, ScoreCAM(net, "act", upsample=False)(x, c), rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(got, ScoreCAM(net, "act", upsample=False, normalize=False)(x, c), rtol=1e-3, atol=1e-4)
 
 
 def test_scorecam_channel_softmax_over_the_used_channels(net, x):
-    full = ScoreCAM(net, "act", softmax="channels", upsample=False, relu=False)
-    few = ScoreCAM(net, "act", softmax="channels", upsample=False, relu=False, max_channels=2)
+    full = ScoreCAM(net, "act", softmax="channels", upsample=False, relu=False, normalize=False)
+    few = ScoreCAM(net, "act", softmax="channels", upsample=False, relu=False, max_channels=2, normalize=False)
     with torch.no_grad():
         A = net.act(net.conv(x))
     keep = A.mean(dim=(2, 3)).topk(2, dim=1).indices
@@ -85,9 +85,9 @@ def test_scorecam_channel_softmax_over_the_used_channels(net, x):
 
 def test_scorecam_bad_options(net):
     with pytest.raises(ValueError, match="softmax must be one of 'classes', 'channels'; got 'class'"):
-        ScoreCAM(net, "act", softmax="class")
+        ScoreCAM(net, "act", softmax="class", normalize=False)
     with pytest.raises(TypeError, match="mask_align_corners must be a bool, got 1"):
-        ScoreCAM(net, "act", mask_align_corners=1)
+        ScoreCAM(net, "act", mask_align_corners=1, normalize=False)
 
 
 # ---- Integrated gradients: Captum's Riemann rules ---------------------------------------------------

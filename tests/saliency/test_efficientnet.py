@@ -31,7 +31,7 @@ def test_ig_completeness_gauss_legendre_64(lm, cat):
 def test_gradcam_top5_one_call_equals_five(lm, cat):
     x = torch.cat([cat, cat.flip(-1)])
     top5 = lm.predict(x).topk(5, dim=1).indices
-    cam = S.GradCAM(lm.model, lm.cam_layer, preprocess=lm.preprocess)
+    cam = S.GradCAM(lm.model, lm.cam_layer, preprocess=lm.preprocess, normalize=False)
     many = cam(x, top5)
     assert many.shape == (2, 5, 224, 224)
     for t in (0, 4):
@@ -42,13 +42,13 @@ def test_gradcam_finds_the_planted_cat(lm):
     # the cat in the top-left quarter of a gray canvas: most of its Grad-CAM mass lies there
     canvas = torch.full((1, 3, 224, 224), 0.5)
     canvas[:, :, :112, :112] = models.load_image(skdata.chelsea(), 112)
-    m = S.GradCAM(lm.model, lm.cam_layer, preprocess=lm.preprocess)(canvas, 285)
+    m = S.GradCAM(lm.model, lm.cam_layer, preprocess=lm.preprocess, normalize=False)(canvas, 285)
     assert m[0, :112, :112].sum() > 0.6 * m.sum()
 
 
 def test_swish_reused_error(lm, cat):
     with pytest.raises(ValueError, match=r"'_swish' \(ReLU6\) is called 2 times.*_conv_head, _bn1, _blocks.15"):
-        S.GradCAM(lm.model, "_swish", preprocess=lm.preprocess)(cat, 285)
+        S.GradCAM(lm.model, "_swish", preprocess=lm.preprocess, normalize=False)(cat, 285)
     assert not lm.model._swish._forward_hooks
 
 
@@ -63,9 +63,9 @@ def test_every_method_runs(lm, name):
         "gxi": lambda: S.GradientTimesInput(lm.model, **kw),
         "smoothgrad": lambda: S.SmoothGrad(S.VanillaGradient(lm.model, **kw), n_samples=2, batch_size=2),
         "guided": lambda: S.GuidedBackprop(lm.model, **kw),
-        "gradcam++": lambda: S.GradCAMPlusPlus(lm.model, layer, **kw),
-        "hirescam": lambda: S.HiResCAM(lm.model, layer, **kw),
-        "scorecam": lambda: S.ScoreCAM(lm.model, layer, max_channels=8, batch_size=8, **kw),
+        "gradcam++": lambda: S.GradCAMPlusPlus(lm.model, layer, **kw, normalize=False),
+        "hirescam": lambda: S.HiResCAM(lm.model, layer, **kw, normalize=False),
+        "scorecam": lambda: S.ScoreCAM(lm.model, layer, max_channels=8, batch_size=8, **kw, normalize=False),
         "guided_gradcam": lambda: S.GuidedGradCAM(lm.model, layer, **kw),
         "occlusion": lambda: S.Occlusion(lm.model, 64, 64, batch_size=4, **kw),
         "lime": lambda: S.LIME(lm.model, segments="slic", n_segments=10, n_samples=8, batch_size=8, **kw),

@@ -27,7 +27,7 @@ def closed_form_weights(A, grads):
 
 @pytest.fixture
 def method():
-    return GradCAMPlusPlus(GapNet().eval(), "act")
+    return GradCAMPlusPlus(GapNet().eval(), "act", normalize=False)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-5, 1e-7])
@@ -54,7 +54,7 @@ def test_small_gradients_end_to_end():
     g = (net.fc.weight.detach()[c] / 25)[:, None, :, None, None].expand(2, 1, 4, 5, 5)
     w = closed_form_weights(A, g)[:, 0]  # (B, K)
     expect = torch.relu(torch.einsum("bk,bkhw->bhw", w, A.double()))
-    got = GradCAMPlusPlus(net, "act", upsample=False)(x, c)
+    got = GradCAMPlusPlus(net, "act", upsample=False, normalize=False)(x, c)
     torch.testing.assert_close(got.double(), expect, rtol=1e-5, atol=1e-12)
     assert got.abs().max() > 1e-6  # not the map of a floored denominator (alpha = g^2 / 1e-7 ~ 1e-3)
 
@@ -81,7 +81,7 @@ def test_poles_on_a_signed_layer(method):
     torch.testing.assert_close(got.double(), torch.tensor([[[expect]]], dtype=torch.float64))
     # eps widens the pole: |2 + S g| <= eps |S g| also drops the entry just past it (|d| = 2^-8, |S g| ~ 2)
     with pytest.warns(UserWarning, match="2 poles"):
-        wide = GradCAMPlusPlus(GapNet().eval(), "act", eps=1e-2).weights(A, grads)
+        wide = GradCAMPlusPlus(GapNet().eval(), "act", eps=1e-2, normalize=False).weights(A, grads)
     torch.testing.assert_close(wide.double(), torch.tensor([[[0.25 - 0.5]]], dtype=torch.float64))
 
 
@@ -96,4 +96,4 @@ def test_non_negative_layer_does_not_warn(method):
 @pytest.mark.parametrize("eps", [-1e-3, "1e-6", True, float("nan")])
 def test_bad_eps(eps):
     with pytest.raises(ValueError, match="eps must be a number >= 0"):
-        GradCAMPlusPlus(GapNet().eval(), "act", eps=eps)
+        GradCAMPlusPlus(GapNet().eval(), "act", eps=eps, normalize=False)

@@ -64,7 +64,7 @@ def test_randomization_restores_on_error_and_checks():
 def test_randomization_layers_given_and_absolute():
     net = SmallCNN()
     x = torch.rand(1, 3, 12, 12)
-    res = S.randomization_test(S.GradCAM(net, "features.5"), net, x, target=0, layers=["head.2"], absolute=True)
+    res = S.randomization_test(S.GradCAM(net, "features.5", normalize=False), net, x, target=0, layers=["head.2"], absolute=True)
     assert res.layers == ["head.2"] and res.spearman.shape == (1, 1)
 
 

@@ -190,3 +190,31 @@ class MixedActs(nn.Module):
 
     def forward(self, x):
         return self.l4(self.gelu(self.l3(self.elu(self.l2(self.relu(self.l1(x.flatten(1))))))))
+
+
+class VGGish(nn.Module):
+    """conv-BN-ReLU, conv-ReLU, max pool, conv-BN-ReLU, average pool, conv-ReLU6, adaptive average
+    pool, flatten, linear-ReLU-dropout-linear; BN statistics randomized so folding matters."""
+
+    def __init__(self, bias=True, bn=True, seed=0, inplace=True):
+        super().__init__()
+        torch.manual_seed(seed)
+        norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=bias), norm(8), nn.ReLU(inplace=inplace),
+            nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1, bias=bias), norm(16), nn.ReLU(inplace=inplace), nn.AvgPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1, bias=bias), nn.ReLU6(inplace=inplace))
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(64, 32, bias=bias),
+                                        nn.ReLU(inplace=inplace), nn.Dropout(), nn.Linear(32, 10, bias=bias))
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                with torch.no_grad():
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+        self.eval()
+
+    def forward(self, x):
+        return self.classifier(self.features(x))

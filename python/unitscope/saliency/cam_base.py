@@ -9,7 +9,7 @@ from unitscope.saliency.base import Attribution
 
 
 class CAMBase(Attribution):
-    """Base of GradCAM, GradCAMPlusPlus, HiResCAM and ScoreCAM.
+    """Base of GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM, XGradCAM, LayerCAM, EigenCAM, AblationCAM.
 
     Args:
         model, output, preprocess: see Attribution.
@@ -17,14 +17,16 @@ class CAMBase(Attribution):
             a module that runs several times per forward is named "name@k" (its k-th call, from 0).
         relu (bool): clamp the map at 0 (as in the papers); False gives signed maps.
         upsample (bool): resize bilinearly to the input size (H, W); False keeps (h, w).
-        normalize (bool): min-max normalize each map to [0, 1] (a constant map becomes 0).
+        normalize (bool): min-max normalize each map to [0, 1] (a constant map becomes 0); the
+            default True gives what pytorch-grad-cam returns; False keeps the raw weighted sums
+            (their scale follows the explained score: Grad-CAM on a photo can peak at 3e-4).
         backend: the unitscope.kernels.gradcam backend (None picks by device).
 
     Returns float32 Tensor (B, H, W), or (B, T, H, W) for targets of shape (B, T), on x's device.
     The maps are not differentiable (they come from the compiled kernel).
     """
 
-    def __init__(self, model, layer, *, relu=True, upsample=True, normalize=False, backend=None, output=None,
+    def __init__(self, model, layer, *, relu=True, upsample=True, normalize=True, backend=None, output=None,
                  preprocess=None, compile=False):
         super().__init__(model, output=output, preprocess=preprocess, compile=compile)
         cap = LayerCapture(model, layer)  # resolves the layer now: a bad name fails here

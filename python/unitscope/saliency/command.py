@@ -13,10 +13,12 @@ from unitscope._io import atomic_write_text
 
 PAGE = "saliency.html"  # the page of this command; featviz and dissect write their own names into a shared --out
 METHODS = ("gradient", "gxi", "smoothgrad", "ig", "guided", "gradcam", "gradcam++", "hirescam", "scorecam",
-           "guided_gradcam", "occlusion", "lime", "kernelshap")
-CAM_METHODS = {"gradcam", "gradcam++", "hirescam", "scorecam", "guided_gradcam"}
+           "guided_gradcam", "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad", "lrp", "deeplift", "gradientshap",
+           "occlusion", "lime", "kernelshap")
+CAM_METHODS = {"gradcam", "gradcam++", "hirescam", "scorecam", "guided_gradcam", "xgradcam", "layercam", "eigencam",
+               "ablationcam"}
 # pixel-level (gradient-family) maps are drawn as the demo draws them: viz.gradient_map's smoothed, clipped magnitude
-PIXEL_METHODS = {"gradient", "gxi", "smoothgrad", "ig", "guided", "guided_gradcam"}
+PIXEL_METHODS = {"gradient", "gxi", "smoothgrad", "ig", "guided", "guided_gradcam", "lrp", "deeplift", "gradientshap"}
 
 
 def add_arguments(parser):
@@ -43,9 +45,21 @@ def add_arguments(parser):
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--steps", type=cli.positive_int, default=32, help="Integrated Gradients steps (default: %(default)s)")
     parser.add_argument("--samples", type=cli.positive_int, default=None,
-                        help="samples for SmoothGrad (default 25), LIME and KernelSHAP (default 500; at least 2)")
+                        help="samples for SmoothGrad and GradientSHAP (default 25), LIME and KernelSHAP (default 500; at least 2)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=16, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--composite", default="epsilon_gamma_box", type=_checked(_composite),
+                        help="LRP composite (rules by layer): epsilon_gamma_box (z^B on the pixels, gamma on "
+                             "convolutions, epsilon on linear layers), epsilon_plus, epsilon_plus_flat, "
+                             "epsilon_alpha2_beta1, epsilon_alpha2_beta1_flat or deep_taylor (default: %(default)s)")
     parser.add_argument("--alpha", type=cli.float_in(0, 1), default=0.6, help="heat map opacity in [0, 1] (default: %(default)s)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="print and save (targets.json) each method's faithfulness correlation (Quantus's "
+                             "definition: 100 random subsets of 224 input values set to the image minimum), and with "
+                             "--mask its pointing game and relevance mass (default: off)")
+    parser.add_argument("--mask", default=None, type=cli.image_file,
+                        help="object mask for --metrics (pointing game, relevance mass): an image file, nonzero "
+                             "(brighter than mid-gray) where the object is, resized to the model's input size "
+                             "(default: none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (they are on by default)")
 
 
@@ -65,12 +79,22 @@ def _methods(arg):
     names = list(METHODS) if arg.strip() == "all" else [m.strip().lower() for m in arg.split(",") if m.strip()]
     aliases = {"ig": "ig", "integrated_gradients": "ig", "gradcampp": "gradcam++", "gradcam_plus_plus": "gradcam++",
                "guided_backprop": "guided", "gradient_x_input": "gxi", "vanilla": "gradient", "shap": "kernelshap",
-               "guidedgradcam": "guided_gradcam"}
+               "guidedgradcam": "guided_gradcam", "xgrad_cam": "xgradcam", "layer_cam": "layercam",
+               "eigen_cam": "eigencam", "ablation_cam": "ablationcam", "deep_taylor": "lrp", "deep_lift": "deeplift",
+               "gradient_shap": "gradientshap", "gradshap": "gradientshap"}
     names = [aliases.get(n, n) for n in names]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
         raise ValueError(f"unknown {', '.join(bad) or '(none given)'}; choose among {', '.join(METHODS)}")
     return list(dict.fromkeys(names))
+
+
+def _composite(arg):
+    from unitscope.saliency.lrp import COMPOSITES
+
+    if arg not in COMPOSITES:
+        raise ValueError(f"unknown composite {arg!r}; choose among {', '.join(COMPOSITES)}")
+    return arg
 
 
 def _target_syntax(arg):
@@ -107,7 +131,8 @@ def _targets(arg, probs):
     return ids
 
 
-def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_size=16):
+def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_size=16,
+                 composite="epsilon_gamma_box"):
     """A configured unitscope.saliency method for a CLI/benchmark method name."""
     from unitscope import saliency as S
 
@@ -132,6 +157,23 @@ def build_method(name, model, layer, preprocess, steps=32, samples=None, batch_s
         return S.ScoreCAM(model, layer, batch_size=batch_size, **kw)
     if name == "guided_gradcam":
         return S.GuidedGradCAM(model, layer, **kw)
+    if name == "xgradcam":
+        return S.XGradCAM(model, layer, **kw)
+    if name == "layercam":
+        return S.LayerCAM(model, layer, **kw)
+    if name == "eigencam":
+        return S.EigenCAM(model, layer, **kw)
+    if name == "ablationcam":
+        return S.AblationCAM(model, layer, batch_size=batch_size, **kw)
+    if name == "fullgrad":
+        return S.FullGrad(model, **kw)
+    if name == "lrp":
+        return S.LRP(model, composite, channel="sum", **kw)
+    if name == "deeplift":
+        return S.DeepLift(model, baseline="black", channel="sum", **kw)
+    if name == "gradientshap":
+        return S.GradientSHAP(model, baselines="black", n_samples=samples or 25, stdev=0.15, batch_size=batch_size,
+                              channel="sum", **kw)
     if name == "occlusion":
         return S.Occlusion(model, window=32, stride=16, batch_size=batch_size, **kw)
     if name == "lime":
@@ -156,6 +198,9 @@ def run(args) -> int:
     if set(methods) & CAM_METHODS:
         LayerCapture(lm.model, layer)  # a misspelled --layer (or a bad '@k') fails here, with the close names
     x = models.load_image(args.image, lm.input_size).to(device)
+    mask = _read_mask(args.mask, x) if args.mask is not None else None
+    if mask is not None and not args.metrics:
+        raise ValueError("--mask is used by --metrics only; add --metrics")
     probs = torch.softmax(lm.predict(x), dim=1).cpu()
     targets = _targets(args.target, probs)
     os.makedirs(args.out, exist_ok=True)
@@ -165,7 +210,7 @@ def run(args) -> int:
         rows.append({"class": t, "name": lm.class_names[t], "probability": float(probs[0, t]), "files": {}})
     for name in methods:
         method = build_method(name, lm.model, layer, lm.preprocess, steps=args.steps, samples=args.samples,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, composite=args.composite)
         start = time.perf_counter()
         with show_progress(name, enabled=not args.quiet):
             maps = method(x, torch.tensor([targets], device=device))[0]  # (T, ...) for the T targets at once
@@ -181,6 +226,8 @@ def run(args) -> int:
             tiles.append(img)
             titles.append(f"{name} {row['name']}")
         print(f"{name:15s} {timing[name]:7.2f} s")
+        if args.metrics:
+            _metrics(method, x, maps, rows, name, mask)
     viz.save_grid(tiles, os.path.join(args.out, "grid.png"), titles=titles, ncols=len(methods))
     _write_html(args, rows, methods, layer, timing)
     image = args.image if args.image.startswith("skimage:") and not os.path.exists(args.image) else os.path.abspath(args.image)
@@ -189,6 +236,35 @@ def run(args) -> int:
                                   "seconds": timing}, indent=2))
     print(f"wrote {len(tiles)} overlays, grid.png and {PAGE} to {args.out}")
     return 0
+
+
+def _read_mask(path, x):
+    """The --mask file as a bool Tensor (1, H, W) at x's size (nearest), on x's device."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from unitscope.models.images import read_image
+
+    m = torch.from_numpy(np.ascontiguousarray(read_image(path).mean(axis=2) > 0.5))[None, None].float()
+    m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="nearest")[:, 0] > 0.5
+    if not m.any():
+        raise ValueError(f"--mask {path!r} marks no pixel (nothing brighter than mid-gray)")
+    return m.to(x.device)
+
+
+def _metrics(method, x, maps, rows, name, mask):
+    """Faithfulness correlation (and pointing game, relevance mass with a mask) of each class's map."""
+    from unitscope.saliency.metrics import faithfulness_correlation, pointing_game, relevance_mass
+
+    for row, m in zip(rows, maps):
+        t = torch.tensor([row["class"]], device=x.device)
+        scores = {"faithfulness_correlation": float(faithfulness_correlation(method, x, m[None].detach(), t)[0])}
+        if mask is not None:
+            flat = m[None].detach() if m.dim() == 2 else m[None].detach().sum(dim=1)
+            scores["pointing_game"] = float(pointing_game(flat, mask)[0])
+            scores["relevance_mass"] = float(relevance_mass(flat, mask)[0])
+        row.setdefault("metrics", {})[name] = scores
+        print(f"  {row['name'][:24]:24s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
 
 def _write_html(args, rows, methods, layer, timing):

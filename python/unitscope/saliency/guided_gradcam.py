@@ -25,8 +25,8 @@ class GuidedGradCAM(Attribution):
                  upsample="bilinear", backend=None, output=None, preprocess=None):
         super().__init__(model, output=output, preprocess=preprocess)
         self.upsample = check_choice(upsample, ("bilinear", "nearest"), "upsample")
-        self.gradcam = GradCAM(model, layer, upsample=upsample == "bilinear", backend=backend, output=output,
-                               preprocess=preprocess)
+        self.gradcam = GradCAM(model, layer, upsample=upsample == "bilinear", normalize=False, backend=backend,
+                               output=output, preprocess=preprocess)  # the raw map, as Captum's GuidedGradCam
         self.guided = GuidedBackprop(model, activations=activations, check_functional=check_functional,
                                      output=output, preprocess=preprocess)
         self.reduce = check_choice(reduce, REDUCTIONS, "reduce")
