@@ -38,7 +38,7 @@ def test_cli_new_methods(tmp_path):
     assert rc == 0
     for m in methods:
         with Image.open(out / f"{m}_285.png") as im:
-            assert im.size == (224, 224)
+            assert im.size == (224 + 64, 224)  # the overlay and its colour bar
     assert all(m in (out / "saliency.html").read_text() for m in methods)
 
 
@@ -81,7 +81,7 @@ def test_cli_bad_arguments(tmp_path, capsys):
     _fails(ok + ["--target", "top0"], capsys, "argument --target: top0: K must be at least 1")
     _fails(ok + ["--target", "cat"], capsys, "argument --target: must be N, N,M,... or topK, got 'cat'")
     _fails(["--model", "nope", "--image", str(img), "--out", str(tmp_path / "o")], capsys,
-           "--model 'nope': not a registered model (efficientnet_lite0) nor MODULE:FACTORY")
+           "--model 'nope': not a registered model (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2) nor MODULE:FACTORY")
     _fails(ok + ["--samples", "0"], capsys, "argument --samples: must be a positive integer, got 0")
     _fails(ok + ["--steps", "x"], capsys, "argument --steps: must be a positive integer, got 'x'")
     _fails(ok + ["--samples", "1", "--method", "lime"], capsys, "--samples must be at least 2 for LIME")
