@@ -3,7 +3,6 @@ hidden layer into the model's only output, so that any method explains that unit
 ("which pixels made unit k fire"); LayerGradientXActivation attributes a class to a layer's units."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from unitscope.saliency.cam_base import CAMBase
