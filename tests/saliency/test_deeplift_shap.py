@@ -142,14 +142,14 @@ def test_gradient_shap_is_expected_gradients_on_a_linear_model():
 
 
 @pytest.mark.parametrize("layers", [
-    [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6()],                         # Captum: ReLU6 keeps its gradient
-    [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1)],   # overlapping windows
-    [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)],         # max pooling
-    [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()],
+    lambda: [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6()],                         # Captum: ReLU6 keeps its gradient
+    lambda: [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1)],   # overlapping windows
+    lambda: [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)],         # max pooling
+    lambda: [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()],
 ])
 def test_where_captum_drops_relevance(layers):
-    torch.manual_seed(0)
-    m = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).double().eval()
+    torch.manual_seed(0)  # the weights (made here, not at collection: they must not depend on test order)
+    m = nn.Sequential(*layers(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).double().eval()
     x = images(2, 8)
     base = torch.full_like(x, 0.3)
     c = torch.tensor([1, 2])
