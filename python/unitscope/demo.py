@@ -4,11 +4,12 @@ prediction for a bundled photo, what the best detector units respond to, and whi
 made the prediction for each bundled photo. Everything goes under one folder (--out)."""
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
 
 import torch
+
+from unitscope._html import esc, page
 
 DEMO_LAYERS = ["_blocks.10", "_swish@1"]  # a middle block, and the CAM layer (the activated head) explain uses
 PHOTOS = ["chelsea", "coffee"]  # scikit-image's bundled photos: a cat and a cup of espresso
@@ -138,7 +139,7 @@ def run(args) -> int:
 
 
 def _write_page(out: Path, renders, layer, photos, explanations, explained, stems):
-    esc = html.escape
+    from unitscope.explain.explanation import STYLE
     cells = "".join(f'<figure><img src="featviz/{esc(n)}" width=160 alt="unit {u["unit"]}"><figcaption>unit '
                     f'{u["unit"]}: {esc(u["label"])} (IoU {u["iou"]:.3f})</figcaption></figure>' for u, n in renders)
     links = "".join(f'<li><a href="dissection/{esc(stem)}.html">{esc(layer_)}</a>: every unit, its concept, IoU '
@@ -152,13 +153,7 @@ def _write_page(out: Path, renders, layer, photos, explanations, explained, stem
                     '(Gaussian, 2 px) and clipped at the 99th percentile.</p><img src="saliency.png" alt="saliency '
                     'maps" style="max-width:100%">')
     parts = "".join(f"<h3>{esc(name)}</h3>{fragment}" for name, _, fragment in explanations)
-    page = ("<!doctype html><html><head><meta charset=utf-8><title>unitscope demo</title><style>"
-            "body{font:14px sans-serif;margin:1.5em;max-width:1200px}figure{display:inline-block;margin:6px}"
-            "table{border-collapse:collapse;margin:.6em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
-            "text-align:left;vertical-align:middle}table.groups{display:inline-table;margin-right:2em;"
-            "vertical-align:top}caption{font-weight:bold}.warning{background:#fff3cd;border:1px solid #e0c060;"
-            "padding:6px 10px}</style></head><body>"
-            "<h1>unitscope demo: EfficientNet-Lite0</h1>"
+    body = ("<h1>unitscope demo: EfficientNet-Lite0</h1>"
             '<h2>1. Network dissection</h2><p><a href="dissection/index.html">Summary of the dissection</a> '
             f"(detectors and unique concepts per layer), and one page per layer:</p><ul>{links}</ul>"
             + saliency
@@ -166,6 +161,6 @@ def _write_page(out: Path, renders, layer, photos, explanations, explained, stem
             + (f"<h2>4. Which concepts made each prediction</h2><p>The units of {esc(explained)} ranked by their "
                "positive contribution to the Grad-CAM sum of the predicted class, each with the concept the dissection "
                "found for it, where it fires in this photo, its feature visualization and its top images in the "
-               f"concept dataset.</p>{parts}" if explanations else "")
-            + "</body></html>\n")
-    (out / "index.html").write_text(page, encoding="utf-8")
+               f"concept dataset.</p>{parts}" if explanations else ""))
+    style = "body{font-size:14px;max-width:1200px} figure{display:inline-block;margin:6px} " + STYLE
+    (out / "index.html").write_text(page("unitscope demo", body, style) + "\n", encoding="utf-8")
