@@ -38,7 +38,8 @@ def _photos():
 
 
 def _saliency(loaded, x, target, out: Path, quick: bool):
-    """Grad-CAM, Integrated Gradients and Guided Grad-CAM of `target` for x (1, 3, H, W) -> saliency.png.
+    """Grad-CAM, Integrated Gradients, Guided Grad-CAM, LRP and DeepLift of `target` for x (1, 3, H, W)
+    -> saliency.png (LRP and DeepLift take under a second each on a CPU).
     Pixel-level (gradient-family) maps are shown as smoothed, clipped magnitudes (viz.gradient_map)."""
     from unitscope import saliency, viz
 
@@ -46,7 +47,9 @@ def _saliency(loaded, x, target, out: Path, quick: bool):
     methods = {"Grad-CAM": (saliency.GradCAM(loaded.model, loaded.cam_layer, **pre), False),
                "Integrated Gradients": (saliency.IntegratedGradients(loaded.model, steps=16 if quick else 32, **pre),
                                         True),
-               "Guided Grad-CAM": (saliency.GuidedGradCAM(loaded.model, loaded.cam_layer, **pre), True)}
+               "Guided Grad-CAM": (saliency.GuidedGradCAM(loaded.model, loaded.cam_layer, **pre), True),
+               "LRP": (saliency.LRP(loaded.model, **pre), True),  # the default composite (epsilon_plus_flat)
+               "DeepLift": (saliency.DeepLift(loaded.model, **pre), True)}  # black baseline (its default)
     image = x[0].cpu()
     tiles, titles = [viz.to_image_array(image)], [loaded.class_names[target]]
     for name, (method, pixel_level) in methods.items():
@@ -148,8 +151,8 @@ def _write_page(out: Path, renders, layer, photos, explanations, explained, stem
     if photos:
         name = photos[0][0]
         saliency = (f'<h2>2. Saliency: where the model looked</h2><p>scikit-image\'s <a href="photos/{esc(name)}.png">'
-                    f"{esc(name)}</a>. Grad-CAM at the model's CAM layer; Integrated Gradients and Guided Grad-CAM "
-                    "are pixel-level maps, shown as their magnitude summed over colour channels, smoothed "
+                    f"{esc(name)}</a>. Grad-CAM at the model's CAM layer; Integrated Gradients, Guided Grad-CAM, LRP "
+                    "(composite epsilon_plus_flat) and DeepLift (black baseline) are pixel-level maps, shown as their magnitude summed over colour channels, smoothed "
                     '(Gaussian, 2 px) and clipped at the 99th percentile.</p><img src="saliency.png" alt="saliency '
                     'maps" style="max-width:100%">')
     parts = "".join(f"<h3>{esc(name)}</h3>{fragment}" for name, _, fragment in explanations)
