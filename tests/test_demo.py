@@ -64,6 +64,7 @@ def test_demo_quick(demo):
     assert len(list((out / "featviz").glob("*.png"))) == 3
     page = (out / "index.html").read_text()
     assert 'href="dissection/index.html"' in page and "4. Which concepts made each prediction" in page
+    assert "LRP" in page and "DeepLift" in page  # issue 22: the newer saliency methods are in the grid
     for photo in ["chelsea", "coffee"]:  # part 4: the maps beside the concepts, with featviz and top images
         files = out / "explain" / photo
         assert len(list(files.glob("unit*_map.png"))) == 3 and len(list(files.glob("unit*_featviz.png"))) == 3

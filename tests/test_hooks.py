@@ -117,3 +117,17 @@ def test_call_runs_the_model_and_cuts_it_short_after_the_first_forward():
         for k in first:
             torch.testing.assert_close(out[k], first[k], rtol=0, atol=0)
     assert (first["0"] < 0).any() and torch.equal(first["1"], first["0"].clamp(min=0))
+
+
+def test_unknown_layer_error_points_to_the_layer_lister_and_keeps_close_names():
+    from unitscope.hooks import resolve_layer
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(ValueError) as e:
+        resolve_layer(model, "00")
+    message = str(e.value)
+    assert message.startswith("layer '00' is not a module of the model; similar names: 0")
+    assert message.endswith("; unitscope.layers(model, input_size) (or `unitscope layers --model ...`) lists them")
+    with pytest.raises(ValueError, match=r"lists them"):  # also without close names
+        with LayerCapture(model, "zzz_nothing_like_it"):
+            model(torch.zeros(1, 3, 8, 8))

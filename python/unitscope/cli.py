@@ -90,6 +90,9 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         message = " ".join(str(e).split()) or type(e).__name__
         if "is not a module of the model" in message and getattr(args, "model", None):
+            from unitscope.hooks import LAYER_LISTER  # the API's pointer, replaced by this command's own
+
+            message = message.replace(LAYER_LISTER, "")
             message += f" (`unitscope layers --model {args.model}` lists the layer names)"
         print(f"unitscope {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -4,11 +4,12 @@ prediction for a bundled photo, what the best detector units respond to, and whi
 made the prediction for each bundled photo. Everything goes under one folder (--out)."""
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
 
 import torch
+
+from unitscope._html import esc, page
 
 DEMO_LAYERS = ["_blocks.10", "_swish@1"]  # a middle block, and the CAM layer (the activated head) explain uses
 PHOTOS = ["chelsea", "coffee"]  # scikit-image's bundled photos: a cat and a cup of espresso
@@ -37,7 +38,8 @@ def _photos():
 
 
 def _saliency(loaded, x, target, out: Path, quick: bool):
-    """Grad-CAM, Integrated Gradients and Guided Grad-CAM of `target` for x (1, 3, H, W) -> saliency.png.
+    """Grad-CAM, Integrated Gradients, Guided Grad-CAM, LRP and DeepLift of `target` for x (1, 3, H, W)
+    -> saliency.png (LRP and DeepLift take under a second each on a CPU).
     Pixel-level (gradient-family) maps are shown as smoothed, clipped magnitudes (viz.gradient_map)."""
     from unitscope import saliency, viz
 
@@ -45,7 +47,9 @@ def _saliency(loaded, x, target, out: Path, quick: bool):
     methods = {"Grad-CAM": (saliency.GradCAM(loaded.model, loaded.cam_layer, **pre), False),
                "Integrated Gradients": (saliency.IntegratedGradients(loaded.model, steps=16 if quick else 32, **pre),
                                         True),
-               "Guided Grad-CAM": (saliency.GuidedGradCAM(loaded.model, loaded.cam_layer, **pre), True)}
+               "Guided Grad-CAM": (saliency.GuidedGradCAM(loaded.model, loaded.cam_layer, **pre), True),
+               "LRP": (saliency.LRP(loaded.model, **pre), True),  # the default composite (epsilon_plus_flat)
+               "DeepLift": (saliency.DeepLift(loaded.model, **pre), True)}  # black baseline (its default)
     image = x[0].cpu()
     tiles, titles = [viz.to_image_array(image)], [loaded.class_names[target]]
     for name, (method, pixel_level) in methods.items():
@@ -138,7 +142,7 @@ def run(args) -> int:
 
 
 def _write_page(out: Path, renders, layer, photos, explanations, explained, stems):
-    esc = html.escape
+    from unitscope.explain.explanation import STYLE
     cells = "".join(f'<figure><img src="featviz/{esc(n)}" width=160 alt="unit {u["unit"]}"><figcaption>unit '
                     f'{u["unit"]}: {esc(u["label"])} (IoU {u["iou"]:.3f})</figcaption></figure>' for u, n in renders)
     links = "".join(f'<li><a href="dissection/{esc(stem)}.html">{esc(layer_)}</a>: every unit, its concept, IoU '
@@ -147,18 +151,12 @@ def _write_page(out: Path, renders, layer, photos, explanations, explained, stem
     if photos:
         name = photos[0][0]
         saliency = (f'<h2>2. Saliency: where the model looked</h2><p>scikit-image\'s <a href="photos/{esc(name)}.png">'
-                    f"{esc(name)}</a>. Grad-CAM at the model's CAM layer; Integrated Gradients and Guided Grad-CAM "
-                    "are pixel-level maps, shown as their magnitude summed over colour channels, smoothed "
+                    f"{esc(name)}</a>. Grad-CAM at the model's CAM layer; Integrated Gradients, Guided Grad-CAM, LRP "
+                    "(composite epsilon_plus_flat) and DeepLift (black baseline) are pixel-level maps, shown as their magnitude summed over colour channels, smoothed "
                     '(Gaussian, 2 px) and clipped at the 99th percentile.</p><img src="saliency.png" alt="saliency '
                     'maps" style="max-width:100%">')
     parts = "".join(f"<h3>{esc(name)}</h3>{fragment}" for name, _, fragment in explanations)
-    page = ("<!doctype html><html><head><meta charset=utf-8><title>unitscope demo</title><style>"
-            "body{font:14px sans-serif;margin:1.5em;max-width:1200px}figure{display:inline-block;margin:6px}"
-            "table{border-collapse:collapse;margin:.6em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
-            "text-align:left;vertical-align:middle}table.groups{display:inline-table;margin-right:2em;"
-            "vertical-align:top}caption{font-weight:bold}.warning{background:#fff3cd;border:1px solid #e0c060;"
-            "padding:6px 10px}</style></head><body>"
-            "<h1>unitscope demo: EfficientNet-Lite0</h1>"
+    body = ("<h1>unitscope demo: EfficientNet-Lite0</h1>"
             '<h2>1. Network dissection</h2><p><a href="dissection/index.html">Summary of the dissection</a> '
             f"(detectors and unique concepts per layer), and one page per layer:</p><ul>{links}</ul>"
             + saliency
@@ -166,6 +164,6 @@ def _write_page(out: Path, renders, layer, photos, explanations, explained, stem
             + (f"<h2>4. Which concepts made each prediction</h2><p>The units of {esc(explained)} ranked by their "
                "positive contribution to the Grad-CAM sum of the predicted class, each with the concept the dissection "
                "found for it, where it fires in this photo, its feature visualization and its top images in the "
-               f"concept dataset.</p>{parts}" if explanations else "")
-            + "</body></html>\n")
-    (out / "index.html").write_text(page, encoding="utf-8")
+               f"concept dataset.</p>{parts}" if explanations else ""))
+    style = "body{font-size:14px;max-width:1200px} figure{display:inline-block;margin:6px} " + STYLE
+    (out / "index.html").write_text(page("unitscope demo", body, style) + "\n", encoding="utf-8")

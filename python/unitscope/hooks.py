@@ -23,6 +23,10 @@ def parse_layer(spec: str) -> tuple[str, int | None]:
     return spec, None
 
 
+# where the "not a module" error points: the CLI swaps it for the command line with its own --model
+LAYER_LISTER = "; unitscope.layers(model, input_size) (or `unitscope layers --model ...`) lists them"
+
+
 def resolve_layer(model: nn.Module, layer) -> tuple[str, nn.Module]:
     """(name, module) for a layer given by name or as a module of `model`."""
     if isinstance(layer, nn.Module):
@@ -38,7 +42,7 @@ def resolve_layer(model: nn.Module, layer) -> tuple[str, nn.Module]:
         close = list(dict.fromkeys(difflib.get_close_matches(layer, names, n=5, cutoff=0.6)
                                    + [n for n in names if layer in n or n in layer]))[:5]
         hint = f"; similar names: {', '.join(close)}" if close else ""
-        raise ValueError(f"layer {layer!r} is not a module of the model{hint}")
+        raise ValueError(f"layer {layer!r} is not a module of the model{hint}{LAYER_LISTER}")
     return layer, modules[layer]
 
 

@@ -3,12 +3,12 @@ a table and the paper's stacked bars of detectors and unique detectors per categ
 every run, and each run's difference from a baseline run (trained vs random, rotated vs not)."""
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
 
-from unitscope.dissect.report import _PAGE, compare
+from unitscope._html import esc, page
+from unitscope.dissect.report import compare
 from unitscope.dissect.result import Dissection
 
 
@@ -102,9 +102,8 @@ def _stacked_chart(path: Path, bars: list, categories: list, ylabel: str, title:
 
 
 def _table(head: list, rows: list) -> str:
-    e = lambda v: html.escape(str(v))  # noqa: E731
-    return ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
+    return ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
 
 
 def _signed(v: int) -> str:
@@ -138,12 +137,11 @@ def write_comparison(dissections: list, names: list, out, *, rule: str = "best",
             + [r["unique_total"]] + [dc.get(c, 0) for c in cats] for r, dc in zip(comparison.rows, det)]
     runs = [[n, sources[i] if sources else "", len(d), d.settings.get("images", ""), d.settings.get("quantile", ""),
              d.settings.get("union", ""), d.settings.get("threshold_op", "")] for i, (n, d) in enumerate(zip(names, dissections))]
-    e = lambda v: html.escape(str(v))  # noqa: E731
     body = [f"<h1>Comparing {len(dissections)} dissection{'s' if len(dissections) > 1 else ''}</h1>",
             _table(["run", "file", "layers", "images", "quantile", "union", "mask"], runs),
-            f"<p>Detectors: units whose best concept has IoU &gt; {e(', '.join(f'{t:g}' for t in thresholds))}"
+            f"<p>Detectors: units whose best concept has IoU &gt; {esc(', '.join(f'{t:g}' for t in thresholds))}"
             f"{' (the layers were dissected with different thresholds)' if len(thresholds) > 1 else ''}. "
-            f"Unique detectors: rule '{e(rule)}' "
+            f"Unique detectors: rule '{esc(rule)}' "
             + ("(each detector unit's best concept, counted once per concept: the paper's count)." if rule == "best"
                else "(every unit's best concept in each category above the threshold).")
             + ' Table as <a href="compare.csv">compare.csv</a>.</p>',
@@ -152,9 +150,9 @@ def write_comparison(dissections: list, names: list, out, *, rule: str = "best",
             '<h2>Detectors per category</h2><img src="detectors_stacked.png" alt="detectors per category">']
     if len(dissections) > 1:
         body.append(_differences(comparison, names, baseline, cats))
-    page = out / "compare.html"
-    page.write_text(_PAGE.format(title="dissection comparison", body="".join(body)), encoding="utf-8")
-    return page
+    path = out / "compare.html"
+    path.write_text(page("dissection comparison", "".join(body)), encoding="utf-8")
+    return path
 
 
 def _differences(comparison, names, baseline, cats) -> str:
@@ -173,8 +171,8 @@ def _differences(comparison, names, baseline, cats) -> str:
                         + [_signed(r["unique"].get(c, 0) - b["unique"].get(c, 0)) for c in cats]
                         + [f"{r['unique_total']} ({_signed(r['unique_total'] - b['unique_total'])})"])
     head = ["run", "layer", "detectors (change)"] + [f"unique {c} change" for c in cats] + ["unique total (change)"]
-    text = (f"<h2>Differences from {html.escape(base)}</h2><p>For each layer a run shares with the baseline "
-            f"{html.escape(base)}: its count and, in brackets, the count minus the baseline's.</p>")
+    text = (f"<h2>Differences from {esc(base)}</h2><p>For each layer a run shares with the baseline "
+            f"{esc(base)}: its count and, in brackets, the count minus the baseline's.</p>")
     return text + (_table(head, rows) if rows else "<p>No other run has a layer of the same name.</p>")
 
 

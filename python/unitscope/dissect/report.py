@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from unitscope._checks import IOU_THRESHOLD, align_corners
-from unitscope._html import TEMPLATE, esc, page
+from unitscope._html import esc, page
 from unitscope.dissect.names import csv_cell, report_files
 from unitscope.models.images import open_image
 from unitscope.reference.bilinear import bilinear_resize
@@ -88,7 +88,6 @@ def _bar_chart(path: Path, groups: dict, title: str) -> None:
     plt.close(fig)
 
 
-_PAGE = TEMPLATE  # (the page template, for other modules that format it themselves)
 
 
 def _unit_row(ld, u, folder, out, root, cache) -> str:

@@ -2,13 +2,13 @@
 plain-text summary and an HTML page (names come from a dataset: they are escaped, never markup)."""
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from unitscope._checks import IOU_THRESHOLD
+from unitscope._html import esc, page
 from unitscope.explain.concepts import NO_CONCEPT
 
 
@@ -132,7 +132,6 @@ class Explanation:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        esc = html.escape
         src = lambda name: esc(f"{prefix}/{name}" if prefix else name)  # noqa: E731
 
         def img(array, name, alt, width):
@@ -190,14 +189,10 @@ class Explanation:
         path.parent.mkdir(parents=True, exist_ok=True)
         files = f"{path.stem}_files"
         body = self.html_fragment(path.parent / files, files)
-        path.write_text(PAGE.format(title=html.escape(f"{self.target_name} - {self.layer}"), body=body),
-                        encoding="utf-8")
+        title = f"{self.target_name} - {self.layer}"
+        path.write_text(page(title, f"<h1>{esc(title)}</h1>{body}", STYLE), encoding="utf-8")
         return path
 
 
-STYLE = ("body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse;margin:.6em 0}"
-         "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}"
-         "table.groups{display:inline-table;margin-right:2em;vertical-align:top} caption{font-weight:bold}"
-         ".warning{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px}")
-PAGE = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>" + STYLE.replace("{", "{{")
-        .replace("}", "}}") + "</style></head><body><h1>{title}</h1>{body}</body></html>")
+STYLE = ("table{margin:.6em 0} table.groups{display:inline-table;margin-right:2em;vertical-align:top} "
+         "caption{font-weight:bold} .warning{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px}")

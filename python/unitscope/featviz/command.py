@@ -3,11 +3,11 @@ minimizes it (several channels per optimization) and, with --dataset, its most a
 dataset images; one grid PNG per channel and a page OUT/featviz.html (images under OUT/featviz/)."""
 from __future__ import annotations
 
-import html
 import os
 
 import torch
 
+from unitscope._html import esc, page
 from unitscope._io import atomic_write_text
 from unitscope.featviz import objectives
 from unitscope.featviz._loop import frozen
@@ -180,12 +180,11 @@ def _page(args, cells, ex):
         rf = (f"<p>Dataset patches: the receptive field ({y1 - y0}x{x1 - x0} pixels of a {args.dataset_size}px "
               f"image, measured by {ex.receptive_field['method']}) around the channel's peak (top) or trough "
               "(bottom) position.</p>")
-    rows = "\n".join(f'<figure><img src="featviz/{html.escape(n)}" alt="{args.objective} {c}">'
-                     f"<figcaption>{args.objective} {c}: {html.escape(t)}</figcaption></figure>" for c, n, t in cells)
-    page = (f"<!doctype html><meta charset=utf-8><title>featviz {html.escape(args.model)} {html.escape(args.layer)}"
-            "</title><style>figure{margin:10px 0;font:13px sans-serif}</style>"
-            f"<h1>{html.escape(args.model)} / {html.escape(args.layer)}</h1>"
-            f"<p>Each row pair: the image that maximizes the {args.objective} (top row, then the dataset images that "
-            f"activate it most) and the one that minimizes it (bottom row, then the least activating images). "
-            f"{args.steps} steps, {args.param} parameterization, seed {args.seed}.</p>{rf}\n{rows}\n")
-    atomic_write_text(os.path.join(args.out, "featviz.html"), page)
+    rows = "\n".join(f'<figure><img src="featviz/{esc(n)}" alt="{esc(args.objective)} {c}">'
+                     f"<figcaption>{esc(args.objective)} {c}: {esc(t)}</figcaption></figure>" for c, n, t in cells)
+    body = (f"<h1>{esc(args.model)} / {esc(args.layer)}</h1>"
+            f"<p>Each row pair: the image that maximizes the {esc(args.objective)} (top row, then the dataset images "
+            f"that activate it most) and the one that minimizes it (bottom row, then the least activating images). "
+            f"{args.steps} steps, {esc(args.param)} parameterization, seed {args.seed}.</p>{rf}\n{rows}\n")
+    atomic_write_text(os.path.join(args.out, "featviz.html"),
+                      page(f"featviz {args.model} {args.layer}", body, "figure{margin:10px 0;font:13px sans-serif}"))

@@ -2,13 +2,13 @@
 writes one PNG overlay per method and class, a grid, and an index.html naming the classes."""
 from __future__ import annotations
 
-import html
 import json
 import os
 import time
 
 import torch
 
+from unitscope._html import esc, page
 from unitscope._io import atomic_write_text
 
 PAGE = "saliency.html"  # the page of this command; featviz and dissect write their own names into a shared --out
@@ -268,16 +268,14 @@ def _metrics(method, x, maps, rows, name, mask):
 
 
 def _write_html(args, rows, methods, layer, timing):
-    esc = html.escape
     head = "".join(f"<th>{esc(m)}<br><small>{timing[m]:.2f} s</small></th>" for m in methods)
-    body = []
+    table = []
     for r in rows:
         cells = "".join(f'<td><img src="{esc(r["files"][m])}"></td>' for m in methods)  # photo + colour bar
-        body.append(f"<tr><th>{esc(r['name'])}<br><small>class {r['class']}, p = {r['probability']:.3f}</small></th>"
+        table.append(f"<tr><th>{esc(r['name'])}<br><small>class {r['class']}, p = {r['probability']:.3f}</small></th>"
                     f"{cells}</tr>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unitscope saliency</title>"
-            f"<style>body{{font-family:sans-serif}} td,th{{padding:4px;text-align:center}}</style></head><body>"
-            f"<h1>{esc(os.path.basename(args.image))} &mdash; {esc(args.model)}</h1>"
+    body = (f"<h1>{esc(os.path.basename(args.image))} &mdash; {esc(args.model)}</h1>"
             f"<p><img src='image.png' width='224'></p><p>CAM layer: <code>{esc(layer)}</code></p>"
-            f"<table><tr><th>class</th>{head}</tr>{''.join(body)}</table></body></html>")
-    atomic_write_text(os.path.join(args.out, PAGE), page)
+            f"<table><tr><th>class</th>{head}</tr>{''.join(table)}</table>")
+    style = "td,th{padding:4px;text-align:center}"
+    atomic_write_text(os.path.join(args.out, PAGE), page("unitscope saliency", body, style))
