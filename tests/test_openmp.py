@@ -12,7 +12,6 @@ import torch
 
 import unitscope
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps and ELF are Linux's")
 
 
@@ -52,7 +51,7 @@ def test_one_openmp_runtime_after_import_and_a_kernel_call():
             "q = unitscope.ExactQuantile(4, 0.5, 1000, backend='cpp').update(torch.randn(1000, 4))\n"
             "unitscope.kernels.gradcam(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), backend='cpp')\n"
             "print(json.dumps([after_import, _openmp.mapped_runtimes(), q.result().tolist()]))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(unitscope.__file__))), "OMP_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     after_import, after_call, _ = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(after_call) == 1, after_call

@@ -15,7 +15,8 @@ from conftest import CPU_BACKENDS
 from unitscope import _backend
 from unitscope.kernels import gradcam
 
-PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python")
+# where the unitscope this process imports lives (installed, or the source tree's python/ folder)
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(unitscope.__file__)))
 
 
 def _limit_memory():  # 16 GiB of address space: a regression fails to allocate instead of swapping
