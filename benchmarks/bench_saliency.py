@@ -53,7 +53,7 @@ def ours(name, lm, cfg, bs):
         "integrated_gradients": lambda: S.IntegratedGradients(m, steps=cfg["ig_steps"], method="gauss_legendre",
                                                               batch_size=32, **kw),
         "guided_backprop": lambda: S.GuidedBackprop(m, **kw),
-        "gradcam": lambda: S.GradCAM(m, layer, **kw),
+        "gradcam": lambda: S.GradCAM(m, layer, normalize=False, **kw),  # raw, as Captum returns it
         "gradcam++": lambda: S.GradCAMPlusPlus(m, layer, **kw),
         "hirescam": lambda: S.HiResCAM(m, layer, **kw),
         "scorecam": lambda: S.ScoreCAM(m, layer, max_channels=cfg["score_channels"], batch_size=32, **kw),
