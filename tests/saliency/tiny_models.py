@@ -4,6 +4,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def randomize_batchnorm(model: nn.Module) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are the identity map)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+
+
 class Linear(nn.Module):
     """scores = W x.flatten() + b: every gradient is a row of W."""
 
@@ -62,13 +73,7 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), act(),
                                       nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12), act())
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, classes))
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                with torch.no_grad():
-                    m.running_mean.uniform_(-0.2, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.2, 0.2)
+        randomize_batchnorm(self)
         self.eval()
 
     def forward(self, x):
@@ -207,13 +212,7 @@ class VGGish(nn.Module):
             nn.Conv2d(16, 16, 3, padding=1, bias=bias), nn.ReLU6(inplace=inplace))
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(64, 32, bias=bias),
                                         nn.ReLU(inplace=inplace), nn.Dropout(), nn.Linear(32, 10, bias=bias))
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                with torch.no_grad():
-                    m.running_mean.uniform_(-0.2, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.2, 0.2)
+        randomize_batchnorm(self)
         self.eval()
 
     def forward(self, x):
