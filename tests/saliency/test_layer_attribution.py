@@ -1,12 +1,18 @@
 """Layer attribution: LayerIntegratedGradients against Captum's LayerIntegratedGradients on a
 VGG-style and a ResNet-style network (ReLU(inplace=False), as in test_neuron.py), its completeness,
-and LayerLRP's relevance at a hidden layer (conservation)."""
+and LayerLRP's relevance at a hidden layer: conservation, and zennit's relevance at the same layer
+(zennit through the torchvision stand-in of peers.py)."""
+import copy
+
+import peers
 import pytest
 import torch
+from test_lrp import images as lrp_images
 from test_neuron import ARCHS, images
 from tiny_models import VGGish
 
-from unitscope.saliency import LayerIntegratedGradients
+from unitscope.saliency import LRP, LayerIntegratedGradients, LayerLRP
+from unitscope.saliency.lrp import Composite, Epsilon
 
 C = pytest.importorskip("captum.attr")
 
@@ -54,3 +60,70 @@ def test_layer_ig_bad_layer():
         LayerIntegratedGradients(VGGish(), "features.99")
     with pytest.raises(ValueError, match="method must be one of"):
         LayerIntegratedGradients(VGGish(), "features.8", method="simpson")
+
+
+# ---- LayerLRP ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", ["features.2", "features.5", "features.8", "classifier.3"])
+def test_layer_lrp_conserves_the_logit(layer):
+    # a bias-free VGG with epsilon -> 0: nothing absorbs relevance, so each layer's relevance sums to
+    # the explained logit, as the input relevance does
+    m = VGGish(bias=False, bn=False).double()
+    x = lrp_images()
+    c = torch.tensor([[4, 1], [7, 2]])
+    comp = Composite(Epsilon(1e-12, bias=False), Epsilon(1e-12, bias=False), stabilizer=1e-12)
+    rel = LayerLRP(m, layer, comp)(x, c)
+    with torch.no_grad():
+        logit = m(x).gather(1, c)
+    assert rel.shape[:2] == (2, 2) and rel.shape[2] == {"features.2": 8, "features.5": 8, "features.8": 16,
+                                                        "classifier.3": 32}[layer]
+    assert logit.abs().min() > 1e-4  # the tiny logits are small, not zero
+    torch.testing.assert_close(rel.flatten(2).sum(2), logit, rtol=1e-6, atol=1e-9)
+    inp = LRP(m, comp)(x, c)
+    torch.testing.assert_close(rel.flatten(2).sum(2), inp.flatten(2).sum(2), rtol=1e-6, atol=1e-9)
+
+
+def test_layer_lrp_with_bias_loses_relevance_on_the_way():
+    # biases absorb relevance: the layer (nearer the output) keeps more of the logit than the input,
+    # so the two sums differ (a layer relevance that were the input's would fail here)
+    m = VGGish(bias=True, bn=True).double()
+    x = lrp_images()
+    layer_sum = LayerLRP(m, "features.8", "epsilon_plus")(x, 3).flatten(1).sum(1)
+    input_sum = LRP(m, "epsilon_plus")(x, 3).flatten(1).sum(1)
+    assert (layer_sum - input_sum).abs().min() > 1e-6 * layer_sum.abs().max()
+
+
+@pytest.mark.parametrize("name", ["epsilon_plus", "epsilon_alpha2_beta1_flat"])
+@pytest.mark.parametrize("layer", ["features.4", "features.8"])
+def test_layer_lrp_same_as_zennit(name, layer):
+    # zennit's rules hand relevance backward as the gradient between modules: the gradient at the
+    # layer's output under zennit's composite is the relevance arriving there
+    peers.zennit()
+    from test_lrp import OURS, zennit_composite
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    m = VGGish().double()
+    x = lrp_images()
+    c = torch.tensor([3, 8])
+    got = LayerLRP(m, layer, OURS[name])(x, c)
+    zm = copy.deepcopy(m)
+    comp = zennit_composite(name)
+    comp.canonizers = [SequentialMergeBatchNorm()]
+    seen = []
+
+    def keep_grad(mod, inputs, out):
+        out.register_hook(seen.append)  # returns None: the output is left as it is
+
+    with Gradient(model=zm, composite=comp) as attributor:
+        handle = zm.get_submodule(layer).register_forward_hook(keep_grad)
+        onehot = torch.zeros(2, 10, dtype=x.dtype).scatter(1, c[:, None], 1.0)
+        attributor(x, lambda out: out * onehot)
+        handle.remove()
+    (ref,) = seen
+    assert got.abs().max() > 0 and got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_layer_lrp_bad_layer():
+    with pytest.raises(ValueError, match="is not a module of the model"):
+        LayerLRP(VGGish(), "features.99")
