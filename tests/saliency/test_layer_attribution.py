@@ -58,6 +58,10 @@ def test_layer_ig_completeness(arch, method, steps, tol):
 def test_layer_ig_bad_layer():
     with pytest.raises(ValueError, match="is not a module of the model"):
         LayerIntegratedGradients(VGGish(), "features.99")
+    m = VGGish()
+    m.unused = torch.nn.Conv2d(3, 3, 1)  # a module the forward never calls
+    with pytest.raises(ValueError, match=r"layer 'unused' \(Conv2d\) was not called during the forward pass"):
+        LayerIntegratedGradients(m, "unused", steps=4)(torch.rand(1, 3, 16, 16), 0)
     with pytest.raises(ValueError, match="method must be one of"):
         LayerIntegratedGradients(VGGish(), "features.8", method="simpson")
 
@@ -80,6 +84,23 @@ def test_layer_lrp_conserves_the_logit(layer):
     torch.testing.assert_close(rel.flatten(2).sum(2), logit, rtol=1e-6, atol=1e-9)
     inp = LRP(m, comp)(x, c)
     torch.testing.assert_close(rel.flatten(2).sum(2), inp.flatten(2).sum(2), rtol=1e-6, atol=1e-9)
+
+
+def test_layer_lrp_conserves_on_a_resnet():
+    # residual additions share relevance x_i / sum: the block outputs still carry the whole logit
+    from test_lrp import EPSILON, resnet
+
+    m = resnet(bn_stats=False)
+    with torch.no_grad():
+        m.fc.bias.zero_()
+    x = lrp_images()
+    c = torch.tensor([4, 7])
+    with torch.no_grad():
+        logit = m(x).gather(1, c[:, None])[:, 0]
+    for layer in ("layer1", "layer2"):
+        rel = LayerLRP(m, layer, EPSILON)(x, c)
+        assert rel.dim() == 4
+        torch.testing.assert_close(rel.flatten(1).sum(1), logit, rtol=1e-6, atol=1e-9)
 
 
 def test_layer_lrp_with_bias_loses_relevance_on_the_way():

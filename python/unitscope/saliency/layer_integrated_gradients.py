@@ -40,7 +40,8 @@ class LayerIntegratedGradients(IntegratedGradients):
         return cap.output.detach()
 
     def layer_gradient(self, x, points, target):
-        """d score[b, target[b]] / d A at A = points, the layer's output replaced by points (B, ...)."""
+        """d score[b, target[b]] / d A at A = points, the layer's output replaced by points (B, ...).
+        (A layer that does not run was refused by layer_output, which always runs first.)"""
         points = points.detach().requires_grad_(True)
         calls = [0]
 
@@ -48,11 +49,8 @@ class LayerIntegratedGradients(IntegratedGradients):
             n, calls[0] = calls[0], calls[0] + 1
             if n != self._call:
                 return None
-            tensor, rebuild = _first_tensor(self.layer_name, out)
-            if tensor.shape != points.shape:
-                raise ValueError(f"layer {self.layer_name!r} returned shape {tuple(tensor.shape)}, expected "
-                                 f"{tuple(points.shape)} as for the input")
-            return rebuild(points)
+            _, rebuild = _first_tensor(self.layer_name, out)
+            return rebuild(points)  # same shape: points are made from this layer's outputs for x
 
         handle = self.layer.register_forward_hook(replace)
         try:
@@ -60,8 +58,6 @@ class LayerIntegratedGradients(IntegratedGradients):
                 s = self.scores(x.detach(), eager=True)
         finally:
             handle.remove()
-        if calls[0] <= self._call:
-            raise ValueError(f"layer {self.layer_name!r} did not run in the model's forward")
         self._check_target_range(s, target[:, None])
         (g,) = torch.autograd.grad(s.gather(1, target[:, None]).sum(), points)
         return g
