@@ -21,9 +21,10 @@ from unitscope.saliency.hirescam import HiResCAM
 from unitscope.saliency.hooks import LayerCapture, resolve_layer
 from unitscope.saliency.integrated_gradients import IntegratedGradients
 from unitscope.saliency.kernel_shap import KernelSHAP
+from unitscope.saliency.layer_integrated_gradients import LayerIntegratedGradients
 from unitscope.saliency.layercam import LayerCAM
 from unitscope.saliency.lime import LIME
-from unitscope.saliency.lrp import LRP
+from unitscope.saliency.lrp import LRP, LayerLRP
 from unitscope.saliency.neuron import LayerGradientXActivation, NeuronModel
 from unitscope.saliency.occlusion import Occlusion
 from unitscope.saliency.randomization import randomization_test, spearman
@@ -33,7 +34,7 @@ from unitscope.saliency.xgradcam import XGradCAM
 
 __all__ = ["Attribution", "VanillaGradient", "GradientTimesInput", "SmoothGrad", "IntegratedGradients",
            "GuidedBackprop", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ScoreCAM", "GuidedGradCAM", "XGradCAM",
-           "LayerCAM", "EigenCAM", "AblationCAM", "FullGrad", "LRP", "DeepLift", "DeepSHAP",
-           "GradientSHAP", "NeuronModel", "LayerGradientXActivation", "Occlusion",
+           "LayerCAM", "EigenCAM", "AblationCAM", "FullGrad", "LRP", "LayerLRP", "DeepLift", "DeepSHAP",
+           "GradientSHAP", "NeuronModel", "LayerGradientXActivation", "LayerIntegratedGradients", "Occlusion",
            "LIME", "KernelSHAP", "LayerCapture", "resolve_layer", "make_baseline", "randomization_test",
            "spearman", "deletion_insertion", "show_progress"]

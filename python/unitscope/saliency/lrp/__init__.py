@@ -12,9 +12,10 @@ from unitscope.saliency.lrp.composites import (
                                                EpsilonPlus,
                                                EpsilonPlusFlat,
 )
+from unitscope.saliency.lrp.layer_lrp import LayerLRP
 from unitscope.saliency.lrp.lrp import LRP
 from unitscope.saliency.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus
 
-__all__ = ["LRP", "Rule", "Epsilon", "ZPlus", "AlphaBeta", "ZBox", "Gamma", "Flat", "WSquare", "Composite",
+__all__ = ["LRP", "LayerLRP", "Rule", "Epsilon", "ZPlus", "AlphaBeta", "ZBox", "Gamma", "Flat", "WSquare", "Composite",
            "EpsilonPlus", "EpsilonPlusFlat", "EpsilonAlpha2Beta1", "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox",
            "DeepTaylor", "COMPOSITES"]

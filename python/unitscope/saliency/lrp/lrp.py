@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from unitscope.hooks import LayerCapture
 from unitscope.saliency.base import CHANNEL_REDUCTIONS, REDUCTIONS, Attribution, check_choice, per_target, reduce_map
 from unitscope.saliency.lrp.composites import make_composite
 from unitscope.saliency.lrp.propagation import Propagator, check_model
@@ -59,11 +60,17 @@ class LRP(Attribution):
 
     def raw(self, x, target):
         """The relevance (B, C, H, W) of the model's input for target (B,)."""
+        return self.relevances(x, target)[0]
+
+    def relevances(self, x, target, layer=None):
+        """(relevance of the model's input, relevance of `layer`'s output or None) for target (B,):
+        the relevance arriving at the layer's output during the same backward pass."""
         with torch.no_grad():
             xin = self.preprocess(x) if self.preprocess is not None else x
         xin = xin.detach().requires_grad_(True)
         with torch.enable_grad():
-            with Propagator(self.model, self._model_space(x)):
+            # the capture's hook runs after the Propagator's: it keeps the layer's propagated output
+            with Propagator(self.model, self._model_space(x)), LayerCapture(self.model, layer or []) as cap:
                 out = self.model(xin)
             if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -71,8 +78,11 @@ class LRP(Attribution):
             self._check_target_range(out, target[:, None])
             t = target[:, None]
             R = torch.zeros_like(out).scatter(1, t, out.detach().gather(1, t))
-            (rel,) = torch.autograd.grad(out, xin, R)
-        return rel
+            if layer is None:
+                (rel,) = torch.autograd.grad(out, xin, R)
+                return rel, None
+            rel, rel_layer = torch.autograd.grad(out, (xin, cap.output), R)
+        return rel, rel_layer
 
     def _attribute(self, x, targets):
         return per_target(lambda xx, t: reduce_map(self.raw(xx, t), self.reduce, self.channel), x, targets)
