@@ -7,6 +7,7 @@
 // same way, evaluates only candidate pixels, and adds each passing row segment interval by interval.
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -317,7 +318,7 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
     for (int64_t j = 0; j < L2 && img[j] != 0; ++j) inter[img[j]] += n;
     int64_t* act = a.activation + k * a.NC;
     for (int64_t c = 0; c < a.NC; ++c) {
-      const bool counted = a.union_dataset ||
+      const bool counted = a.union_mode == 1 ||
                            (a.annotated ? a.annotated[b * a.NC + c] != 0 : prep.present[b * a.NC + c] != 0);
       if (counted) act[c] += n;
     }
@@ -383,6 +384,9 @@ void tally_typed(const TallyArgs& a, int threads) {
 }  // namespace
 
 void tally_cpu(const TallyArgs& a) {
+  if (a.union_mode == 2)
+    throw std::invalid_argument("union='mask' (NetDissect-Lite's union) is not yet implemented in cpp; use "
+                                "backend='numba' or 'torch'");
   const int threads = plan_threads(a.num_threads, kMaxThreads, 0, "tally (cpp)");
   check_arg(a.L < kMaxLabelCells && a.Sh * a.Sw < kMaxLabelCells && a.L * a.Sh * a.Sw < kMaxLabelCells,
             "tally (cpp): one image's pixel labels must have L * S_h * S_w < 2^31 cells (the interval "

@@ -9,7 +9,7 @@ import torch
 
 IOU_THRESHOLD = 0.04          # a unit is a detector of its best concept above this IoU (Bau et al.)
 THRESHOLD_OPS = (">", ">=")   # the mask rule: upsampled > threshold (NetDissect-Lite) or >= (the paper)
-UNIONS = ("category", "dataset")
+UNIONS = ("category", "dataset", "mask")  # union_mode 0, 1, 2 of the tally kernels
 UPSAMPLE = {"bilinear": False, "bilinear-align-corners": True}  # upsample= -> align_corners
 # preprocess=None means no preprocessing everywhere (dissect, saliency, featviz, explain): the model
 # gets the [0, 1] images; pass the model's own (models.load(...).preprocess, or
@@ -50,7 +50,7 @@ def check_threshold_op(op, name: str = "threshold_op"):
 
 def check_union(union, name: str = "union"):
     if union not in UNIONS:
-        raise ValueError(f"{name} must be 'category' or 'dataset', got {union!r}")
+        raise ValueError(f"{name} must be 'category', 'dataset' or 'mask', got {union!r}")
     return union
 
 

@@ -3,7 +3,7 @@ example, merge/split/state_dict laws, and bad input that must leave every count 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import unitscope
@@ -14,6 +14,7 @@ from unitscope.reference.tally import tally_counts
 KEYS = ("intersection", "activation", "label", "activation_total")
 LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+UNIONS = ("category", "dataset", "mask")
 
 
 def make_tally(backend, K, C, cat, NC, S, **kw):
@@ -84,7 +85,30 @@ def problems(draw):
     else:
         thr = torch.zeros(K)
     return dict(A=A, thr=thr, pix=pix, img=img, annotated=annotated, cat=cat, C=C, NC=NC, S=(Sh, Sw),
-                align=align, op=draw(st.sampled_from([">", ">="])), union=draw(st.sampled_from(["category", "dataset"])))
+                align=align, op=draw(st.sampled_from([">", ">="])), union=draw(st.sampled_from(UNIONS)))
+
+
+def cpp_has_mask_union() -> bool:
+    """Whether the cpp tally implements union='mask' (it arrives with the cpp tally's rewrite; until
+    then it refuses it with a clear error, checked in test_tally_union.py)."""
+    if "cpp" not in unitscope.backends():
+        return False
+    t = unitscope.IoUTally(1, 2, label_category=torch.zeros(2, dtype=torch.int64), num_categories=1, out_size=1, union="mask", backend="cpp")
+    try:
+        t.update(torch.ones(1, 1, 1, 1), torch.zeros(1), torch.ones(1, 1, 1, 1, dtype=torch.int16))
+    except ValueError as e:
+        if "not yet implemented in cpp" in str(e):
+            return False
+        raise
+    return True
+
+
+CPP_HAS_MASK = cpp_has_mask_union()
+
+
+def serves(backend, p) -> bool:
+    """Whether the backend implements the problem's union (hypothesis assume()s it)."""
+    return not (backend == "cpp" and p["union"] == "mask" and not CPP_HAS_MASK)
 
 
 def reference(p):
@@ -108,6 +132,7 @@ def run(backend, p, splits=None):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(p=problems())
 def test_every_backend_matches_reference(backend, p):
+    assume(serves(backend, p))
     want = reference(p)
     assert_counts_equal(counts_of(run(backend, p)), want)
 
@@ -121,6 +146,7 @@ def test_torch_backend_is_the_reference(p):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(p=problems(), data=st.data())
 def test_batch_split_and_merge_equal_one_pass(backend, p, data):
+    assume(serves(backend, p))
     B = p["A"].shape[0]
     splits = sorted(data.draw(st.lists(st.integers(0, B), max_size=3)))
     whole = run(backend, p)

@@ -56,12 +56,13 @@ struct TallyArgs {
   int32_t* workspace;         // CUDA only, see tally.cu
   int act_dtype, label_dtype, image_label_dtype;
   int64_t B, K, h, w, Sh, Sw, L, L2, C, NC;
-  bool align_corners, ge, union_dataset;
+  bool align_corners, ge;
+  int union_mode;  // 0: category (annotated images), 1: dataset (every image), 2: mask (NetDissect-Lite: categories inside the mask)
   int num_threads;            // CPU only
 };
 
 void tally_cpu(const TallyArgs& a);
 void tally_cuda(const TallyArgs& a, int device, void* stream);  // stream: a cudaStream_t of `device`
-int64_t tally_cuda_workspace_ints(int64_t B, int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t NC);
+int64_t tally_cuda_workspace_ints(int64_t B, int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t C, int64_t NC);
 
 }  // namespace unitscope

@@ -86,10 +86,11 @@ def prepare_labels(pix, img, label_category, num_labels, num_categories):
 
 
 @njit(parallel=True, cache=True)
-def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, Sw, align_corners, ge,
-                union_dataset, inter, activation, total):
+def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, label_category, Sh, Sw, align_corners,
+                ge, union_mode, inter, activation, total):
     """act float32 (B, K, h, w), thr float32 (K,) equivalents, pix int (B, L, Sh, Sw); adds into
-    inter (K, C), activation (K, NC), total (K,) int64."""
+    inter (K, C), activation (K, NC), total (K,) int64. union_mode: 0 category, 1 dataset, 2 mask
+    (the categories of the labels inside the mask and of the image labels, NetDissect-Lite's)."""
     B, K, h, w = act.shape
     L = pix.shape[1]
     L2 = img_kept.shape[1]
@@ -104,6 +105,7 @@ def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, 
         # 100000 x 1 map resized to 1 x 100000)
         H = np.empty((2, Sw), np.float32)
         H_row = np.full(2, -1, np.int64)
+        in_mask = np.zeros(NC, np.bool_)  # union_mode 2: categories with a label inside this pair's mask
         tot = 0
         for b in range(B):
             a = act[b, k]
@@ -124,6 +126,7 @@ def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, 
             if not may_pass(value_bound(m, maxabs), t, ge):
                 continue
             H_row[:] = -1
+            in_mask[:] = False
             n = 0
             for y in range(Sh):
                 i0 = yi0[y]
@@ -153,6 +156,7 @@ def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, 
                             dup |= np.int64(pix[b, q, y, x]) == c
                         if not dup:
                             inter[k, c] += 1
+                            in_mask[label_category[c]] = True
             if n == 0:
                 continue
             tot += n
@@ -161,19 +165,27 @@ def count_units(act, thr, pix, img_kept, present, annotated, use_annotated, Sh, 
                 if c == 0:
                     break
                 inter[k, c] += n
+                in_mask[label_category[c]] = True
             for c in range(NC):
-                if union_dataset or (annotated[b, c] if use_annotated else present[b, c]):
+                if union_mode == 1:
+                    counted = True
+                elif union_mode == 2:
+                    counted = in_mask[c]
+                else:
+                    counted = annotated[b, c] if use_annotated else present[b, c]
+                if counted:
                     activation[k, c] += n
         total[k] += tot
 
 
 def tally_numba(act, thr32, pix, img, annotated, use_annotated, label_category, Sh, Sw, align_corners, ge,
-                union_dataset, inter, activation, label, total):
+                union_mode, inter, activation, label, total):
     """Add one batch's counts into the int64 arrays inter (K, C), activation (K, NC), label (C,),
     total (K,).
 
     act float32 (B, K, h, w); thr32 float32 (K,); pix int (B, L, Sh, Sw) and img int (B, L2) of
-    any integer dtype; annotated bool (B, NC); label_category int64 (C,). An out-of-range label
+    any integer dtype; annotated bool (B, NC); label_category int64 (C,); union_mode 0 category,
+    1 dataset, 2 mask (see count_units). An out-of-range label
     raises ValueError before any count changes."""
     C = inter.shape[1]
     img_kept, present, counts, bad, bad_value = prepare_labels(pix, img, label_category, C, activation.shape[1])
@@ -183,5 +195,5 @@ def tally_numba(act, thr32, pix, img, annotated, use_annotated, label_category, 
         raise ValueError(f"{name} must hold labels in [0, num_labels) = [0, {C}), got {int(bad_value[b])} "
                          f"(image {b} of the batch)")
     label[1:] += counts.sum(axis=0)[1:]
-    count_units(np.ascontiguousarray(act), thr32, pix, img_kept, present, annotated, use_annotated, Sh, Sw,
-                align_corners, ge, union_dataset, inter, activation, total)
+    count_units(np.ascontiguousarray(act), thr32, pix, img_kept, present, annotated, use_annotated, label_category,
+                Sh, Sw, align_corners, ge, union_mode, inter, activation, total)

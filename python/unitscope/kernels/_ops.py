@@ -59,16 +59,19 @@ gradcam.register_autograd(_gradcam_backward, setup_context=_gradcam_setup)
 def tally_(activations: Tensor, thresholds: Tensor, pixel_labels: Tensor | None, image_labels: Tensor | None,
            annotated: Tensor | None, label_category: Tensor, intersection: Tensor, activation: Tensor,
            label: Tensor, activation_total: Tensor, out_h: int, out_w: int, align_corners: bool, ge: bool,
-           union_dataset: bool, backend: str | None, num_threads: int | None) -> None:
+           union_mode: int, backend: str | None, num_threads: int | None) -> None:
     """Add one checked batch's counts (kernels/tally.py) to the four int64 count tensors.
-    thresholds: (K,) float32 made exact by tally.float32_thresholds."""
+    thresholds: (K,) float32 made exact by tally.float32_thresholds; union_mode: 0 category, 1 dataset,
+    2 mask (tally.UNION_MODES)."""
     from unitscope.kernels import tally as K
+
+    union = K.union_of_mode(union_mode)
 
     name = _pick(backend, activations.device, "IoUTally")
     K.check_values(thresholds, (pixel_labels, "pixel_labels"), (image_labels, "image_labels"),
                    num_labels=label.shape[0], check_label_range=name not in ("cpp", "numba"))
     cfg = K.TallyConfig(intersection.shape[0], label.shape[0], activation.shape[1], (out_h, out_w), align_corners,
-                        ">=" if ge else ">", "dataset" if union_dataset else "category", label_category)
+                        ">=" if ge else ">", union, label_category)
     batch = K.Batch(activations.detach(), thresholds, thresholds, pixel_labels, image_labels, annotated)
     counts = {"intersection": intersection, "activation": activation, "label": label,
               "activation_total": activation_total}

@@ -13,7 +13,7 @@ from unitscope import _tensors as T
 from unitscope._checks import check_threshold_op, check_union
 from unitscope.kernels import _state as S
 from unitscope.kernels._lock import Locked
-from unitscope.kernels.tally import TallyConfig, check_batch
+from unitscope.kernels.tally import UNION_MODES, TallyConfig, check_batch
 
 _COUNTS = ("intersection", "activation", "label", "activation_total")
 
@@ -126,7 +126,7 @@ class IoUTally(Locked):
             torch.ops.unitscope.tally_(batch.activations, batch.thresholds32, batch.pixel_labels, batch.image_labels,
                                        batch.annotated, c.label_category, self.intersection, self.activation,
                                        self.label, self.activation_total, c.out_size[0], c.out_size[1],
-                                       c.align_corners, c.threshold_op == ">=", c.union == "dataset", self.backend,
+                                       c.align_corners, c.threshold_op == ">=", UNION_MODES[c.union], self.backend,
                                        self.num_threads)
             self.images += int(batch.activations.shape[0])
         return self

@@ -13,6 +13,16 @@ from unitscope import _tensors as T
 
 LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 LABEL_CODE = {torch.uint8: 0, torch.int16: 1, torch.int32: 2, torch.int64: 3}
+# union -> TallyArgs::union_mode (tally.h): which images' mask pixels count toward a category's union
+UNION_MODES = {"category": 0, "dataset": 1, "mask": 2}
+
+
+def union_of_mode(union_mode) -> str:
+    """The union name of a union_mode int (0, 1 or 2), or ValueError naming what was received."""
+    for name, mode in UNION_MODES.items():
+        if union_mode == mode and isinstance(union_mode, int) and not isinstance(union_mode, bool):
+            return name
+    raise ValueError(f"union_mode must be 0 (category), 1 (dataset) or 2 (mask), got {union_mode!r}")
 
 
 @dataclass
@@ -165,7 +175,7 @@ def count_batch(backend: str, cfg: TallyConfig, batch: Batch, counts: dict, num_
         ann_np = (ann if ann is not None else torch.zeros((B, cfg.num_categories), dtype=torch.bool)).numpy()
         tally_numba(act, batch.thresholds32.numpy(), pix_np, img_np, ann_np, ann is not None,
                     cfg.label_category.numpy(), Sh, Sw, cfg.align_corners, cfg.threshold_op == ">=",
-                    cfg.union == "dataset", counts["intersection"].numpy(), counts["activation"].numpy(),
+                    UNION_MODES[cfg.union], counts["intersection"].numpy(), counts["activation"].numpy(),
                     counts["label"].numpy(), counts["activation_total"].numpy())
         return
     C = _backend.compiled_module()
@@ -175,10 +185,10 @@ def count_batch(backend: str, cfg: TallyConfig, batch: Batch, counts: dict, num_
               T.ptr(counts["intersection"]), T.ptr(counts["activation"]), T.ptr(counts["label"]),
               T.ptr(counts["activation_total"]))
     sizes = (T.DTYPE_CODE[A.dtype], code_pix, code_img, B, K, h, w, Sh, Sw, L, L2, cfg.num_labels,
-             cfg.num_categories, bool(cfg.align_corners), cfg.threshold_op == ">=", cfg.union == "dataset")
+             cfg.num_categories, bool(cfg.align_corners), cfg.threshold_op == ">=", UNION_MODES[cfg.union])
     if backend == "cpp":
         C.tally_cpu(*common, *sizes, _backend.num_threads(num_threads))
     else:
-        n = C.tally_cuda_workspace_ints(B, Sh, Sw, L, L2, cfg.num_categories)
+        n = C.tally_cuda_workspace_ints(B, Sh, Sw, L, L2, cfg.num_labels, cfg.num_categories)
         workspace = torch.empty(max(1, n), dtype=torch.int32, device=A.device)
         C.tally_cuda(*common, T.ptr(workspace), *sizes, *T.cuda_launch(A))

@@ -44,7 +44,9 @@ def tally_counts(activations, thresholds, pixel_labels=None, image_labels=None, 
             an image where any of its labels occurs (pixel or image label).
         label_category (Tensor[C], int): category of each label (entry 0 unused).
         union: "category" counts unit pixels toward activation[k, cat] only in images annotated for
-            cat; "dataset" in every image.
+            cat; "dataset" in every image; "mask" (NetDissect-Lite's) only in images where a pixel of
+            unit k's mask carries a label of cat (after the one-label-once-per-pixel rule) or the
+            image has an image label of cat (`annotated` is not used).
 
     Returns:
         dict of int64 CPU tensors: intersection (K, C), activation (K, num_categories), label (C,),
@@ -68,9 +70,9 @@ def tally_counts(activations, thresholds, pixel_labels=None, image_labels=None, 
         lab, img = pixel_label_sets(pixel_labels, image_labels, b, P)
         # intersections with pixel labels: one bincount over the (unit, label) pairs of masked pixels
         k_idx, p_idx = torch.nonzero(mask, as_tuple=True)
-        pairs = k_idx[:, None] * C + lab[p_idx]
-        pairs = pairs[lab[p_idx] != 0]
-        inter += torch.bincount(pairs, minlength=K * C)
+        masked = lab[p_idx]  # (pixels of all masks, L)
+        pairs = k_idx[:, None] * C + masked
+        inter += torch.bincount(pairs[masked != 0], minlength=K * C)
         for c in img.tolist():  # an image label covers every pixel
             inter[torch.arange(K) * C + c] += n
         present = lab[lab != 0]
@@ -79,6 +81,11 @@ def tally_counts(activations, thresholds, pixel_labels=None, image_labels=None, 
         total += n
         if union == "dataset":
             act += n[:, None]
+        elif union == "mask":  # the categories of the labels inside each unit's mask, and the image's
+            in_mask = k_idx[:, None] * num_categories + cat_of[masked]
+            seen = torch.bincount(in_mask[masked != 0], minlength=K * num_categories).reshape(K, num_categories) > 0
+            seen[:, cat_of[img]] = True
+            act += n[:, None] * seen.to(torch.int64)
         else:
             if annotated is not None:
                 ann = annotated[b].cpu().to(torch.bool)
