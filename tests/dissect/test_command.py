@@ -69,6 +69,8 @@ def test_cli_errors(concept_root, tmp_path, capsys):
     _fails(base + tiny + ["--quantile", "1"], capsys, "argument --quantile: must be a number in (0, 1), got 1")
     _fails(base + tiny + ["--iou-threshold", "-0.1"], capsys, "argument --iou-threshold: must be a number in [0, 1]")
     _fails(base + tiny + ["--workers", "-1"], capsys, "argument --workers: must be an integer >= 0, got -1")
+    _fails(base + tiny + ["--union", "all"], capsys,
+           "argument --union: invalid choice: 'all' (choose from 'category', 'dataset', 'mask')")
     _fails(base + tiny + ["--weights", str(tmp_path / "no.pt")], capsys, "argument --weights: ")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     _fails(base + tiny + ["--weights", str(tmp_path / "bad.pt")], capsys, "--weights " + str(tmp_path / "bad.pt") + ": cannot load")

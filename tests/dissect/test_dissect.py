@@ -9,7 +9,7 @@ import torch
 import unitscope
 import unitscope.reference.dissect as ref
 from unitscope.data import BrodenDataset
-from unitscope.dissect import imagenet_preprocess
+from unitscope.dissect import Dissection, imagenet_preprocess
 from unitscope.dissect.run import PROBE_IMAGES
 
 
@@ -47,6 +47,20 @@ def test_equals_reference(ds, union, op):
     model = tiny_cnn()
     d = unitscope.dissect(model, ["1", "3"], ds, batch_size=5, union=union, threshold_op=op, progress=False)
     _equal_to_reference(d, model, ds, ["1", "3"], union=union, threshold_op=op)
+
+
+def test_mask_union_equals_reference_and_is_saved(ds, tmp_path):
+    # NetDissect-Lite's union (issue 20), on numba: the cpp tally gains it with its rewrite (the kernel
+    # tests compare every backend that has it with the reference)
+    model = tiny_cnn(2)
+    d = unitscope.dissect(model, ["3"], ds, batch_size=5, union="mask", progress=False, backend="numba")
+    _equal_to_reference(d, model, ds, ["3"], union="mask")
+    full = unitscope.dissect(model, ["3"], ds, batch_size=5, progress=False, backend="numba")
+    assert (d["3"].activation <= full["3"].activation).all() and (d["3"].activation < full["3"].activation).any()
+    assert np.array_equal(d["3"].intersection, full["3"].intersection)
+    d.to_json(tmp_path / "dissection.json")
+    loaded = Dissection.load(tmp_path / "dissection.json")
+    assert loaded["3"].settings["union"] == "mask" and loaded["3"].units() == d["3"].units()
 
 
 def test_align_corners_and_no_cache_equal_reference(ds):

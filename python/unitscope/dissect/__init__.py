@@ -11,6 +11,7 @@ the reference tools differ"), made deliberately:
 - mask: `upsampled > threshold` (NetDissect-Lite); '>=' on request;
 - union: 'category', the original paper's (a unit's mask pixels count toward concept c only in images
   annotated for c's category); 'dataset' counts them in every image (davidbau/dissect, compexp);
+  'mask' only in images where a label of c's category lies inside the mask (NetDissect-Lite);
   whole-image labels (scene, texture) cover every pixel of their image;
 - a label's category is the selected category where its coverage (c_<category>.csv) is largest;
 - a dead unit (constant activation) is never a detector, whatever the mask rule.

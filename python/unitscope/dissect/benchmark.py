@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
+from unitscope._checks import UNIONS
+
 # settings passed to dissect() as they are, with the check each value must pass
 _SETTINGS = {
     "batch_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
     "quantile": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
     "iou_threshold": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
-    "threshold_op": lambda v: v in (">", ">="), "union": lambda v: v in ("category", "dataset"),
+    "threshold_op": lambda v: v in (">", ">="), "union": lambda v: v in UNIONS,
     "exact": lambda v: isinstance(v, bool), "compile": lambda v: v in (True, False, "auto"),
     "topk": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
     "num_workers": lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),

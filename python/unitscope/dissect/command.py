@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from unitscope._checks import IOU_THRESHOLD
+from unitscope._checks import IOU_THRESHOLD, UNIONS
 from unitscope.models.own import (  # noqa: F401
     custom_normalization,
     import_factory,
@@ -43,9 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="IoU above which a unit counts as a detector of its best concept")
     p.add_argument("--threshold-op", choices=[">", ">="], default=">",
                    help="a unit's mask is upsampled activation OP threshold")
-    p.add_argument("--union", choices=["category", "dataset"], default="category",
-                   help="'category': activations count only in images annotated for the concept's category "
-                        "(the original Network Dissection); 'dataset': in every image")
+    p.add_argument("--union", choices=UNIONS, default="category",
+                   help="which images' mask pixels count toward a concept's union: 'category' (default, the "
+                        "original Network Dissection): images annotated for the concept's category; 'dataset': "
+                        "every image; 'mask' (NetDissect-Lite): images where a label of the category lies "
+                        "inside the unit's mask")
     p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=_workers, default="auto",
                    help="DataLoader worker processes, 0 to read in this process (default: auto: the CPUs that "

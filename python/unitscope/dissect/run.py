@@ -59,7 +59,9 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         categories: categories to dissect (default: the dataset's).
         threshold_op: '>' (default) or '>=' for the mask `upsampled > threshold`.
         union: 'category' (a unit's activation counts toward concept c only in images annotated for
-            c's category, the original Network Dissection) or 'dataset' (every image).
+            c's category, the original Network Dissection), 'dataset' (every image) or 'mask'
+            (NetDissect-Lite's: only in images where a label of c's category lies inside the unit's
+            mask, or is an image label; docs/guide-dissection.md).
         exact: ExactQuantile (True) or the bounded-memory QuantileSketch (False, size=sketch_size).
         upsample: 'bilinear' (align_corners=False) or 'bilinear-align-corners'.
         preprocess: maps a (B, 3, H, W) [0, 1] batch to the model input; None: none, the model gets

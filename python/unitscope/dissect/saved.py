@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unitscope._checks import UNIONS
 from unitscope.dissect.result import LayerDissection
 
 
@@ -71,7 +72,7 @@ def _settings(s, where) -> dict:
         raise ValueError(f"{where}: 'settings' must be an object, got {type(s).__name__}")
     checks = {"iou_threshold": lambda v: _number(v) and 0 <= v <= 1,
               "quantile": lambda v: _number(v) and 0 < v < 1,
-              "threshold_op": lambda v: v in (">", ">="), "union": lambda v: v in ("category", "dataset"),
+              "threshold_op": lambda v: v in (">", ">="), "union": lambda v: v in UNIONS,
               "images": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
               "topk": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
               "upsample": lambda v: isinstance(v, str), "dataset_root": lambda v: isinstance(v, str)}

@@ -72,17 +72,22 @@ def layer_counts(acts, thresholds, dataset, *, threshold_op=">", union="category
         msum = mask.sum(dim=(1, 2))
         total += msum
         for ci in range(ncat):
-            if union == "dataset" or bool(item["annotated"][ci]):
+            if union == "dataset" or (union == "category" and bool(item["annotated"][ci])):
                 act[:, ci] += msum
         present = set(maps.unique().tolist()) | set(scalars.tolist())
         present.discard(0)
+        in_mask = torch.zeros((K, ncat), dtype=torch.bool)  # union="mask": a label of the category in the mask
         for c in sorted(present):
             if c in scalars.tolist():
                 region = torch.ones(S, dtype=torch.bool)
             else:
                 region = (maps == c).any(dim=0)
             label[c] += int(region.sum())
-            inter[:, c] += (mask & region).sum(dim=(1, 2))
+            hits = (mask & region).sum(dim=(1, 2))
+            inter[:, c] += hits
+            in_mask[:, cat_of[c]] |= hits > 0
+        if union == "mask":
+            act += msum[:, None] * in_mask.to(torch.int64)
     denom = act[:, cat_of] + label[None, :] - inter
     iou = torch.where(denom > 0, inter.double() / denom.clamp(min=1).double(), torch.zeros((), dtype=torch.float64))
     return {"intersection": inter, "activation": act, "label": label, "activation_total": total,
