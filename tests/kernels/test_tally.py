@@ -357,7 +357,7 @@ def test_compiled_kernel_checks_labels_itself():
         torch.zeros(3, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="pixel_labels"):
         C_mod.tally_cpu(ptr(A), ptr(thr), ptr(pix), 0, 0, ptr(cat), ptr(inter), ptr(act), ptr(lab), ptr(tot),
-                        0, 2, 0, 1, 1, 2, 2, 2, 2, 1, 0, 3, 1, False, False, False, 2)
+                        0, 2, 0, 1, 1, 2, 2, 2, 2, 1, 0, 3, 1, False, False, 0, 2)
     assert inter.sum() == 0 and act.sum() == 0 and lab.sum() == 0 and tot.sum() == 0
 
 

@@ -10,7 +10,8 @@ from test_tally import UNIONS, assert_counts_equal, problems, reference
 import unitscope
 from unitscope import _backend
 from unitscope import _tensors as T
-from unitscope.kernels.tally import LABEL_CODE, UNION_MODES
+from unitscope.kernels import _state
+from unitscope.kernels.tally import LABEL_CODE, UNION_MODES, check_label_category
 from unitscope.reference.bilinear import bilinear_resize
 
 HAVE_CPP = "cpp" in unitscope.backends()
@@ -149,3 +150,30 @@ def test_cpp_refuses_mask_union_until_implemented_and_counts_nothing():
     with pytest.raises(ValueError, match="union='mask'.*not yet implemented in cpp"):
         t.update(torch.ones(1, 1, 1, 1), torch.zeros(1), torch.ones(1, 1, 1, 1, dtype=torch.int16))
     assert t.images == 0 and int(t.label.sum()) == 0
+
+
+def test_mask_state_dict_round_trip_and_invariant():
+    p = planted()
+    t = unitscope.IoUTally(1, 5, label_category=p["cat"], num_categories=3, out_size=(1, 4), align_corners=True,
+                           union="mask", backend="torch")
+    t.update(p["A"], p["thr"], p["pix"], p["img"])
+    assert torch.equal(t.activation, torch.tensor([[4, 2, 2]]))
+    sd = t.state_dict()
+    fresh = unitscope.IoUTally(1, 5, label_category=p["cat"], num_categories=3, out_size=(1, 4), align_corners=True,
+                               union="mask", backend="torch")
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.activation, t.activation) and fresh.config()["union"] == "mask"
+    # a part count (label 3) above the mask pixels counted for parts cannot come from a tally
+    bad = dict(sd, activation=torch.tensor([[4, 0, 2]]))
+    with pytest.raises(ValueError, match=r"intersection.*<= activation\[k, category of c\] \(union='mask'\)"):
+        fresh.load_state_dict(_state.with_digest(bad))
+    with pytest.raises(ValueError, match="union is 'mask', this tally has 'category'"):
+        unitscope.IoUTally(1, 5, label_category=p["cat"], num_categories=3, out_size=(1, 4),
+                           align_corners=True).load_state_dict(sd)
+
+
+def test_label_category_checked_before_the_cuda_kernel():
+    check_label_category(torch.tensor([-7, 0, 1]), 2)  # entry 0 is unused
+    with pytest.raises(ValueError, match=r"label_category must hold categories in \[0, num_categories\) = "
+                                         r"\[0, 2\), got 3 for label 2"):
+        check_label_category(torch.tensor([0, 1, 3, -1]), 2)

@@ -23,8 +23,9 @@ class IoUTally(Locked):
 
     - intersection (Tensor[K, C] int64): pixels where unit k's mask and label c coincide;
     - activation (Tensor[K, num_categories] int64): pixels of unit k's mask in images annotated for
-      the category (union="category", the original Network Dissection), or in every image
-      (union="dataset");
+      the category (union="category", the original Network Dissection), in every image
+      (union="dataset"), or in images where a pixel of the mask carries a label of the category or
+      the image has an image label of it (union="mask", NetDissect-Lite's; `annotated` unused);
     - label (Tensor[C] int64): pixels of label c; activation_total (Tensor[K] int64); images (int).
 
     Unit k's mask in an image is bilinear_resize(A_k, out_size) > thresholds[k] (or >=), resized as
@@ -41,8 +42,8 @@ class IoUTally(Locked):
         out_size (int or (S_h, S_w)): the label resolution.
         align_corners (bool): of the bilinear resize of the maps, as in F.interpolate (default False).
         threshold_op (">" or ">="): the mask is resized map > threshold, or >= (default ">").
-        union ("category" or "dataset"): the activation counts a unit's mask only in images annotated
-            for the category, or in every image (default "category"; see above).
+        union ("category", "dataset" or "mask"): which images' mask pixels the activation counts
+            (default "category"; see above and docs/guide-dissection.md).
         device: where the counters live and the batches must be (default: cpu, cuda for backend="cuda");
             a bare "cuda" means the current CUDA device when the tally is built.
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
@@ -195,7 +196,8 @@ class IoUTally(Locked):
         invariants of counts a tally produces: all in [0, 2^62]; label[0] and intersection[:, 0] are
         0; label[c] and activation_total[k] at most images * S_h * S_w; intersection[k, c] at most
         label[c] and activation_total[k]; activation[k, :] at most activation_total[k] (equal to it
-        with union="dataset"); then the digest."""
+        with union="dataset"); with union="mask", intersection[k, c] at most activation[k, category
+        of c]; then the digest."""
         what = "IoUTally"
         S.check_keys(state, ("config", *_COUNTS, "images"), what)
         self._check_compatible(state["config"], "load_state_dict")
@@ -205,6 +207,8 @@ class IoUTally(Locked):
             S.check_range(new.get(k, images), k, what, 0, S.MAX_COUNT)
         inter, act, label, total = (new[k] for k in _COUNTS)
         pixels = int(images) * self._cfg.out_size[0] * self._cfg.out_size[1]
+        cat = self._cfg.label_category.clone()
+        cat[0] = 0  # label 0's column is checked to be 0 above
         S.check_range(label, "label", what, 0, min(pixels, S.MAX_COUNT))
         S.check_range(total, "activation_total", what, 0, min(pixels, S.MAX_COUNT))
         S.check_range(label[:1], "label", what, 0, 0)
@@ -213,7 +217,9 @@ class IoUTally(Locked):
                                 ("intersection", inter > total[:, None], "<= activation_total[k]"),
                                 ("activation", act > total[:, None], "<= activation_total[k]"),
                                 ("activation", (act != total[:, None]) & (self._cfg.union == "dataset"),
-                                 "== activation_total[k] (union='dataset')")):
+                                 "== activation_total[k] (union='dataset')"),
+                                ("intersection", (inter > act[:, cat]) & (self._cfg.union == "mask"),
+                                 "<= activation[k, category of c] (union='mask')")):
             pos = S.first_bad(bad)
             if pos is not None:
                 S.fail(what, key, f"= {int(new[key][pos])} must be {bound}", pos)

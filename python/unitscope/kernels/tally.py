@@ -90,6 +90,18 @@ def _check_not_nan(t):
         raise ValueError(f"thresholds must not be NaN, got NaN for units {torch.nonzero(torch.isnan(t)).flatten().tolist()[:10]}")
 
 
+def check_label_category(label_category: torch.Tensor, num_categories: int) -> None:
+    """label_category[1:] in [0, num_categories), as tally_cpu checks it itself; for the CUDA
+    kernel, which skips an out-of-range category rather than write out of bounds."""
+    if label_category.numel() > 1:
+        cat = label_category[1:]
+        bad = torch.nonzero((cat < 0) | (cat >= num_categories)).flatten()
+        if bad.numel():
+            c = int(bad[0]) + 1
+            raise ValueError(f"label_category must hold categories in [0, num_categories) = [0, {num_categories}), "
+                             f"got {int(label_category[c])} for label {c}")
+
+
 def check_values(thresholds32, *labels, num_labels, check_label_range) -> None:
     """The checks that read values, made when the operator torch.ops.unitscope.tally_ runs (also in
     a compiled graph): no NaN threshold; labels in [0, num_labels) unless the kernel checks them."""
@@ -189,6 +201,7 @@ def count_batch(backend: str, cfg: TallyConfig, batch: Batch, counts: dict, num_
     if backend == "cpp":
         C.tally_cpu(*common, *sizes, _backend.num_threads(num_threads))
     else:
+        check_label_category(cfg.label_category, cfg.num_categories)
         n = C.tally_cuda_workspace_ints(B, Sh, Sw, L, L2, cfg.num_labels, cfg.num_categories)
         workspace = torch.empty(max(1, n), dtype=torch.int32, device=A.device)
         C.tally_cuda(*common, T.ptr(workspace), *sizes, *T.cuda_launch(A))
