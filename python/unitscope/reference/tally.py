@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from unitscope._checks import check_union
 from unitscope.reference.bilinear import bilinear_resize
 
 
@@ -52,6 +53,7 @@ def tally_counts(activations, thresholds, pixel_labels=None, image_labels=None, 
         dict of int64 CPU tensors: intersection (K, C), activation (K, num_categories), label (C,),
         activation_total (K,), images (0-d).
     """
+    check_union(union)
     B, K = activations.shape[:2]
     Sh, Sw = out_size
     P = Sh * Sw
