@@ -19,7 +19,7 @@ def test_saliency_keeps_the_old_names_of_the_validators():
 
 @pytest.mark.parametrize("check, bad, match", [
     (_checks.check_threshold_op, "=>", r"threshold_op must be '>' or '>=', got '=>'"),
-    (_checks.check_union, "all", r"union must be 'category' or 'dataset', got 'all'"),
+    (_checks.check_union, "all", r"union must be 'category', 'dataset' or 'mask', got 'all'"),
     (_checks.check_upsample, "nearest", r"upsample must be one of \['bilinear', 'bilinear-align-corners'\]"),
 ])
 def test_setting_checks_name_the_argument(check, bad, match):
