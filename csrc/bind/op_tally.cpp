@@ -67,7 +67,7 @@ void register_tally(py::module_& m) {
           tally_cpu(a);
         });
   // the CUDA tally's algorithm run serially on the host (cpu/tally_bits_host.cpp), for tests only
-  m.def("_tally_bits_host",
+  m.def("tally_bits_host",
         [](uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, uintptr_t annotated, uintptr_t label_category,
            uintptr_t inter, uintptr_t activation, uintptr_t label, uintptr_t total, int act_dtype, int label_dtype,
            int image_label_dtype, int64_t B, int64_t K, int64_t h, int64_t w, int64_t Sh, int64_t Sw, int64_t L,

@@ -1,7 +1,7 @@
 // The CUDA tally's algorithm (cuda/tally.cu) run serially on the host, step for step with the same
 // tally_bits.h functions: per image a list of its kept pixel labels and one P-bit bitset per label;
 // per (image, unit) the max test, then mask words AND label bitsets, popcounts added. Tests call it
-// (unitscope._C._tally_bits_host) to check that logic against the reference where no GPU is.
+// (unitscope._C.tally_bits_host) to check that logic against the reference where no GPU is.
 #include <algorithm>
 #include <cmath>
 #include <vector>

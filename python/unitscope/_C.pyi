@@ -28,10 +28,10 @@ def tally_cpu(act: int, thr: int, pix: int, img: int, annotated: int, label_cate
               B: int, K: int, h: int, w: int, Sh: int, Sw: int, L: int, L2: int, C: int, NC: int,
               align_corners: bool, ge: bool, union_mode: int, num_threads: int) -> None: ...
 def tally_cuda_workspace_ints(B: int, Sh: int, Sw: int, L: int, L2: int, C: int, NC: int) -> int: ...
-def _tally_bits_host(act: int, thr: int, pix: int, img: int, annotated: int, label_category: int, inter: int,
-                     activation: int, label: int, total: int, act_dtype: int, label_dtype: int,
-                     image_label_dtype: int, B: int, K: int, h: int, w: int, Sh: int, Sw: int, L: int, L2: int,
-                     C: int, NC: int, align_corners: bool, ge: bool, union_mode: int) -> None: ...
+def tally_bits_host(act: int, thr: int, pix: int, img: int, annotated: int, label_category: int, inter: int,
+                    activation: int, label: int, total: int, act_dtype: int, label_dtype: int,
+                    image_label_dtype: int, B: int, K: int, h: int, w: int, Sh: int, Sw: int, L: int, L2: int,
+                    C: int, NC: int, align_corners: bool, ge: bool, union_mode: int) -> None: ...
 def tally_cuda(act: int, thr: int, pix: int, img: int, annotated: int, label_category: int, inter: int,
                activation: int, label: int, total: int, workspace: int, act_dtype: int, label_dtype: int,
                image_label_dtype: int, B: int, K: int, h: int, w: int, Sh: int, Sw: int, L: int, L2: int, C: int,

@@ -1,6 +1,6 @@
 """union='mask' (NetDissect-Lite's per-category union) against a NumPy re-creation of NetDissect-Lite's
 loop, on planted and drawn cases; and the CUDA tally's bitset algorithm run on the host
-(unitscope._C._tally_bits_host, csrc/cpu/tally_bits_host.cpp) against the reference, all unions."""
+(unitscope._C.tally_bits_host, csrc/cpu/tally_bits_host.cpp) against the reference, all unions."""
 import numpy as np
 import pytest
 import torch
@@ -92,7 +92,7 @@ def test_mask_union_bounds(p):
 
 
 def bits_host(p, mode=None):
-    """The counts of _C._tally_bits_host (the CUDA algorithm, serially on the host) for problem p
+    """The counts of _C.tally_bits_host (the CUDA algorithm, serially on the host) for problem p
     (union_mode `mode` instead of p's union when given)."""
     A = p["A"].contiguous()
     B, K, h, w = A.shape
@@ -107,7 +107,7 @@ def bits_host(p, mode=None):
     z = lambda *s: torch.zeros(s, dtype=torch.int64)  # noqa: E731
     out = {"intersection": z(K, C), "activation": z(K, NC), "label": z(C), "activation_total": z(K)}
     if B > 0:
-        _backend.compiled_module()._tally_bits_host(
+        _backend.compiled_module().tally_bits_host(
             T.ptr(A), T.ptr(thr32), T.ptr(pix), T.ptr(img), T.ptr(ann), T.ptr(cat), T.ptr(out["intersection"]),
             T.ptr(out["activation"]), T.ptr(out["label"]), T.ptr(out["activation_total"]), T.DTYPE_CODE[A.dtype],
             LABEL_CODE[pix.dtype] if pix is not None else 0, LABEL_CODE[img.dtype] if img is not None else 0,
