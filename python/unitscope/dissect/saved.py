@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from unitscope._checks import UNIONS
-
 from unitscope.dissect.result import LayerDissection
 
 
