@@ -112,7 +112,7 @@ def read_layer_data(data, layer: str, settings: dict, where: str) -> dict:
              "k": _size(shape[1], "k", where), "h": _size(shape[2], "h", where), "w": _size(shape[3], "w", where)}
     if sizes["K"] < 1 or sizes["h"] < 1 or sizes["w"] < 1:
         raise ValueError(f"{where}: K, h and w must be >= 1, got {sizes}")
-    out = {}
+    out: dict = {}
     for name, (dtype, dims) in ARRAYS.items():
         if name == "ties" and arrays[name] is None:
             out[name] = None  # unknown (a run resumed from an older checkpoint)
