@@ -22,3 +22,17 @@ class _Slow(torch.nn.Sequential):
 
 def slow():
     return _Slow(*tiny())
+
+
+CALLS = [0]  # forward calls of counted() models in this process
+
+
+class _Counted(torch.nn.Sequential):
+    def forward(self, x):
+        CALLS[0] += 1
+        return super().forward(x)
+
+
+def counted():
+    """tiny() that counts its forward calls in CALLS."""
+    return _Counted(*tiny())
