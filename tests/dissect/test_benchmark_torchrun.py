@@ -2,7 +2,8 @@
 gives (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; spawned as the other distributed tests
 do) and running the command itself, give what one process gives; a rerun recomputes nothing that
 was finished (finished entries are loaded, an entry whose dissection finished but whose
-dissection.json was not written resumes from its checkpoints without a counted forward)."""
+dissection.json was not written resumes from its checkpoints without a counted forward). The spec
+uses ties="random", whose tie shares are counted per rank and summed."""
 import json
 import os
 import sys
@@ -25,6 +26,8 @@ batch_size = 5
 iou_threshold = 0.02
 num_workers = 0
 compile = false
+ties = "random"
+tie_seed = 3
 
 [[models]]
 name = "a"
@@ -34,7 +37,7 @@ layers = ["0", "2"]
 [[models]]
 name = "b"
 model = "cli_models:counted"
-layers = ["2"]
+layers = ["3"]
 {extra}
 """
 
@@ -92,6 +95,8 @@ def test_two_ranks_equal_one_process_and_a_rerun_recomputes_nothing(concept_root
         two, one = Dissection.load(out / "runs" / name), Dissection.load(tmp_path / "one" / "runs" / name)
         two.timings = one.timings  # seconds differ, everything else may not
         assert_equal_dissections(two, one)
+        assert two.settings["ties"] == "random"
+    assert (one["3"].ties > 0).sum() >= 2 and one["3"].activation_total[one["3"].saturated].sum() > 0  # drawn
     assert (out / "compare.csv").read_text() == (tmp_path / "one" / "compare.csv").read_text()
     # rerun after a kill between b's dissection and its dissection.json: a is loaded, b resumes from
     # its finished checkpoints (each rank runs only the probe), nothing else is touched
