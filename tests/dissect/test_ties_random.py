@@ -163,3 +163,28 @@ def test_tampered_tie_shares_refused(planted, tmp_path):
     torch.save(dict(forged, digest=content_digest(forged)), path)
     with pytest.raises(CheckpointError, match="no tie shares were saved"):
         run(planted, checkpoint_dir=tmp_path)
+
+
+def _splitmix(z):
+    """splitmix64's finalizer on Python ints modulo 2^64 (the definition the tensors must follow)."""
+    m = 2 ** 64
+    z = (z + 0x9E3779B97F4A7C15) % m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % m
+    return z ^ (z >> 31)
+
+
+def test_cell_hash_follows_its_definition_and_is_uniform():
+    g = torch.Generator().manual_seed(0)
+    image, unit, cell = (torch.randint(0, 2 ** 31, (200,), generator=g) for _ in range(3))
+    for seed in (0, 7, 2 ** 63 - 1):
+        got = cell_uniform(seed, image, unit, cell)
+        for i in range(0, 200, 7):
+            z = _splitmix(seed)
+            for part in (image[i], unit[i], cell[i]):
+                z = _splitmix(z ^ int(part))
+            assert got[i].item() == (z >> 11) / 2 ** 53
+    n = torch.arange(100_000)
+    u = cell_uniform(3, n // 1000, n % 7, n % 1000)
+    assert u.dtype == torch.float64 and 0 <= u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs((u < 0.1).double().mean().item() - 0.1) < 0.005
