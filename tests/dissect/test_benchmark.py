@@ -115,6 +115,8 @@ def test_bad_specs_are_one_line(tmp_path, capsys):
     fails(good.replace("[settings]", "[setings]"), "unknown key(s) ['setings']")
     fails(good.replace("batch_size = 4", "batch_size = 0"), "[settings].batch_size is not valid, got 0")
     fails(good.replace("batch_size = 4", "bach_size = 4"), "[settings]: unknown key(s) ['bach_size']")
+    fails(good.replace("batch_size = 4", "batch_size = 4\nties = 'some'"), "[settings].ties is not valid, got 'some'")
+    fails(good.replace("batch_size = 4", "batch_size = 4\ntie_seed = -2"), "[settings].tie_seed is not valid, got -2")
     fails(good.replace('layers = ["0", "2"]', "layers = []"), "layers must be a non-empty list of strings")
     fails(good.split("[[models]]")[0], "at least one [[models]] entry")
     fails(good.replace("generate =", "path = 'x'\ngenerate ="), "exactly one of path")
@@ -126,3 +128,15 @@ def test_bad_specs_are_one_line(tmp_path, capsys):
     fails(good.replace('model = "cli_models:tiny"', 'model = "cli_models:tiny"\nweights = "nope.pt"'),
           "weights must name an existing file")
     fails(good.replace('model = "cli_models:tiny"', 'model = "resnet9000"'), "not a registered model")
+
+
+def test_tie_rule_in_the_spec_reaches_dissect(tmp_path):
+    text = SPEC.format(extra="").replace("batch_size = 4", "batch_size = 4\nties = \"random\"\ntie_seed = 5")
+    out = tmp_path / "out"
+    assert cli.main(["benchmark", _write(tmp_path, text=text), "--out", str(out), "--quiet"]) == 0
+    saved = Dissection.load(out / "runs" / "tiny")
+    d = unitscope.dissect(cli_models.tiny(), ["0", "2"], BrodenDataset(out / "dataset"), batch_size=4,
+                          iou_threshold=0.02, progress=False, ties="random", tie_seed=5)
+    assert saved.settings["ties"] == "random" and saved.settings["tie_seed"] == 5
+    for layer in ("0", "2"):
+        assert saved[layer].activation_total.tobytes() == d[layer].activation_total.tobytes()

@@ -164,7 +164,7 @@ def test_digest_format_and_version_checked(small, tmp_path):
     with pytest.raises(CheckpointError, match="not a unitscope dissection checkpoint"):
         run(Net(), small, tmp_path)
     torch.save(dict(state, version=1), path)
-    with pytest.raises(CheckpointError, match="format version 1, this unitscope reads 2, 3 and 4"):
+    with pytest.raises(CheckpointError, match="format version 1, this unitscope reads 2, 3, 4 and 5"):
         run(Net(), small, tmp_path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="is unreadable"):
@@ -229,7 +229,7 @@ def test_the_input_format_auto_kept_is_recorded_and_kept_on_resume(small, tmp_pa
     assert first.seen[5:] == ["cl"] * 8          # the check, 6 counted batches, the interrupted one
     state = torch.load(tmp_path / "dissect.pt", weights_only=True)
     assert state["channels_last"] is True and state["compiled"] is False
-    assert state["done"] == 6 and state["version"] == 4
+    assert state["done"] == 6 and state["version"] == 5  # 5: tie_share (ties="random") added
     second = FormatNet()
     unitscope.dissect(second, ["tap"], ds, batch_size=1, checkpoint_dir=tmp_path, progress=False,
                       compile="auto", cache_activations=False)

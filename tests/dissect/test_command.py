@@ -148,3 +148,21 @@ def test_cli_registry_model(concept_root, tmp_path):
                  "--out", str(out), "--quiet", "--workers", "0", "--no-report"]) == 0
     text = (out / f"tally_{layer}.csv").read_text().splitlines()
     assert len(text) == 1 + 24 and text[0].startswith("unit,category,label,score")
+
+
+def test_cli_ties_random_equals_the_api(concept_root, tmp_path, capsys):
+    """--ties random --tie-seed 3 gives what dissect(ties='random', tie_seed=3) gives; the rule is in
+    dissection.json; a bad value is a one-line user error."""
+    out = tmp_path / "out"
+    assert main(["dissect", "--model", "cli_models:tiny", "--layers", "1", "--dataset", str(concept_root), "--out",
+                 str(out), "--workers", "0", "--quiet", "--no-report", "--ties", "random", "--tie-seed", "3"]) == 0
+    from unitscope.dissect import Dissection
+    saved = Dissection.load(out)["1"]
+    d = unitscope.dissect(cli_models.tiny(), ["1"], BrodenDataset(concept_root), progress=False, ties="random",
+                          tie_seed=3, preprocess=imagenet_preprocess)["1"]
+    assert saved.settings["ties"] == "random" and saved.settings["tie_seed"] == 3
+    assert saved.activation_total.tobytes() == d.activation_total.tobytes()
+    assert saved.intersection.tobytes() == d.intersection.tobytes()
+    base = ["--layers", "1", "--dataset", str(concept_root), "--out", str(tmp_path / "o"), "--quiet"]
+    _fails(base + ["--model", "cli_models:tiny", "--ties", "maybe"], capsys, "--ties")
+    _fails(base + ["--model", "cli_models:tiny", "--tie-seed", "-1"], capsys, "--tie-seed")

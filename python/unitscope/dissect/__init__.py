@@ -9,6 +9,8 @@ the reference tools differ"), made deliberately:
 - upsampling: bilinear to the label resolution with F.interpolate's rules, align_corners=False
   (NetDissect-Lite resizes bilinearly with PIL; 'bilinear-align-corners' is davidbau/dissect's grid);
 - mask: `upsampled > threshold` (NetDissect-Lite); '>=' on request;
+- ties: raw activations equal to the threshold follow the mask rule (ties='op'); ties='random'
+  (unitscope's own) draws a seeded share of them so the mask holds the quantile's mass in expectation;
 - union: 'category', the original paper's (a unit's mask pixels count toward concept c only in images
   annotated for c's category); 'dataset' counts them in every image (davidbau/dissect, compexp);
   'mask' only in images where a label of c's category lies inside the mask (NetDissect-Lite);

@@ -24,6 +24,8 @@ _SETTINGS = {
     "topk": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
     "num_workers": lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "device": lambda v: isinstance(v, str),
+    "ties": lambda v: v in ("op", "random"),
+    "tie_seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 63,
 }
 _DATASET = {"path", "generate", "categories", "split", "resolution"}
 _MODEL = {"name", "model", "weights", "pretrained", "seed", "layers"}

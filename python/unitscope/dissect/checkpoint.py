@@ -16,9 +16,10 @@ from unitscope.dissect.fingerprint import probe_differs
 from unitscope.dissect.state import FIELDS, LAYER_FIELDS, DissectState, Stage
 
 FORMAT = "unitscope.dissect checkpoint"
-VERSION = 4  # 3 added channels_last (version 2 files are read with channels_last = None); 4 added the
-#             layers' "ties" beside "tally" and records the forward variant before the first batch
-READS = (2, 3, 4)
+VERSION = 5  # 3 added channels_last (version 2 files are read with channels_last = None); 4 added the
+#             layers' "ties" beside "tally" and records the forward variant before the first batch;
+#             5 added the layers' optional "tie_share" (ties="random")
+READS = (2, 3, 4, 5)
 STAGES = tuple(s.value for s in Stage)
 _FIELDS = {"format", "version", "digest", "key", "probe", *FIELDS}
 _FIELDS_V2 = _FIELDS - {"channels_last"}
@@ -219,6 +220,11 @@ def load_checkpoint(path: Path, key: dict, probe: dict, shapes: dict, tolerance:
                 raise bad(f"layers[{layer!r}]['thresholds'] must be float32 of shape ({K},), got {_kind(t)}")
             if bool(t.isnan().any()):
                 raise bad(f"layers[{layer!r}]['thresholds'] holds NaN")
+        if "tie_share" in entry:
+            t, K = entry["tie_share"], want[layer][0]
+            if state["version"] < 5 or not isinstance(t, torch.Tensor) or t.dtype != torch.float64 or \
+                    tuple(t.shape) != (K,) or not bool(((t >= 0) & (t <= 1)).all()):
+                raise bad(f"layers[{layer!r}]['tie_share'] must be float64 of shape ({K},) in [0, 1], got {_kind(t)}")
     return DissectState.from_dict(dict(state, channels_last=channels_last))
 
 

@@ -48,6 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "original Network Dissection): images annotated for the concept's category; 'dataset': "
                         "every image; 'mask' (NetDissect-Lite): images where a label of the category lies "
                         "inside the unit's mask")
+    p.add_argument("--ties", choices=["op", "random"], default="op",
+                   help="raw activations equal to a unit's threshold: 'op' follows --threshold-op (the paper's "
+                        "rule; a unit whose quantile is its maximum, e.g. ReLU6 at 6.0, never fires under '>'); "
+                        "'random' draws a seeded share of them into the mask so that it holds the quantile's "
+                        "mass (unitscope's own rule, docs/comparing.md; one more sweep before the tally) "
+                        "(default: op)")
+    p.add_argument("--tie-seed", type=cli.nonnegative_int, default=0,
+                   help="seed of --ties random: which tied cells are drawn (default: 0)")
     p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=_workers, default="auto",
                    help="DataLoader worker processes, 0 to read in this process (default: auto: the CPUs that "
@@ -102,7 +110,8 @@ def run(args) -> int:
         iou_threshold=args.iou_threshold, threshold_op=args.threshold_op, union=args.union, exact=args.exact,
         preprocess=preprocess if preprocess is not None else imagenet_preprocess,
         num_workers=args.workers, topk=args.topk, tokens=args.tokens, compile=args.compile,
-        checkpoint_dir=args.checkpoint_dir or out / "checkpoints", progress=not args.quiet)
+        checkpoint_dir=args.checkpoint_dir or out / "checkpoints", progress=not args.quiet, ties=args.ties,
+        tie_seed=args.tie_seed)
     result.name = args.model
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import torch
 
 from unitscope._checks import IOU_THRESHOLD, UPSAMPLE, check_threshold_op, check_union, check_upsample
 from unitscope._compile import check_compile
+from unitscope.dissect.ties import TIES
 from unitscope.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 # the default preprocess: (B, 3, H, W) float in [0, 1] -> ImageNet mean/std normalized
@@ -48,6 +49,8 @@ class DissectConfig:
     backend: str | None = None
     preprocess: object = None
     transform: Mapping = field(default_factory=dict)
+    ties: str = "op"
+    tie_seed: int = 0
 
     def __post_init__(self):
         q = self.quantile
@@ -80,6 +83,10 @@ class DissectConfig:
             if not isinstance(layer, str) or not callable(fn):
                 raise TypeError(f"transform must map layer names to callables, got {layer!r}: {type(fn).__name__}")
         object.__setattr__(self, "transform", dict(self.transform))
+        if not isinstance(self.ties, str) or self.ties not in TIES:
+            raise ValueError(f"ties must be one of {TIES}, got {self.ties!r}")
+        if isinstance(self.tie_seed, bool) or not isinstance(self.tie_seed, int) or not 0 <= self.tie_seed < 2 ** 63:
+            raise ValueError(f"tie_seed must be an int in [0, 2**63), got {self.tie_seed!r}")
 
     @property
     def align_corners(self) -> bool:
@@ -105,10 +112,14 @@ class DissectConfig:
                "preprocess": describe_callable(self.preprocess)}
         if self.transform:  # (absent without one: checkpoints of earlier versions keep resuming)
             out["transform"] = {layer: describe_callable(fn) for layer, fn in sorted(self.transform.items())}
+        out.update(self._tie_settings())  # (likewise absent under the default rule)
         return out
+
+    def _tie_settings(self) -> dict:
+        return {"ties": self.ties, "tie_seed": self.tie_seed} if self.ties != "op" else {}
 
     def result_settings(self) -> dict:
         """The settings a Dissection shows (LayerDissection.settings adds images, dataset, compiled)."""
         return {"quantile": self.quantile, "threshold_op": self.threshold_op, "union": self.union,
                 "exact": self.exact, "upsample": self.upsample, "topk": self.topk,
-                "iou_threshold": self.iou_threshold}
+                "iou_threshold": self.iou_threshold, "ties": self.ties, **self._tie_settings()}

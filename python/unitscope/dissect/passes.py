@@ -8,7 +8,7 @@ import torch
 import unitscope
 from unitscope.dissect.ranks import gather, merge_all
 from unitscope.dissect.state import LayerState, Stage
-from unitscope.dissect.ties import ThresholdTies
+from unitscope.dissect.ties import ThresholdTies, TieCounts, include_ties
 from unitscope.dissect.topk import TopKImages
 
 
@@ -100,26 +100,54 @@ class Passes:
         state.stage, state.done = Stage.TALLY, 0
         self.save(state)
 
+    # ---- ties="random": the tied cells' share, counted before the tally ---------------------------
+    def tie_pass(self, state, world) -> None:
+        """Count each unit's activations above and equal to its threshold over the dataset (this
+        shard, then summed over the ranks: one sweep of the cache, else one more forward pass) and
+        keep each unit's tie share (TieCounts.shares); saved with the state. Not checkpointed
+        within: an interrupted sweep is redone."""
+        counts = {layer: TieCounts(state.layers[layer].thresholds.to(self.device)) for layer in self.layers}
+        cache, bs = self.feed.cache, self.config.batch_size
+        with self.timer("threshold"):
+            if cache is not None:
+                for layer in self.layers:
+                    for lo in range(0, cache[layer].shape[0], bs):
+                        counts[layer].update(cache[layer][lo:lo + bs].to(self.device))
+            else:
+                for batch in self.feed.batches(0, ("image",), "dissect: tie counts"):
+                    for layer, a in self.feed.forward(batch["image"]).items():
+                        counts[layer].update(a)
+            for layer in self.layers:
+                parts = gather(counts[layer].counts.cpu(), world)
+                counts[layer].counts = torch.stack(parts).sum(0)
+                state.layers[layer].tie_share = counts[layer].shares(self.config.quantile)
+        self.save(state)
+
+    def _activations(self, batch, done) -> dict:
+        """Pass 2's activations of a batch: the cache's (from image `done` of the shard) or a forward."""
+        cache = self.feed.cache
+        if cache is None:
+            return self.feed.forward(batch["image"])
+        n = batch["index"].numel()
+        return {layer: cache[layer][done:done + n].to(self.device) for layer in self.layers}
+
     # ---- pass 2: IoU tallies and threshold ties -----------------------------------------------------
     def tally_pass(self, state) -> None:
         if not self.states["tally"]:
             self.make_tally_states(state)
         thresholds = {layer: state.layers[layer].thresholds.to(self.device) for layer in self.layers}
-        s, cache = self.states, self.feed.cache
-
-        def activations(batch, done):
-            if cache is None:
-                return self.feed.forward(batch["image"])
-            n = batch["index"].numel()
-            return {layer: cache[layer][done:done + n].to(self.device) for layer in self.layers}
+        s, cache, c = self.states, self.feed.cache, self.config
+        shares = {layer: state.layers[layer].tie_share for layer in self.layers} if c.ties == "random" else {}
 
         def update(layer, a, batch, done):
+            if s["ties"][layer] is not None:
+                s["ties"][layer].update(a)  # the raw ties, before any is drawn in
+            if layer in shares:
+                a = include_ties(a, thresholds[layer], shares[layer], batch["index"], c.tie_seed, c.threshold_op)
             s["tally"][layer].update(a, thresholds[layer], batch["pixel_labels"].to(self.device),
                                      batch["image_labels"].to(self.device), batch["annotated"].to(self.device))
-            if s["ties"][layer] is not None:
-                s["ties"][layer].update(a)
         fields = ("labels",) if cache is not None else ("image", "labels")
-        self._stream(state, "tally", fields, activations, update)
+        self._stream(state, "tally", fields, self._activations, update)
 
     def finish_tally(self, state, world) -> None:
         with self.timer("tally"):

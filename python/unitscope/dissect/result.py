@@ -193,8 +193,13 @@ class LayerDissection:
         return text
 
     def to_dict(self, full: bool = False) -> dict:
+        """The layer's summary (units, unique detectors, detectors, settings) and under "data" every
+        field, arrays as base64 (saved_full.py), so that Dissection.load restores this object; full:
+        also the IoU matrix and label names as JSON lists."""
+        from unitscope.dissect.saved_full import layer_data
+
         d = {"layer": self.layer, "units": self.units(), "unique_detectors": self.unique_detectors(),
-             "detectors": len(self.detectors()), "settings": self.settings}
+             "detectors": len(self.detectors()), "settings": self.settings, "data": layer_data(self)}
         if full:
             d["iou"] = self.iou.tolist()
             d["label_names"] = self.label_names
@@ -249,11 +254,14 @@ class Dissection:
         return paths
 
     def to_json(self, path=None, full: bool = False) -> str:
-        """{"name", "timings", "layers": [LayerDissection.to_dict(full)]} as strict JSON: a float
-        that JSON cannot hold is written as a string, "inf" (the threshold of a unit with no finite
-        activation, which never fires), "-inf" or "nan" (json_float() reads them back)."""
-        text = json.dumps(_json_safe({"name": self.name, "timings": self.timings,
-                                      "layers": [l.to_dict(full) for l in self]}), indent=1, allow_nan=False)
+        """{"format", "version", "name", "timings", "settings", "layers": [LayerDissection.to_dict(full)]}
+        as strict JSON: a float that JSON cannot hold is written as a string, "inf" (the threshold of
+        a unit with no finite activation, which never fires), "-inf" or "nan" (json_float() reads
+        them back). Version 2 (JSON_VERSION) holds every field (Dissection.load restores an equal
+        object); version 1 files (no format/version) held only the summary."""
+        doc = {"format": JSON_FORMAT, "version": JSON_VERSION, "name": self.name, "timings": self.timings,
+               "settings": self.settings, "layers": [l.to_dict(full) for l in self]}
+        text = json.dumps(_json_safe(doc), indent=1, allow_nan=False)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
@@ -268,23 +276,24 @@ class Dissection:
         from, or DIR/dissection.json for a folder. The file is untrusted: every field is checked
         (types, shapes, ranges; names are kept as data) and a bad one raises ValueError naming it.
 
-        What the file records comes back equal: name, timings, settings, and per layer each unit's
-        threshold, best label/category/IoU and best label/IoU in every category; so detectors(),
-        unique_detectors() (both rules, any IoU threshold), units(), to_json(), compare(), explain()
-        and the report's tables and charts give what they gave before saving. What the file does not
-        record is not invented: the pixel counts (intersection, activation, label_count,
-        activation_total) are -1, there are no top images (topk_* of K x 0; the report shows no
-        strips), the iou matrix holds only each unit's best IoU per category (other labels -1, as a
-        non-concept), and a unit counts as dead only when its threshold is not finite (a constant
-        unit of finite value is not recognised; its IoUs are 0 in the file anyway). A non-finite
-        threshold is read from `Infinity`/`NaN` (Python's json), null (+inf, a dead unit) or the
-        strings "inf", "-inf", "nan" (any case, "Infinity" too).
+        A version-2 file (what to_json writes now) gives back an object equal to the one that wrote
+        it, field by field (arrays bit for bit: pixel counts, top images and maps, minimum/maximum,
+        ties; so dead, saturated and plateau too), besides name, timings and settings; its summary
+        ('units') must agree with its data. A version-1 file (no "version", the summary only) gives
+        what it records: each unit's threshold, best label/category/IoU and best label/IoU in every
+        category, so detectors(), unique_detectors(), units(), compare(), explain() and the report's
+        tables agree; the pixel counts not recorded there are -1, there are no top images, the iou
+        matrix holds only each unit's best IoU per category (other labels -1), and a unit counts as
+        dead only when its threshold is not finite. A non-finite threshold of a version-1 file is
+        read from `Infinity`/`NaN`, null (+inf) or the strings "inf", "-inf", "nan" (any case).
         """
         from unitscope.dissect.saved import read_dissection
 
         return read_dissection(cls, path)
 
 
+JSON_FORMAT = "unitscope dissection"
+JSON_VERSION = 2  # 1: no format/version, the layers' summary only; 2: every field under each layer's "data"
 _NONFINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 
 

@@ -67,6 +67,12 @@ def _restore(passes, state, ckpt) -> None:
             topk.load_state_dict(state.layers[layer].topk)
             _check_topk(topk, layer, 0, N)
             state.layers[layer].topk = topk.state_dict()
+        random = passes.config.ties == "random"
+        for layer in passes.layers:
+            share = state.layers[layer].tie_share
+            if (share is not None) != random and (share is not None or done or state.stage is Stage.DONE):
+                raise CheckpointError(f"layer {layer!r}: " + ("tie shares saved without ties='random'" if share is not None
+                                                              else "ties='random' but no tie shares were saved"))
         with_tally = [layer for layer in passes.layers if state.layers[layer].tally is not None]
         if with_tally and len(with_tally) != len(passes.layers):
             raise CheckpointError(f"only layers {with_tally} have a tally")

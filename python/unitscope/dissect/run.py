@@ -33,7 +33,7 @@ from unitscope.dissect.checkpoint import (
 from unitscope.dissect.config import DissectConfig, imagenet_preprocess  # noqa: F401 (re-exported)
 from unitscope.dissect.forward import PROBE_IMAGES, Feed, Timer  # noqa: F401 (PROBE_IMAGES: the tests')
 from unitscope.dissect.passes import Passes
-from unitscope.dissect.ranks import rank_and_world
+from unitscope.dissect.ranks import gather, rank_and_world
 from unitscope.dissect.result import Dissection, LayerDissection, plateau
 from unitscope.dissect.resume import envelope, resume
 from unitscope.dissect.state import DissectState, Stage
@@ -46,7 +46,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             num_workers="auto", checkpoint_dir=None, checkpoint_every: int = 50, progress: bool = True,
             topk: int = 8, tokens: bool = False, autocast=None, cache_activations="auto",
             sketch_size: int | None = None, backend: str | None = None, compile="auto",
-            transform=None) -> Dissection:
+            transform=None, ties: str = "op", tie_seed: int = 0) -> Dissection:
     """Network dissection of `layers` of `model` on a Broden-format `dataset`.
 
     Args:
@@ -94,6 +94,17 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
         transform: {layer: fn}: fn maps the layer's captured activations (Tensor[B, K, h, w],
             float32) to a tensor of the same shape, before thresholds and tally (e.g. a rotation of
             the units' basis); recorded in a checkpoint's key like the preprocess.
+        ties: what happens to raw activations exactly equal to their unit's threshold. 'op' (default,
+            the paper's rule): threshold_op decides ('>' leaves them out; a unit whose quantile is
+            its maximum, e.g. ReLU6's 6.0, then never fires; '>=' takes them all, often far more
+            than the quantile's share). 'random' (unitscope's own rule): before the tally, each
+            tied cell joins the mask with probability share_k = ((1 - quantile) x valid cells -
+            cells above) / tied cells, drawn from a hash of (tie_seed, image index, unit, cell), so
+            the unit's activated raw cells are the quantile's mass in expectation, and the draw does
+            not depend on batch size, resume, ranks or backend; the shares are counted in one extra
+            sweep (of the activation cache, else one more forward pass) and kept in the checkpoint.
+            Units without tied cells are untouched.
+        tie_seed: the seed of ties='random' (an int in [0, 2**63)).
     Returns:
         Dissection with one LayerDissection per layer.
     """
@@ -102,7 +113,7 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
                            tokens=tokens, autocast=autocast, cache_activations=cache_activations,
                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, compile=compile,
                            num_workers=num_workers, progress=progress, backend=backend, preprocess=preprocess,
-                           transform=transform or {})
+                           transform=transform or {}, ties=ties, tie_seed=tie_seed)
     layers = [layers] if isinstance(layers, str) else list(layers)
     config.check_layers(layers)
     if preprocess is None:
@@ -147,6 +158,9 @@ def dissect(model: torch.nn.Module, layers, dataset, *, batch_size: int = 32, de
             if state.stage is Stage.THRESHOLD:
                 passes.threshold_pass(state)
                 passes.finish_threshold(state, world)
+            if state.stage is Stage.TALLY and config.ties == "random" and \
+                    any(gather(any(state.layers[l].tie_share is None for l in layers), world)):
+                passes.tie_pass(state, world)
             if state.stage is Stage.TALLY:
                 passes.tally_pass(state)
                 passes.finish_tally(state, world)

@@ -15,6 +15,8 @@ from unitscope.dissect.result import LayerDissection
 
 def read_dissection(cls, path):
     """cls (Dissection) from the dissection.json at `path` (or `path`/dissection.json): see Dissection.load."""
+    from unitscope.dissect.result import JSON_FORMAT, JSON_VERSION
+
     path = Path(path)
     if path.is_dir():
         path = path / "dissection.json"
@@ -24,8 +26,17 @@ def read_dissection(cls, path):
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise ValueError(f"{path}: not a dissection: {str(e)[:120]}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a dissection") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list):
         raise ValueError(f"{path}: expected an object with a 'layers' list, as Dissection.to_json writes")
+    version = doc.get("version", 1)
+    if version != 1 and (doc.get("format") != JSON_FORMAT or type(version) is not int or
+                         not 1 < version <= JSON_VERSION):
+        raise ValueError(f"{path}: format {doc.get('format')!r:.60} version {version!r:.40} is not one this "
+                         f"unitscope reads ({JSON_FORMAT!r} 1 to {JSON_VERSION})")
     name = doc.get("name", "")
     timings = doc.get("timings", {})
     if not isinstance(name, str):
@@ -34,12 +45,32 @@ def read_dissection(cls, path):
         raise ValueError(f"{path}: 'timings' must map names to numbers, got {timings!r:.200}")
     layers = {}
     for i, entry in enumerate(doc["layers"]):
-        ld = _layer_from_dict(entry, f"{path.name}: layers[{i}]")
+        where = f"{path.name}: layers[{i}]"
+        ld = _layer_from_dict(entry, where) if version == 1 else _full_layer(entry, where)
         if ld.layer in layers:
             raise ValueError(f"{path.name}: layer {ld.layer!r} appears twice")
         layers[ld.layer] = ld
-    settings = next(iter(layers.values())).settings if layers else {}
+    if version == 1:
+        settings = next(iter(layers.values())).settings if layers else {}
+    else:
+        settings = _settings(doc.get("settings"), path.name)
     return cls(layers, timings={k: float(v) for k, v in timings.items()}, settings=dict(settings), name=name)
+
+
+def _full_layer(entry, where) -> LayerDissection:
+    """A LayerDissection from a version-2 entry: every field from its "data"; the summary written
+    beside it (units) must be the one these fields give."""
+    from unitscope.dissect.result import _json_safe
+    from unitscope.dissect.saved_full import read_layer_data
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("layer"), str):
+        raise ValueError(f"{where}: expected an object with a string 'layer'")
+    where = f"{where} ({entry['layer']!r:.80})"
+    settings = _settings(entry.get("settings", {}), where)
+    ld = LayerDissection(**read_layer_data(entry.get("data"), entry["layer"], settings, where))
+    if json.loads(json.dumps(_json_safe(ld.units()))) != entry.get("units"):
+        raise ValueError(f"{where}: 'units' is not what the layer's data gives (the file was edited or damaged)")
+    return ld
 
 
 _NONFINITE = {"inf": float("inf"), "+inf": float("inf"), "infinity": float("inf"), "+infinity": float("inf"),
@@ -67,13 +98,26 @@ def _iou(v, where):
     return float(v)
 
 
+def _plain(v, depth: int = 0) -> bool:
+    """A JSON value of at most 8 levels (a setting is a name, number or a small table)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return not isinstance(v, int) or isinstance(v, bool) or abs(v) < 2 ** 63
+    if depth < 8 and isinstance(v, list):
+        return all(_plain(x, depth + 1) for x in v)
+    if depth < 8 and isinstance(v, dict):
+        return all(_plain(x, depth + 1) for x in v.values())
+    return False
+
+
 def _settings(s, where) -> dict:
     if not isinstance(s, dict):
         raise ValueError(f"{where}: 'settings' must be an object, got {type(s).__name__}")
+    if not _plain(s):
+        raise ValueError(f"{where}: 'settings' must hold plain values (nested at most 8 deep, integers within int64)")
     checks = {"iou_threshold": lambda v: _number(v) and 0 <= v <= 1,
               "quantile": lambda v: _number(v) and 0 < v < 1,
-              "threshold_op": lambda v: v in (">", ">="), "union": lambda v: v in UNIONS,
-              "images": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              "threshold_op": lambda v: v in (">", ">="), "union": lambda v: isinstance(v, str) and v in UNIONS,
+              "images": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2 ** 40,
               "topk": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
               "upsample": lambda v: isinstance(v, str), "dataset_root": lambda v: isinstance(v, str)}
     for key, ok in checks.items():

@@ -22,10 +22,11 @@ class Stage(str, Enum):
 
 # what each layer entry holds at each stage: (always, optional). A mid-pass tally checkpoint adds
 # "tally" and "ties"; "ties" is absent from version 2 and 3 files and from the later saves of a run
-# resumed from one (its ties are then unknown).
+# resumed from one (its ties are then unknown). "tie_share" (version 5, ties="random" only): each unit's
+# share of tied cells drawn into the mask, counted before the tally.
 LAYER_FIELDS = {Stage.THRESHOLD: ({"quantile", "topk"}, set()),
-                Stage.TALLY: ({"thresholds", "topk"}, {"tally", "ties"}),
-                Stage.DONE: ({"thresholds", "topk", "tally"}, {"ties"})}
+                Stage.TALLY: ({"thresholds", "topk"}, {"tally", "ties", "tie_share"}),
+                Stage.DONE: ({"thresholds", "topk", "tally"}, {"ties", "tie_share"})}
 FIELDS = ("stage", "done", "shapes", "layers", "compiled", "channels_last")
 
 
@@ -38,6 +39,7 @@ class LayerState:
     thresholds: torch.Tensor | None = None
     tally: dict | None = None        # IoUTally, pass 2
     ties: dict | None = None         # ThresholdTies, pass 2
+    tie_share: torch.Tensor | None = None  # float64[K] in [0, 1], ties="random" (TieCounts.shares)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -68,7 +70,7 @@ class DissectState:
         return self.layers.setdefault(name, LayerState())
 
     def restart_tally(self) -> None:
-        """Back to the start of pass 2 (the thresholds and top-k kept, the counts dropped)."""
+        """Back to the start of pass 2 (the thresholds, top-k and tie shares kept, the counts dropped)."""
         self.stage, self.done = Stage.TALLY, 0
         for entry in self.layers.values():
             entry.tally = entry.ties = None
