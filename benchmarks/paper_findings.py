@@ -5,7 +5,7 @@ TOML spec written here (resumable: a re-run reads finished entries back and reco
 tables are printed as markdown and written with the raw counts to benchmarks/out/paper_findings.json.
 
     python benchmarks/paper_findings.py              # 300 images, 5 Lite0 layers (about 15-25 min on 2 busy cores)
-    python benchmarks/paper_findings.py --quick      # 60 images, 3 layers, heads only: a smoke run (< 2 min)
+    python benchmarks/paper_findings.py --quick      # 40 images, 2 layers, alphas 0/0.5/1, heads: a smoke run
 """
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ HERE = Path(__file__).resolve().parent
 HEAD = "_swish@1"  # the head's ReLU6 (1280 units) in every Lite model; `_swish@0` is the stem
 # activated layers spanning Lite0's depth: blocks 1 and 3 (56x56, 28x28), 6 and 10 (14x14), the head (7x7)
 LITE0_LAYERS = ["_blocks.1._swish@1", "_blocks.3._swish@1", "_blocks.6._swish@1", "_blocks.10._swish@1", HEAD]
-QUICK_LAYERS = ["_blocks.1._swish@1", "_blocks.6._swish@1", HEAD]
+QUICK_LAYERS = ["_blocks.6._swish@1", HEAD]
 # the same place in each model: the last block of stage 5 (Lite0 has 16 blocks, Lite1 and Lite2 have 21)
 MIDDLE = {"efficientnet_lite0": "_blocks.10._swish@1", "efficientnet_lite1": "_blocks.14._swish@1",
           "efficientnet_lite2": "_blocks.14._swish@1"}
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+QUICK_ALPHAS = [0.0, 0.5, 1.0]
 RELU6_MAX = 6.0  # a ReLU6 unit whose 0.995 quantile is 6.0 is saturated: with '>' its mask is always empty
 EARLY_CATS, LATE_CATS = ("color", "texture"), ("object", "part", "scene")
 
@@ -80,7 +81,7 @@ def plan(args, dataset: Path) -> dict:
             {"name": f"lite0-random{args.seed}", "model": lite0, "pretrained": False, "seed": args.seed, "layers": depth}]},
         "rotation": {"dataset": data, "settings": settings,
                      "models": [{"name": "lite0", "model": lite0, "layers": rot_layers}],
-                     "transforms": [{"name": f"alpha{a:g}", "rotation": a, "seed": args.seed} for a in ALPHAS]},
+                     "transforms": [{"name": f"alpha{a:g}", "rotation": a, "seed": args.seed} for a in args.alphas]},
     }
     for variant in ("efficientnet_lite1", "efficientnet_lite2"):  # each at its own input size (images resized)
         size = models.load(variant, pretrained=False).input_size[0]
@@ -131,7 +132,7 @@ def same_units(a, b) -> bool:
                 and (a.best_iou == b.best_iou).all())
 
 
-def readout_check(dataset: Path, seed: int, images: int) -> dict:
+def readout_check(dataset: Path, seed: int, images: int, alphas: list) -> dict:
     """The paper's point that a rotation leaves the representation's power unchanged, checked on the
     real network: the head rotated by R and read by the classifier with weights W R^T gives the
     model's own logits, for every alpha (max abs difference of logits, top-1 agreement)."""
@@ -147,7 +148,7 @@ def readout_check(dataset: Path, seed: int, images: int) -> dict:
         hook.remove()
     head, fc = captured["head"], lm.model._fc
     out = {}
-    for a in ALPHAS:
+    for a in alphas:
         rot = random_rotation(head.shape[1], a, seed)
         R = torch.as_tensor(rot.matrix, dtype=torch.float32)
         with torch.no_grad():
@@ -165,9 +166,9 @@ def findings(runs: dict, args, rule: str) -> dict:
     rot_runs = runs["rotation"]
     rotation = {}
     for layer in rot_runs["lite0"].layers:
-        curve = {f"{a:g}": summary(rot_runs[f"lite0+alpha{a:g}"][layer], rule) for a in ALPHAS}
-        uniq = [curve[f"{a:g}"]["unique"] for a in ALPHAS]
-        rotation[layer] = {"curve": curve, "unique": uniq, "detectors": [curve[f"{a:g}"]["detectors"] for a in ALPHAS],
+        curve = {f"{a:g}": summary(rot_runs[f"lite0+alpha{a:g}"][layer], rule) for a in args.alphas}
+        uniq = [curve[f"{a:g}"]["unique"] for a in args.alphas]
+        rotation[layer] = {"curve": curve, "unique": uniq, "detectors": [curve[f"{a:g}"]["detectors"] for a in args.alphas],
                            "alpha0_equals_unrotated": same_units(rot_runs["lite0+alpha0"][layer], rot_runs["lite0"][layer]),
                            "unique_falls_alpha0_to_1": uniq[-1] < uniq[0],
                            "unique_nonincreasing": all(x >= y for x, y in zip(uniq, uniq[1:]))}
@@ -230,8 +231,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--images", type=int, default=None,
-                   help="generated concept images (default: 300, or 60 with --quick)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 60 images, 3 Lite0 layers, heads only")
+                   help="generated concept images (default: 300, or 40 with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 40 images, 2 Lite0 layers, alphas 0, 0.5, 1, heads only")
     p.add_argument("--out", type=Path, default=HERE / "out", help="folder of paper_findings.json")
     p.add_argument("--work", type=Path, default=None,
                    help="folder of the dataset, specs and benchmark runs (default: OUT/paper_findings/<images>img; "
@@ -242,7 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--rule", choices=["best", "category"], default="best", help="unique-detector counting rule")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    images = args.images or (60 if args.quick else 300)
+    images = args.images or (40 if args.quick else 300)
+    args.alphas = QUICK_ALPHAS if args.quick else ALPHAS
     if images < 10:
         p.error(f"--images must be at least 10, got {images}")
     work = args.work or args.out / "paper_findings" / f"{images}img{'-quick' if args.quick else ''}-seed{args.seed}"
@@ -255,7 +257,7 @@ def main(argv=None) -> int:
         make_concept_dataset(dataset, images, size=224, seed=args.seed, progress=not args.quiet)
     done = run_groups(plan(args, dataset), work, args.quiet)
     f = findings(done["runs"], args, args.rule)
-    f["readout_check"] = readout_check(dataset, args.seed, args.batch_size)
+    f["readout_check"] = readout_check(dataset, args.seed, 8 if args.quick else args.batch_size, args.alphas)
     cats = list(next(iter(f["trained_vs_random"].values()))["trained"]["unique_per_category"])
     lite_runs = [done["runs"]["depth"]["lite0"], done["runs"]["lite1"]["lite1"], done["runs"]["lite2"]["lite2"]]
     page = write_comparison(lite_runs, ["lite0", "lite1", "lite2"], work / "lite_compare", rule=args.rule)
