@@ -76,9 +76,9 @@ def plan(args, dataset: Path) -> dict:
     lite0 = "efficientnet_lite0"
     rot_layers = [HEAD] if args.quick else [MIDDLE[lite0], HEAD]
     groups = {
-        "depth": {"dataset": data, "settings": settings, "models": [
-            {"name": "lite0", "model": lite0, "layers": depth},
-            {"name": f"lite0-random{args.seed}", "model": lite0, "pretrained": False, "seed": args.seed, "layers": depth}]},
+        "depth": {"dataset": data, "settings": settings, "models": [{"name": "lite0", "model": lite0, "layers": depth}] + [
+            {"name": f"lite0-random{s}", "model": lite0, "pretrained": False, "seed": s, "layers": depth}
+            for s in args.random_seeds]},
         "rotation": {"dataset": data, "settings": settings,
                      "models": [{"name": "lite0", "model": lite0, "layers": rot_layers}],
                      "transforms": [{"name": f"alpha{a:g}", "rotation": a, "seed": args.seed} for a in args.alphas]},
@@ -161,8 +161,11 @@ def readout_check(dataset: Path, seed: int, images: int, alphas: list) -> dict:
 
 def findings(runs: dict, args, rule: str) -> dict:
     depth = QUICK_LAYERS if args.quick else LITE0_LAYERS
-    trained, random = runs["depth"]["lite0"], runs["depth"][f"lite0-random{args.seed}"]
-    tvr = {layer: {"trained": summary(trained[layer], rule), "random": summary(random[layer], rule)} for layer in depth}
+    trained, seeds = runs["depth"]["lite0"], args.random_seeds
+    tvr = {layer: {"trained": summary(trained[layer], rule),
+                   "random": summary(runs["depth"][f"lite0-random{seeds[0]}"][layer], rule),
+                   "random_seeds": {s: summary(runs["depth"][f"lite0-random{s}"][layer], rule) for s in seeds}}
+           for layer in depth}
     rot_runs = runs["rotation"]
     rotation = {}
     for layer in rot_runs["lite0"].layers:
@@ -179,7 +182,8 @@ def findings(runs: dict, args, rule: str) -> dict:
     share = lambda s, cats: round(sum(s.get(c, 0.0) for c in cats), 3)  # noqa: E731
     return {
         "trained_vs_random": tvr,
-        "random_fewer_unique_at_every_layer": all(v["random"]["unique"] < v["trained"]["unique"] for v in tvr.values()),
+        "random_fewer_unique_at_every_layer": all(r["unique"] < v["trained"]["unique"]
+                                                  for v in tvr.values() for r in v["random_seeds"].values()),
         "rotation": rotation,
         "layer_progression": {layer: tvr[layer]["trained"]["detector_share"] for layer in depth},
         "progression": {"early_share_color_texture": {"first": share(first, EARLY_CATS), "head": share(last, EARLY_CATS)},
@@ -196,12 +200,16 @@ def _table(head: list, rows: list) -> str:
 def tables(f: dict, cats: list) -> str:
     """The findings as markdown tables (the RESULTS section's)."""
     per = lambda d: " / ".join(str(d[c]) for c in cats)  # noqa: E731
-    out = [f"Trained vs random EfficientNet-Lite0 (per category: {' / '.join(cats)})", ""]
+    seeds = "/".join(str(s) for s in next(iter(f["trained_vs_random"].values()))["random_seeds"])
+    out = [f"Trained vs random EfficientNet-Lite0 (random seeds {seeds}; per category, of the first: "
+           f"{' / '.join(cats)})", ""]
     rows = []
     for layer, v in f["trained_vs_random"].items():
         t, r = v["trained"], v["random"]
+        det_r = "/".join(str(x["detectors"]) for x in v["random_seeds"].values())
+        uniq_r = "/".join(str(x["unique"]) for x in v["random_seeds"].values())
         rows.append([f"`{layer}`", t["units"], t["threshold_at_relu6_max"], r["threshold_at_relu6_max"],
-                     t["detectors"], r["detectors"], t["unique"], r["unique"], per(t["unique_per_category"]),
+                     t["detectors"], det_r, t["unique"], uniq_r, per(t["unique_per_category"]),
                      per(r["unique_per_category"])])
     out += [_table(["layer", "units", "sat. trained", "sat. random", "detectors trained", "detectors random",
                     "unique trained", "unique random", "unique per category, trained", "unique per category, random"],
@@ -219,6 +227,16 @@ def tables(f: dict, cats: list) -> str:
                    [[m, f"`{layer}`", s["units"], s["threshold_at_relu6_max"], s["detectors"], s["unique"],
                      per(s["unique_per_category"])] for m, layers in f["lite"].items() for layer, s in layers.items()]), ""]
     return "\n".join(out)
+
+
+def _seeds(text: str) -> list:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0, got {text!r}")
+    return seeds
 
 
 def machine() -> dict:
@@ -240,11 +258,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset, the random network and the rotations")
     p.add_argument("--batch-size", type=int, default=25, help="dissection batch size")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per dissection")
+    p.add_argument("--random-seeds", type=_seeds, default=None,
+                   help="seeds of the randomly initialized Lite0s, comma-separated; the tables show the first "
+                        "and the others' range (default: --seed)")
     p.add_argument("--rule", choices=["best", "category"], default="best", help="unique-detector counting rule")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     images = args.images or (40 if args.quick else 300)
     args.alphas = QUICK_ALPHAS if args.quick else ALPHAS
+    args.random_seeds = args.random_seeds or [args.seed]
     if images < 10:
         p.error(f"--images must be at least 10, got {images}")
     work = args.work or args.out / "paper_findings" / f"{images}img{'-quick' if args.quick else ''}-seed{args.seed}"
