@@ -92,7 +92,6 @@ def plan(args, dataset: Path) -> dict:
     return groups
 
 
-
 def run_groups(groups: dict, work: Path, quiet: bool) -> dict:
     """Run `unitscope benchmark` for each group; {group: {entry name: Dissection}} read back from disk
     (so a re-run and a first run give the same objects), with each group's wall time."""
@@ -246,29 +245,31 @@ def machine() -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=None,
                    help="generated concept images (default: 300, or 40 with --quick)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 40 images, 2 Lite0 layers, alphas 0, 0.5, 1, heads only")
-    p.add_argument("--out", type=Path, default=HERE / "out", help="folder of paper_findings.json")
+    p.add_argument("--quick", action="store_true", help="smoke run: 40 images, 2 Lite0 layers, alphas 0, 0.5, 1, heads only (default: the full run)")
+    p.add_argument("--out", type=Path, default=HERE / "out", help="folder of paper_findings.json (default: benchmarks/out)")
     p.add_argument("--work", type=Path, default=None,
-                   help="folder of the dataset, specs and benchmark runs (default: OUT/paper_findings/<images>img; "
-                        "a re-run with the same one recomputes nothing)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dataset, the random network and the rotations")
-    p.add_argument("--batch-size", type=int, default=25, help="dissection batch size")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per dissection")
+                   help="folder of the dataset, specs and benchmark runs (default: "
+                        "OUT/paper_findings/<images>img[-quick]-seed<seed>; a re-run with the same one recomputes "
+                        "nothing)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the rotations (default: 0)")
+    p.add_argument("--batch-size", type=int, default=25, help="dissection batch size (default: 25)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per dissection (default: 1)")
     p.add_argument("--random-seeds", type=_seeds, default=None,
-                   help="seeds of the randomly initialized Lite0s, comma-separated; the tables show the first "
-                        "and the others' range (default: --seed)")
-    p.add_argument("--rule", choices=["best", "category"], default="best", help="unique-detector counting rule")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="seeds of the randomly initialized Lite0s, comma-separated; the table lists each seed's "
+                        "detectors and unique detectors, and the first's per category (default: --seed)")
+    p.add_argument("--rule", choices=["best", "category"], default="best", help="unique-detector counting rule (default: best, the paper's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: shown)")
     args = p.parse_args(argv)
     images = args.images or (40 if args.quick else 300)
     args.alphas = QUICK_ALPHAS if args.quick else ALPHAS
     args.random_seeds = args.random_seeds or [args.seed]
     if images < 10:
         p.error(f"--images must be at least 10, got {images}")
+    if args.batch_size < 1 or args.workers < 0:
+        p.error(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     work = args.work or args.out / "paper_findings" / f"{images}img{'-quick' if args.quick else ''}-seed{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
