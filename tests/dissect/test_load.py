@@ -126,6 +126,19 @@ def test_nonfinite_thresholds_in_old_and_new_spellings(tmp_path, written):
     assert Dissection.load(tmp_path / "d.json")["L"].thresholds[1] == -np.inf
 
 
+def test_a_version1_file_marks_no_unit_saturated(tmp_path):
+    # version 1 stores no maxima: a live unit whose threshold is exactly 1.0 was once read back as
+    # saturated (its maximum filled in as 1.0); unknown now reads as not saturated, and still live
+    iou = np.array([[0.0, 0.5, 0.0], [0.0, 0.0, 0.3]])
+    ld = _layer(iou, [-1, 0, 0], ["-", "x", "y"], ["object"], thresholds=[1.0, 6.0])
+    ld.maximum[:] = [1.0, 6.0]  # both saturated when written
+    d = Dissection({"L": ld}, settings=ld.settings)
+    assert d["L"].saturated.tolist() == [True, True]
+    (tmp_path / "d.json").write_text(v1(d.to_json()))
+    loaded = Dissection.load(tmp_path / "d.json")["L"]
+    assert loaded.saturated.tolist() == [False, False] and loaded.dead.tolist() == [False, False]
+
+
 def _bad(tmp_path, doc, message):
     p = tmp_path / "bad.json"
     p.write_text(doc if isinstance(doc, str) else json.dumps(doc))

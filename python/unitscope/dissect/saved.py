@@ -195,7 +195,9 @@ def _layer_from_dict(entry, where) -> LayerDissection:
         images=settings.get("images", 0), label_names=[lab for _, lab in order], categories=categories,
         label_category=np.array([c for c, _ in order], dtype=np.int64), topk_index=minus(K, 0),
         topk_values=np.zeros((K, 0), np.float32), topk_maps=np.zeros((K, 0, 1, 1), np.float32),
-        minimum=np.zeros(K, np.float32), maximum=np.where(dead, 0, 1).astype(np.float32), settings=settings)
+        minimum=np.zeros(K, np.float32), settings=settings,
+        # a version-1 file has no maxima: +inf keeps live units live and never `saturated` (unknown)
+        maximum=np.where(dead, 0, np.inf).astype(np.float32))
 
 
 def _ordered(keys: list, after: dict, where) -> list:
