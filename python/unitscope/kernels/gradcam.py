@@ -6,7 +6,6 @@ import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
-from unitscope.kernels import _ops
 from unitscope.reference.gradcam import gradcam as reference_gradcam
 
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -80,10 +79,10 @@ def gradcam(activations: T.ArrayLike, gradients: T.ArrayLike | None = None, *, w
     if out is not None:
         shape = (B, H, Wd) if squeeze else (B, targets, H, Wd)
         _check_out(out, shape, A.device, was_numpy, A, G, W)
-        _ops.gradcam_out(A, G, W, bool(relu), bool(align_corners), bool(normalize), backend, num_threads,
+        torch.ops.unitscope.gradcam_out(A, G, W, bool(relu), bool(align_corners), bool(normalize), backend, num_threads,
                          out.view(B, targets, H, Wd))
         return out
-    maps = _ops.gradcam(A, G, W, bool(relu), H, Wd, bool(align_corners), bool(normalize), backend, num_threads)
+    maps = torch.ops.unitscope.gradcam(A, G, W, bool(relu), H, Wd, bool(align_corners), bool(normalize), backend, num_threads)
     maps = maps[:, 0] if squeeze else maps
     return maps.numpy() if was_numpy else maps
 
