@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import unitscope
 from conftest import device_of
 from unitscope.kernels import gradcam
 
@@ -97,3 +98,16 @@ def test_out_through_compile_fullgraph():
     total = torch.compile(f, fullgraph=True, backend="aot_eager")(A, G, buf)
     want = gradcam(A, G, out_size=(6, 5), normalize=True)
     assert torch.equal(buf, want) and torch.equal(total, want.sum())
+
+
+def test_operator_checks_out_itself():
+    """torch.ops.unitscope.gradcam_out called directly (no front end): a buffer the kernel would
+    overrun or misread is refused before any write."""
+    A, G = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    op = torch.ops.unitscope.gradcam_out
+    for bad, match in ((torch.empty(2, 1, 8, 8, dtype=torch.float16), "out must be float32"),
+                       (torch.empty(2, 8, 8), r"out must be a \(B, T, H, W\) tensor"),
+                       (torch.empty(1, 1, 8, 8), r"out must have the result's shape \(2, 1, 8, 8\)"),
+                       (torch.empty(2, 1, 8, 16)[..., ::2], "out must be contiguous")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            op(A, G, None, True, False, False, "cpp" if "cpp" in unitscope.backends() else None, None, bad)

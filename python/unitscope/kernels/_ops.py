@@ -16,6 +16,7 @@ import torch
 
 from unitscope import _backend
 from unitscope.kernels import _gradcam_grad, exact_quantile, quantile_sketch, tally
+from unitscope.kernels.gradcam import _check_out
 from unitscope.kernels.gradcam import run as _run
 
 _LIB = torch.library.Library("unitscope", "DEF")  # kept alive: the registrations live as long as it
@@ -61,13 +62,25 @@ gradcam = _define("gradcam(Tensor activations, Tensor? gradients, Tensor? weight
 
 # ---- Grad-CAM into a caller's buffer (out: float32 (B, T, H, W), contiguous; not differentiable) ------
 def _gradcam_out(activations, gradients, weights, relu, align_corners, normalize, backend, num_threads, out):
+    _check_out_of_op(activations, weights, out)  # the kernel writes B*T*H*W floats through out's pointer
     _run(_pick(backend, activations.device, "gradcam"), activations, gradients, weights, relu, out.shape[2],
         out.shape[3], align_corners, normalize, num_threads, out=out)
 
 
+def _check_out_of_op(activations, weights, out) -> None:
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        raise ValueError(f"out must be a (B, T, H, W) tensor, got {getattr(out, 'shape', type(out).__name__)}")
+    T = 1 if weights is None else weights.shape[1]
+    _check_out(out, (activations.shape[0], T, out.shape[2], out.shape[3]), activations.device, False)
+
+
+def _gradcam_out_fake(activations, gradients, weights, relu, align_corners, normalize, backend, num_threads, out):
+    _check_out_of_op(activations, weights, out)
+
+
 gradcam_out = _define("gradcam_out(Tensor activations, Tensor? gradients, Tensor? weights, bool relu, "
                       "bool align_corners, bool normalize, str? backend, int? num_threads, Tensor(a!) out) -> ()",
-                      _gradcam_out, _nothing)
+                      _gradcam_out, _gradcam_out_fake)
 
 
 # ---- IoU tally (adds one batch's counts in place) ---------------------------------------------------
