@@ -2,7 +2,10 @@
 
 Shapes: EfficientNet-Lite0's head (B=64, K=1280, 7x7 -> 224x224, normalized) and a ResNet-50-like
 head (B=256, K=2048, 7x7 -> 224x224). Also the memory-traffic floor: bytes that must move (read A and
-G once, write the output once) over this machine's measured copy bandwidth.
+G once, write the output once) over this machine's measured copy bandwidth. The `cpp out=` row writes
+into one preallocated (warm) buffer; the other rows allocate their output every call. The `cpp SSE2`
+row is the cpp kernel without its AVX2 paths (UNITSCOPE_NO_AVX2=1: SSE2 rows, cached stores), the
+kernel as it was before them, for a before/after in one process.
 Usage: python benchmarks/bench_gradcam.py [--quick] [--threads N] [--json PATH]
 """
 from __future__ import annotations
@@ -73,6 +76,14 @@ def main():
         times = {}
         for b in backends:
             times[b] = median_time(lambda: gradcam(A, G, out_size=S, normalize=True, backend=b), repeats)  # noqa: B023 (called in this iteration)
+            if b == "cpp":
+                buf = torch.empty(B, S, S)
+                times["cpp out="] = median_time(lambda: gradcam(A, G, out_size=S, normalize=True, backend="cpp", out=buf), repeats)  # noqa: B023
+                os.environ["UNITSCOPE_NO_AVX2"] = "1"
+                try:
+                    times["cpp SSE2"] = median_time(lambda: gradcam(A, G, out_size=S, normalize=True, backend="cpp"), repeats)  # noqa: B023
+                finally:
+                    del os.environ["UNITSCOPE_NO_AVX2"]
         times["plain torch (F.interpolate)"] = median_time(lambda: plain_torch(A, G, (S, S)), repeats)  # noqa: B023 (called in this iteration)
         for name, t in times.items():
             rows.append(dict(shape=f"B={B} K={K} {h}x{h}->{S}x{S}", backend=name, ms=t * 1e3,

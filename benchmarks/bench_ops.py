@@ -1,7 +1,9 @@
 """The operator path against the direct call, in one process: torch.ops.unitscope.* (the dispatcher, the
 custom_op wrapper, the backend choice at run time) against calling the same backend body directly
 (kernels/gradcam.run, tally.count_batch, exact_quantile.feed, quantile_sketch.feed), on a small shape
-(where a fixed cost per call shows) and a typical one. Calls alternate, so load drifts hit both.
+(where a fixed cost per call shows) and a typical one. Calls alternate, so load drifts hit both. The
+`empty op` column is torch's own fixed cost: an operator of the same schema whose Python kernel does
+nothing, registered as kernels/_ops.py registers ours (torch.library.Library, one Python entry a call).
 Usage: python benchmarks/bench_ops.py [--quick] [--threads N] [--backend cpp] [--json PATH]
 """
 from __future__ import annotations
@@ -28,27 +30,42 @@ from unitscope.kernels import (
 gradcam_mod = importlib.import_module("unitscope.kernels.gradcam")  # the module, not the function it exports
 
 
-def paired_times(a, b, repeats: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of a() and b(), called alternately."""
+def paired_times(fns, repeats: int, warmup: int = 2) -> list[float]:
+    """Median seconds of each of fns, called in turn."""
     for _ in range(warmup):
-        a(), b()
-    ta, tb = [], []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, out in ((a, ta), (b, tb)):
+        for fn, out in zip(fns, times):
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+    return [statistics.median(t) for t in times]
+
+
+_EMPTY = torch.library.Library("unitscope_bench_empty", "DEF")
+
+
+def empty_op(name: str):
+    """An operator with torch.ops.unitscope.<name>'s schema that does nothing (returns an empty tensor
+    where the schema returns one): what the dispatcher and one Python kernel entry cost."""
+    schema = str(getattr(torch.ops.unitscope, name).default._schema).split("::", 1)[1]
+    _EMPTY.define(schema)
+    _EMPTY.impl(name, lambda *args: torch.empty(0) if schema.endswith("Tensor") else None, "CompositeExplicitAutograd")
+    if "!)" in schema:
+        _EMPTY.m.register_ad_inplace_or_view_fallback(name)
+    return getattr(torch.ops.unitscope_bench_empty, name).default
 
 
 def cases(backend: str, small: bool):
-    """(name, direct call, operator call) for every operator."""
+    """(name, direct call, the operator's arguments) for every operator."""
     g = torch.Generator().manual_seed(0)
     B, K, h, S = (2, 16, 7, 28) if small else (32, 512, 7, 112)
     A = torch.randn(B, K, h, h, generator=g)
     G = torch.randn(B, K, h, h, generator=g)
     yield ("gradcam", lambda: gradcam_mod.run(backend, A, G, None, True, S, S, False, True, None),
-           lambda: torch.ops.unitscope.gradcam(A, G, None, True, S, S, False, True, backend, None))
+           (A, G, None, True, S, S, False, True, backend, None))
 
     C = 20
     thr = tally.float32_thresholds(torch.zeros(K), False)
@@ -58,18 +75,16 @@ def cases(backend: str, small: bool):
               "label": torch.zeros(C, dtype=torch.int64), "activation_total": torch.zeros(K, dtype=torch.int64)}
     batch = tally.Batch(A, thr, thr, pix, None, None)
     yield ("tally_", lambda: tally.count_batch(backend, cfg, batch, counts),
-           lambda: torch.ops.unitscope.tally_(A, thr, pix, None, None, cfg.label_category, *counts.values(), S, S,
-                                              False, False, True, backend, None))
+           (A, thr, pix, None, None, cfg.label_category, *counts.values(), S, S, False, False, True, backend, None))
 
     x = torch.randn(8 if small else 64, K, 49, generator=g)
     eq = ExactQuantile(K, 0.995, 10 ** 9, backend=backend)
     yield ("exact_quantile_update_",
            lambda: exact_quantile.feed(backend, x, eq._buf, eq._fill, eq._thr, eq._nan, eq.m, not eq.top, None),
-           lambda: torch.ops.unitscope.exact_quantile_update_(x, eq._buf, eq._fill, eq._thr, eq._nan, eq.m,
-                                                              not eq.top, backend, None))
+           (x, eq._buf, eq._fill, eq._thr, eq._nan, eq.m, not eq.top, backend, None))
     qs = QuantileSketch(K, backend=backend)
     yield ("quantile_sketch_update_", lambda: quantile_sketch.feed(backend, x, qs._s, qs.nb, None),
-           lambda: torch.ops.unitscope.quantile_sketch_update_(x, *qs._s.values(), qs.nb, backend, None))
+           (x, *qs._s.values(), qs.nb, backend, None))
 
 
 def main():
@@ -85,16 +100,24 @@ def main():
                          f"{unitscope.backends(verbose=True)[args.backend]}")
     repeats = 5 if args.quick else 50
     rows = []
+    empty = {}
     for small in (True, False):
-        for name, direct, op in cases(args.backend, small):
-            t_direct, t_op = paired_times(direct, op, repeats)
+        for name, direct, op_args in cases(args.backend, small):
+            op = getattr(torch.ops.unitscope, name).default
+            empty[name] = empty.get(name) or empty_op(name)
+            t_direct, t_op, t_empty = paired_times(
+                [direct, lambda: op(*op_args), lambda: empty[name](*op_args)], repeats)  # noqa: B023
             rows.append({"op": name, "shape": "small" if small else "typical", "direct_us": t_direct * 1e6,
-                         "operator_us": t_op * 1e6, "ratio": t_op / t_direct})
+                         "operator_us": t_op * 1e6, "empty_op_us": t_empty * 1e6, "ratio": t_op / t_direct,
+                         "ratio_less_empty_op": (t_op - t_empty) / t_direct})
     print(f"backend={args.backend} threads={args.threads} torch {torch.__version__} "
-          f"({platform.processor() or platform.machine()}); ratio = operator / direct (same process)")
-    print(f"{'operator':26s} {'shape':8s} {'direct us':>10s} {'operator us':>12s} {'ratio':>6s}")
+          f"({platform.processor() or platform.machine()}); ratio = operator / direct (same process); "
+          "less empty op = (operator - empty op) / direct")
+    print(f"{'operator':26s} {'shape':8s} {'direct us':>10s} {'operator us':>12s} {'empty op us':>12s} {'ratio':>6s} "
+          f"{'less empty op':>14s}")
     for r in rows:
-        print(f"{r['op']:26s} {r['shape']:8s} {r['direct_us']:10.1f} {r['operator_us']:12.1f} {r['ratio']:6.2f}")
+        print(f"{r['op']:26s} {r['shape']:8s} {r['direct_us']:10.1f} {r['operator_us']:12.1f} {r['empty_op_us']:12.1f} "
+              f"{r['ratio']:6.2f} {r['ratio_less_empty_op']:14.2f}")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"backend": args.backend, "threads": args.threads, "torch": torch.__version__,

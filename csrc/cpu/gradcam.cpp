@@ -1,12 +1,20 @@
 // Grad-CAM on the CPU: one OpenMP task per (image, target) map. The small h x w map is built in a
-// thread-local buffer, then resized, ReLU'd and normalized straight into the output.
+// thread-local buffer, then resized, ReLU'd and normalized straight into the output (the output rows
+// with AVX2 where the CPU has it, chosen at run time; the same bits as the SSE2/scalar code).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define UNITSCOPE_GRADCAM_AVX2 1
 #endif
 
 #include "unitscope/bilinear.h"
@@ -71,6 +79,87 @@ inline void row_min_max(const float* r0, const float* r1, float l0, float l1, in
   }
 }
 
+#if defined(UNITSCOPE_GRADCAM_AVX2)
+// The min and max over a whole resized map (row_min_max over its H rows), sixteen pixels at a time in
+// two independent accumulator pairs, reduced once per map; `signs` collects the OR of every pixel's
+// bits (its sign bit says whether any pixel is negative, -0.0 or a NaN with the sign set). The min
+// and max values are row_min_max's (min and max do not depend on the order); only which zero, +0.0
+// or -0.0, ends up as the min can (a tie), and gradcam_cpu redoes a map with row_min_max when that
+// could matter (see there).
+__attribute__((target("avx2"))) void map_min_max_avx2(const float* rows, const LinearTap* ty, int64_t H, int64_t n,
+                                                      float& lo, float& hi, uint32_t& signs) {
+  __m256 lo0 = _mm256_set1_ps(lo), lo1 = lo0, hi0 = _mm256_set1_ps(hi), hi1 = hi0, or0 = _mm256_setzero_ps(), or1 = or0;
+  for (int64_t y = 0; y < H; ++y) {
+    const float* r0 = rows + ty[y].i0 * n;
+    const float* r1 = rows + ty[y].i1 * n;
+    const float l0 = ty[y].l0, l1 = ty[y].l1;
+    const __m256 a = _mm256_set1_ps(l0), b = _mm256_set1_ps(l1);
+    int64_t x = 0;
+    for (; x + 16 <= n; x += 16) {
+      const __m256 v = _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(r0 + x)), _mm256_mul_ps(b, _mm256_loadu_ps(r1 + x)));
+      const __m256 u = _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(r0 + x + 8)),
+                                     _mm256_mul_ps(b, _mm256_loadu_ps(r1 + x + 8)));
+      lo0 = _mm256_min_ps(v, lo0);
+      hi0 = _mm256_max_ps(v, hi0);
+      or0 = _mm256_or_ps(or0, v);
+      lo1 = _mm256_min_ps(u, lo1);
+      hi1 = _mm256_max_ps(u, hi1);
+      or1 = _mm256_or_ps(or1, u);
+    }
+    for (; x < n; ++x) {
+      const float v = l0 * r0[x] + l1 * r1[x];
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      signs |= bits;
+    }
+  }
+  float l[16], h[16], o[16];
+  _mm256_storeu_ps(l, lo0);
+  _mm256_storeu_ps(l + 8, lo1);
+  _mm256_storeu_ps(h, hi0);
+  _mm256_storeu_ps(h + 8, hi1);
+  _mm256_storeu_ps(o, or0);
+  _mm256_storeu_ps(o + 8, or1);
+  for (int j = 0; j < 16; ++j) {
+    lo = l[j] < lo ? l[j] : lo;
+    hi = h[j] > hi ? h[j] : hi;
+    uint32_t bits;
+    std::memcpy(&bits, &o[j], 4);
+    signs |= bits;
+  }
+}
+
+// One output row, l0 * r0[x] + l1 * r1[x] (scale: then (v - lo) * inv), eight pixels at a time:
+// the same operations in the same order per pixel as the scalar loops, so the same bits. With
+// `stream`, the aligned part is written with non-temporal stores: straight to memory, without first
+// reading each output line into the cache (a large output is not read back by this kernel, and
+// would not fit in the cache anyway); the caller fences once its maps are done.
+__attribute__((target("avx2"))) void row_write_avx2(float* o, const float* r0, const float* r1, float l0, float l1,
+                                                    int64_t n, bool scale, float lo, float inv, bool stream) {
+  int64_t x = 0;
+  const __m256 a = _mm256_set1_ps(l0), b = _mm256_set1_ps(l1), vlo = _mm256_set1_ps(lo), vinv = _mm256_set1_ps(inv);
+  if (stream)
+    for (; x < n && (reinterpret_cast<uintptr_t>(o + x) & 31) != 0; ++x)
+      o[x] = scale ? (l0 * r0[x] + l1 * r1[x] - lo) * inv : l0 * r0[x] + l1 * r1[x];
+  for (; x + 8 <= n; x += 8) {
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(r0 + x)), _mm256_mul_ps(b, _mm256_loadu_ps(r1 + x)));
+    if (scale) v = _mm256_mul_ps(_mm256_sub_ps(v, vlo), vinv);
+    if (stream)
+      _mm256_stream_ps(o + x, v);
+    else
+      _mm256_storeu_ps(o + x, v);
+  }
+  for (; x < n; ++x) o[x] = scale ? (l0 * r0[x] + l1 * r1[x] - lo) * inv : l0 * r0[x] + l1 * r1[x];
+}
+
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
 // What normalizing does to a map with min lo and max hi (of its non-NaN pixels).
 struct Rescale {
   enum Mode { kKeep, kScale, kZero } mode;
@@ -120,6 +209,10 @@ void gradcam_cpu(const GradcamArgs& a) {
   struct Scratch {
     std::vector<float> cam, weights, rows;  // [h*w], [K], [nrows*W]
   };
+#if defined(UNITSCOPE_GRADCAM_AVX2)
+  const bool avx2 = have_avx2() && !std::getenv("UNITSCOPE_NO_AVX2");
+  const bool stream = maps * HW >= (int64_t(1) << 20);  // >= 4 MiB of output: written around the cache
+#endif
   std::vector<Scratch> scratch(threads);  // allocated here: a std::bad_alloc becomes a MemoryError
   for (Scratch& s : scratch) {
     s.cam.resize(hw);
@@ -171,7 +264,20 @@ void gradcam_cpu(const GradcamArgs& a) {
           }
         }
         if (a.normalize) {
-          for (int64_t y = 0; y < a.H; ++y) {
+          bool done = false;
+#if defined(UNITSCOPE_GRADCAM_AVX2)
+          if (avx2) {
+            uint32_t signs = 0;
+            map_min_max_avx2(rows.data(), ty.data(), a.H, a.W, lo, hi, signs);
+            // A min of 0 with a max above it is the one case where the zero's sign reaches the output
+            // ((v - lo) for v = -0.0); the sign of the zero row_min_max picks depends on its lane order.
+            // Only a -0.0 pixel (or a NaN with its sign set) can make it -0.0: with none (no sign bit
+            // in any pixel, as no pixel is negative), every zero is +0.0 and the orders agree.
+            done = !(lo == 0.0f && hi > 0.0f && (signs & 0x80000000u));
+            if (!done) lo = INFINITY, hi = -INFINITY;
+          }
+#endif
+          for (int64_t y = 0; !done && y < a.H; ++y) {
             const LinearTap& t = ty[y];
             row_min_max(rows.data() + t.i0 * a.W, rows.data() + t.i1 * a.W, t.l0, t.l1, a.W, lo, hi);
           }
@@ -183,6 +289,12 @@ void gradcam_cpu(const GradcamArgs& a) {
           const float* r1 = rows.data() + t.i1 * a.W;
           float* o = out + y * a.W;
           const float l0 = t.l0, l1 = t.l1;
+#if defined(UNITSCOPE_GRADCAM_AVX2)
+          if (avx2 && n.mode != Rescale::kZero) {
+            row_write_avx2(o, r0, r1, l0, l1, a.W, n.mode == Rescale::kScale, n.lo, n.inv, stream);
+            continue;
+          }
+#endif
           if (n.mode == Rescale::kKeep) {
             for (int64_t x = 0; x < a.W; ++x) o[x] = l0 * r0[x] + l1 * r1[x];
           } else if (n.mode == Rescale::kScale) {
@@ -206,6 +318,9 @@ void gradcam_cpu(const GradcamArgs& a) {
         }
       }
     }
+#if defined(UNITSCOPE_GRADCAM_AVX2)
+    if (stream) _mm_sfence();  // this thread's non-temporal stores are visible before the kernel returns
+#endif
   }
 }
 

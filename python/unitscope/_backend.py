@@ -171,8 +171,10 @@ def select_backend(backend: str | None, device: torch.device, op: str) -> str:
     return "torch"
 
 
+@functools.cache
 def max_threads() -> int:
-    """The largest num_threads a kernel accepts: max(64, 4 x the machine's cores)."""
+    """The largest num_threads a kernel accepts: max(64, 4 x the machine's cores) (cached: os.cpu_count()
+    reads /sys on every call, ~2 us, and every kernel call asks)."""
     return max(64, 4 * (os.cpu_count() or 1))
 
 

@@ -59,10 +59,19 @@ def test_opcheck_every_operator(backend):
     ops = torch.ops.unitscope
     torch.library.opcheck(ops.gradcam.default, _gradcam_args(backend, True, requires_grad=True))
     torch.library.opcheck(ops.gradcam.default, _gradcam_args(backend, False, requires_grad=True))
+    for grad in (True, False):
+        torch.library.opcheck(ops.gradcam_out.default, _gradcam_out_args(backend, grad))
     torch.library.opcheck(ops.tally_.default, _tally_args(backend))
     torch.library.opcheck(ops.exact_quantile_update_.default, _exact_args(backend))
     torch.library.opcheck(ops.quantile_sketch_update_.default, _sketch_args(backend))
-    assert set(_ops.OPERATORS) == {"gradcam", "tally_", "exact_quantile_update_", "quantile_sketch_update_"}
+    assert set(_ops.OPERATORS) == {"gradcam", "gradcam_out", "tally_", "exact_quantile_update_",
+                                   "quantile_sketch_update_"}
+
+
+def _gradcam_out_args(backend, grad):
+    A, G, W, relu, H, Wd, ac, norm, backend, threads = _gradcam_args(backend, grad)
+    out = torch.full((2, 1 if grad else 2, H, Wd), float("nan"))
+    return (A, G, W, relu, ac, norm, backend, threads, out)
 
 
 def _every_kernel(A, G, thr, labels, x, tally, eq, qs):

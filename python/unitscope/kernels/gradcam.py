@@ -13,7 +13,8 @@ _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def gradcam(activations: T.ArrayLike, gradients: T.ArrayLike | None = None, *, weights: T.ArrayLike | None = None,
             relu: bool = True, out_size: T.Size2D | None = None, align_corners: bool = False, normalize: bool = False,
-            backend: str | None = None, num_threads: int | None = None) -> T.ArrayLike:
+            backend: str | None = None, num_threads: int | None = None,
+            out: torch.Tensor | None = None) -> T.ArrayLike:
     """Class activation maps from a layer's activations and either its gradients or channel weights.
 
     Args:
@@ -30,6 +31,10 @@ def gradcam(activations: T.ArrayLike, gradients: T.ArrayLike | None = None, *, w
         backend ("cuda" | "cpp" | "numba" | "torch" | None): None picks by device.
         num_threads (int, optional): CPU threads in [1, max(64, 4 x cores)]; default
             torch.get_num_threads().
+        out (Tensor, optional): a preallocated contiguous float32 tensor of the result's shape on the
+            input's device, written in place and returned (a warm buffer saves faulting in fresh
+            pages every call). Not differentiable: inputs that require grad (with grad enabled)
+            raise RuntimeError, as torch's own out= functions do. Not with NumPy activations.
 
     Returns:
         float32 Tensor[B, H, W] (Tensor[B, T, H, W] for 3-d weights), on the input's device; a
@@ -71,22 +76,49 @@ def gradcam(activations: T.ArrayLike, gradients: T.ArrayLike | None = None, *, w
 
     if W is not None:
         W = W.reshape(B, targets, K)
-    out = torch.ops.unitscope.gradcam(A, G, W, bool(relu), H, Wd, bool(align_corners), bool(normalize), backend,
-                                      num_threads)
-    out = out[:, 0] if squeeze else out
-    return out.numpy() if was_numpy else out
+    if out is not None:
+        shape = (B, H, Wd) if squeeze else (B, targets, H, Wd)
+        _check_out(out, shape, A.device, was_numpy, A, G, W)
+        torch.ops.unitscope.gradcam_out(A, G, W, bool(relu), bool(align_corners), bool(normalize), backend, num_threads,
+                         out.view(B, targets, H, Wd))
+        return out
+    maps = torch.ops.unitscope.gradcam(A, G, W, bool(relu), H, Wd, bool(align_corners), bool(normalize), backend, num_threads)
+    maps = maps[:, 0] if squeeze else maps
+    return maps.numpy() if was_numpy else maps
 
 
-def run(name, A, G, W, relu, H, Wd, align_corners, normalize, num_threads):
+def _check_out(out, shape, device, was_numpy, *inputs) -> None:
+    """out= must be a contiguous float32 tensor of the result's shape on the inputs' device."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
+    if was_numpy:
+        raise TypeError("out is for tensor inputs; activations is a numpy.ndarray (pass a tensor, or no out)")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must have the result's shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.dtype != torch.float32:
+        raise TypeError(f"out must be float32, got {str(out.dtype).replace('torch.', '')}")
+    if out.device != device:
+        raise ValueError(f"out must be on the device of activations ({device}), got {out.device}")
+    if not out.is_contiguous():
+        raise ValueError(f"out must be contiguous, got strides {out.stride()} for shape {tuple(out.shape)}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*inputs, out)):
+        raise RuntimeError("gradcam(out=...) does not support automatic differentiation, but an input "
+                           "requires grad; call it without out= (or under torch.no_grad())")
+
+
+def run(name, A, G, W, relu, H, Wd, align_corners, normalize, num_threads, out=None):
     """The Grad-CAM maps (B, T, H, Wd) float32 from backend `name`; W is None or (B, T, K) (what the
-    operator torch.ops.unitscope.gradcam calls, kernels/_ops.py)."""
+    operators torch.ops.unitscope.gradcam and gradcam_out call, kernels/_ops.py). `out`, if given, is
+    a checked contiguous float32 (B, T, H, Wd) tensor that receives the maps."""
     A, G, W = (None if t is None else t.detach() for t in (A, G, W))
     B, K, h, w = A.shape
     targets = 1 if W is None else W.shape[1]
+    if name in ("torch", "numba") and out is not None:  # computed, then copied in
+        return out.copy_(run(name, A, G, W, relu, H, Wd, align_corners, normalize, num_threads))
     if name == "torch":
-        out = reference_gradcam(A, G, weights=W, relu=relu, out_size=(H, Wd), align_corners=align_corners,
-                                normalize=normalize)
-        return out[:, None] if G is not None else out
+        maps = reference_gradcam(A, G, weights=W, relu=relu, out_size=(H, Wd), align_corners=align_corners,
+                                 normalize=normalize)
+        return maps[:, None] if G is not None else maps
     if name == "numba":
         from unitscope._numba.gradcam import gradcam_numba
 
@@ -97,15 +129,16 @@ def run(name, A, G, W, relu, H, Wd, align_corners, normalize, num_threads):
         _backend.set_numba_threads(num_threads)
         return torch.from_numpy(gradcam_numba(act, grad, wts, G is not None, bool(relu), H, Wd,
                                               bool(align_corners), bool(normalize)))
-    return _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads)
+    return _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads, out)
 
 
-def _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads):
+def _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads, out):
     C = _backend.compiled_module()
     A = A.contiguous()
     G = G.contiguous() if G is not None else None
     Wc = W.to(torch.float32).reshape(B, targets, K).contiguous() if W is not None else None
-    out = torch.empty((B, targets, H, Wd), dtype=torch.float32, device=A.device)
+    if out is None:
+        out = torch.empty((B, targets, H, Wd), dtype=torch.float32, device=A.device)
     if B == 0:
         return out
     code = T.DTYPE_CODE[A.dtype]
