@@ -221,3 +221,22 @@ def test_gradcam_backward_cuda_equals_cpu():
     want = torch.autograd.grad(gradcam(Ac, Gc, out_size=(7, 6), normalize=True, backend="torch").sum(), (Ac, Gc))
     torch.testing.assert_close(gA.cpu(), want[0])
     torch.testing.assert_close(gG.cpu(), want[1])
+
+
+@pytest.mark.parametrize("bad", ["short_gradients", "other_dtype", "weights_k", "both", "neither"])
+def test_gradcam_operator_checks_what_the_kernel_reads(bad):
+    # called directly, without kernels.gradcam's checks, the cpp kernel would read past a short tensor
+    A = torch.rand(2, 5, 3, 3)
+    G, W = torch.rand(2, 5, 3, 3), None
+    if bad == "short_gradients":
+        G = torch.rand(2, 5, 2, 2)
+    elif bad == "other_dtype":
+        G = G.double()
+    elif bad == "weights_k":
+        G, W = None, torch.rand(2, 1, 4)
+    elif bad == "both":
+        W = torch.rand(2, 1, 5)
+    else:
+        G = None
+    with pytest.raises(ValueError, match="gradients|weights"):
+        torch.ops.unitscope.gradcam(A, G, W, True, 8, 8, False, False, "cpp", None)

@@ -132,7 +132,25 @@ def run(name, A, G, W, relu, H, Wd, align_corners, normalize, num_threads, out=N
     return _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads, out)
 
 
+def _check_raw(A, G, W) -> None:
+    """What the compiled kernels read through raw pointers, checked again here: the operators
+    (kernels/_ops.py) can be called without the front end's checks."""
+    if A.dim() != 4 or A.dtype not in T.DTYPE_CODE:
+        raise ValueError(f"activations must be a (B, K, h, w) float16/bfloat16/float32/float64 tensor, "
+                         f"got {tuple(A.shape)} {A.dtype}")
+    if (G is None) == (W is None):
+        raise ValueError("exactly one of gradients and weights must be given")
+    if G is not None and (G.shape != A.shape or G.dtype != A.dtype or G.device != A.device):
+        raise ValueError(f"gradients must match activations {tuple(A.shape)} {A.dtype} on {A.device}, "
+                         f"got {tuple(G.shape)} {G.dtype} on {G.device}")
+    if W is not None and (W.dim() != 3 or W.shape[0] != A.shape[0] or W.shape[2] != A.shape[1]
+                          or W.device != A.device or not W.is_floating_point()):
+        raise ValueError(f"weights must be a floating (B, T, K) = ({A.shape[0]}, T, {A.shape[1]}) tensor on "
+                         f"{A.device}, got {tuple(W.shape)} {W.dtype} on {W.device}")
+
+
 def _compiled(name, A, G, W, B, targets, K, h, w, H, Wd, relu, align_corners, normalize, num_threads, out):
+    _check_raw(A, G, W)
     C = _backend.compiled_module()
     A = A.contiguous()
     G = G.contiguous() if G is not None else None
