@@ -199,8 +199,24 @@ class ExactQuantile(Locked):
                 f"ExactQuantile was built for total={self.total} values per channel, but channel {k} "
                 f"received {got} ({'fewer' if got < self.total else 'more'}; {len(bad)} channel(s) differ). "
                 "Pass the exact count (NaN values included) as total.")
+        n = self._count - self._nan
+        if self.backend == "cpp":
+            return self._result_cpp(n)
         cand, fill = ref.canonical(self._buf, self._fill, self.m)
-        return ref.finish(cand, fill, self._count - self._nan, self.q, self.top, self.interpolation)
+        return ref.finish(cand, fill, n, self.q, self.top, self.interpolation)
+
+    def _result_cpp(self, n):
+        # the one or two order statistics read are selected in place in each buffer (nth_element)
+        # instead of sorting its m largest values: the same values at the positions finish reads
+        _, _, _, at_below, at_above = ref.read_positions(n, self.q, self.top, self.interpolation)
+        last = torch.clamp(torch.clamp(self._fill, max=self.m) - 1, min=0)[:, None]
+        pos = torch.clamp(torch.stack([at_below, at_above], 1), min=0)
+        pos = torch.minimum(pos, last).sort(dim=1).values.contiguous()  # (K, 2): lo <= hi < fill
+        lo, hi = pos[:, 0].contiguous(), pos[:, 1].contiguous()
+        _backend.compiled_module().exact_quantile_select_cpu(
+            T.ptr(self._buf), self.num_channels, self.cap, T.ptr(self._fill), T.ptr(lo), T.ptr(hi),
+            _backend.num_threads(self._num_threads))
+        return ref.finish(self._buf[:, : self.m], self._fill, n, self.q, self.top, self.interpolation)
 
     # ---- state -------------------------------------------------------------------------------
     def _config(self):
