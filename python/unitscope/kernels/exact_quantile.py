@@ -121,9 +121,12 @@ class ExactQuantile(Locked):
 
     Memory: for q >= ~0.5 the m = total - floor(q (total-1)) + 1 largest values are candidates (the
     bottom m' = ceil(q (total-1)) + 2 for small q); each channel holds a float32 buffer of
-    cap = m + max(m, 4096) values (``memory_bytes``). A value at or below the m-th largest value
-    kept so far can never be read and is rejected with one comparison (the hot loop); a full buffer is
-    cut back to its m best values (nth_element), so the work per value is O(1) amortized.
+    cap = m + max(m, 4096) values (``memory_bytes``). A value at or below the running threshold (at most
+    the m-th largest value seen so far) can never be read and is rejected with one comparison (the hot
+    loop, vectorized: AVX-512 or AVX2 picked at run time on the cpp backend); a full buffer is cut back
+    to a little more than its m best values (cpp: one pass around a sampled pivot; numba: a partition),
+    so the work per value is O(1) amortized. ``result()`` selects the one or two order statistics it
+    reads (cpp: nth_element in each buffer; other backends: the sorted top m).
 
     ``merge(other)`` adds another ExactQuantile with the same (num_channels, q, total, interpolation)
     fed with other data: the result is that of one stream with both parts (counts add).
