@@ -51,7 +51,7 @@ struct ExactChannel {
   // at least m values > p, p is a valid threshold and those values are kept; with fewer above but
   // enough equal to p, p is the m-th largest; otherwise (rare) an exact nth_element.
   void compact() {
-    if (fill > 1024) {
+    if (fill >= 256) {  // (smaller: the exact path)
       float s[128];
       uint64_t r = 0x9e3779b97f4a7c15ull ^ (uint64_t)fill;
       for (float& v : s) {
