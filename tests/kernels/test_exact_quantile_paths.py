@@ -171,3 +171,12 @@ def test_select_checks_its_arguments():
     call(7, 9, torch.tensor([0]))  # an empty channel is left alone
     with pytest.raises(ValueError, match="buffers must be given"):
         C.exact_quantile_select_cpu(0, 1, 4, ptr(fill), 1, 1, 1)
+
+
+def test_result_traced_gives_the_same_bits():
+    # under torch.compile result() takes the torch path (no raw pointers of traced tensors)
+    x = torch.randn(100, 3, 40)
+    e = unitscope.ExactQuantile(3, 0.9, 4000, backend="cpp").update(x)
+    want = e.result()
+    got = torch.compile(lambda: e.result(), backend="eager")()
+    assert torch.equal(_bits(got), _bits(want)) and torch.equal(want, exact_quantile(x, 0.9))

@@ -203,7 +203,7 @@ class ExactQuantile(Locked):
                 f"received {got} ({'fewer' if got < self.total else 'more'}; {len(bad)} channel(s) differ). "
                 "Pass the exact count (NaN values included) as total.")
         n = self._count - self._nan
-        if self.backend == "cpp":
+        if self.backend == "cpp" and not torch.compiler.is_compiling():  # traced: the torch path, same bits
             return self._result_cpp(n)
         cand, fill = ref.canonical(self._buf, self._fill, self.m)
         return ref.finish(cand, fill, n, self.q, self.top, self.interpolation)
