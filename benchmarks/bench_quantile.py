@@ -283,6 +283,10 @@ def main():
         args.accuracy_values = min(args.accuracy_values, 10 ** 6)
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                        "backends": unitscope.backends(verbose=True)}}
+    if "cpp" in unitscope.backends():  # the instruction set ExactQuantile's cpp filter picked at run time
+        isa = unitscope._backend.compiled_module().exact_quantile_isa()
+        out["machine"]["exact_quantile_filter"] = ("portable", "avx2", "avx512")[isa]
+        print(f"ExactQuantile cpp filter: {out['machine']['exact_quantile_filter']}, {args.threads} threads")
     if args.vs_sum:
         out["vs_sum"] = run_vs_sum(args, updates=(2, 6) if args.quick else (6, 60))
     else:

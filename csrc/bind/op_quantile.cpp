@@ -55,6 +55,18 @@ void register_quantile(py::module_& m) {
           py::gil_scoped_release release;
           exact_quantile_update_cpu(a);
         });
+  m.def("exact_quantile_select_cpu",
+        [](uintptr_t buf, int64_t K, int64_t cap, uintptr_t fill, uintptr_t lo, uintptr_t hi, int num_threads) {
+          check_arg(K >= 1 && cap >= 1, "exact_quantile_select: need K >= 1 and cap >= 1");
+          check_arg(buf && fill && lo && hi, "exact_quantile_select: buffers must be given");
+          py::gil_scoped_release release;
+          exact_quantile_select_cpu(reinterpret_cast<float*>(buf), K, cap, reinterpret_cast<const int64_t*>(fill),
+                                    reinterpret_cast<const int64_t*>(lo), reinterpret_cast<const int64_t*>(hi),
+                                    num_threads);
+        });
+  m.def("exact_quantile_isa", &exact_quantile_isa, py::arg("limit") = -1,
+        "The CPU update's filter: 0 portable, 1 AVX2, 2 AVX-512 (the best the CPU has, at most limit; "
+        "limit >= 0 sets that limit for the process, for tests).");
   m.def("quantile_sketch_update_cpu",
         [](uintptr_t x, int dtype, int64_t outer, int64_t K, int64_t inner, uintptr_t coarse, uintptr_t fine,
            uintptr_t top, uintptr_t zeros, uintptr_t nan, uintptr_t kmin, uintptr_t kmax, int64_t nb,

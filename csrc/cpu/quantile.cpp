@@ -1,6 +1,6 @@
-// CPU (OpenMP) kernels for streaming quantiles: each channel's state is touched by one thread only.
-// For the (B, K, h, w) layout each image's h*w values of a channel are one contiguous run; runs of
-// other dtypes are converted to float32 in 4096-value blocks first.
+// CPU (OpenMP) kernel of QuantileSketch (ExactQuantile's are in exact_quantile.cpp): each channel's
+// state is touched by one thread only. For the (B, K, h, w) layout each image's h*w values of a
+// channel are one contiguous run; runs of other dtypes are converted to float32 in 4096-value blocks.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -8,12 +8,6 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "unitscope/parallel.h"
 #include "unitscope/quantile.h"
@@ -40,70 +34,6 @@ void for_each_run(const void* x, int dtype, int64_t outer, int64_t K, int64_t in
       f(tmp.data(), n);
     }
   }
-}
-
-struct ExactChannel {
-  float* buf;
-  int64_t cap, m, fill, nan;
-  float thr;
-  int64_t full;  // compact at this fill: m + max(m, 256), at most cap
-
-  void compact() {
-    std::nth_element(buf, buf + (m - 1), buf + fill, std::greater<float>());
-    thr = buf[m - 1];  // every kept value is >= thr; a new value <= thr can never be read
-    fill = m;
-  }
-  inline void push(float v) {
-    if (v != v) {
-      ++nan;
-    } else if (!(v <= thr)) {  // thr NaN (no threshold yet) accepts everything
-      buf[fill++] = v == 0.0f ? 0.0f : v;  // -0.0 kept as +0.0, as by every backend (positive_zero)
-      if (fill >= full) compact();
-    }
-  }
-};
-
-// When to compact: the threshold only rises at a compaction, so a buffer much larger than m lets
-// through many values a tighter threshold would reject. Compacting once m more values are in
-// (nth_element over 2m values, about two moves per value kept) accepted 4.3% of a long stream of
-// normal values against 11.6% with 4096 for m = 379 (the 0.995 quantile of 75k values); the
-// buffer's cap (larger, for the CUDA kernel's launches) stays the limit.
-inline int64_t compact_at(int64_t m, int64_t cap) { return std::min(cap, m + std::max<int64_t>(m, 256)); }
-
-// The hot loop: almost every value of a long stream is at or below the running threshold. 16
-// values a step: four compares (SSE2, x86-64's baseline) into a 16-bit mask of the values that
-// are not <= the threshold (NaN included), each then pushed (push re-checks against the threshold,
-// which rises when the buffer is compacted inside the block).
-template <bool kNeg>
-void exact_scan(const float* p, int64_t n, ExactChannel& c) {
-  int64_t i = 0;
-  while (c.thr != c.thr && i < n) {  // no threshold yet (the buffer's first fill): every value is kept
-    c.push(kNeg ? -p[i] : p[i]);
-    ++i;
-  }
-#if defined(__SSE2__)
-  const __m128 sign = _mm_set1_ps(-0.0f);
-  for (; i + 16 <= n; i += 16) {
-    const __m128 tv = _mm_set1_ps(c.thr);
-    __m128 a = _mm_loadu_ps(p + i), b = _mm_loadu_ps(p + i + 4);
-    __m128 d = _mm_loadu_ps(p + i + 8), e = _mm_loadu_ps(p + i + 12);
-    if (kNeg) {
-      a = _mm_xor_ps(a, sign); b = _mm_xor_ps(b, sign);
-      d = _mm_xor_ps(d, sign); e = _mm_xor_ps(e, sign);
-    }
-    // cmpnle: !(v <= t), true for a NaN v
-    uint32_t hits = (uint32_t)_mm_movemask_ps(_mm_cmpnle_ps(a, tv)) |
-                    (uint32_t)_mm_movemask_ps(_mm_cmpnle_ps(b, tv)) << 4 |
-                    (uint32_t)_mm_movemask_ps(_mm_cmpnle_ps(d, tv)) << 8 |
-                    (uint32_t)_mm_movemask_ps(_mm_cmpnle_ps(e, tv)) << 12;
-    while (hits) {
-      const int j = __builtin_ctz(hits);
-      hits &= hits - 1;
-      c.push(kNeg ? -p[i + j] : p[i + j]);
-    }
-  }
-#endif
-  for (; i < n; ++i) c.push(kNeg ? -p[i] : p[i]);
 }
 
 // x86-64's baseline (SSE2) has no 32-bit min/max: the vector passes are also built for AVX2 and
@@ -201,57 +131,11 @@ struct SketchChannel {
 
 }  // namespace
 
-// Each thread owns a contiguous range of channels and walks the input image by image: for a fixed
-// image o its channels' runs are adjacent in memory, so every thread reads one sequential stream.
-void exact_quantile_update_cpu(const ExactQuantileArgs& a) {
-  // the buffers' fill levels come from the caller's state: never write past a buffer on their word
-  for (int64_t k = 0; k < a.K; ++k)
-    check_arg(a.fill[k] >= 0 && a.fill[k] < a.cap,
-              "exact_quantile: fill[" + std::to_string(k) + "] = " + std::to_string(a.fill[k]) +
-                  " is outside [0, cap) = [0, " + std::to_string(a.cap) + ")");
-  const int threads = plan_threads(a.num_threads, a.K, 0, "exact_quantile (cpp)");
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int t = 0, nt = 1;
-#endif
-    const int64_t k0 = a.K * t / nt, k1 = a.K * (t + 1) / nt;
-    std::vector<float> tmp(a.dtype == kFloat32 ? 0 : kBlock);
-    std::vector<ExactChannel> ch;
-    for (int64_t k = k0; k < k1; ++k) ch.push_back({a.buf + k * a.cap, a.cap, a.m, a.fill[k], a.nan[k], a.thr[k], compact_at(a.m, a.cap)});
-    for (int64_t o = 0; o < a.outer; ++o) {
-      for (int64_t k = k0; k < k1; ++k) {
-        ExactChannel& c = ch[k - k0];
-        const int64_t base = (o * a.K + k) * a.inner;
-        auto scan = [&](const float* p, int64_t n) {
-          if (a.negate) exact_scan<true>(p, n, c); else exact_scan<false>(p, n, c);
-        };
-        if (a.dtype == kFloat32) {
-          scan(static_cast<const float*>(a.x) + base, a.inner);
-          continue;
-        }
-        for (int64_t s = 0; s < a.inner; s += kBlock) {
-          const int64_t n = std::min(kBlock, a.inner - s);
-          for (int64_t i = 0; i < n; ++i) tmp[i] = load_float(a.x, base + s + i, a.dtype);
-          scan(tmp.data(), n);
-        }
-      }
-    }
-    for (int64_t k = k0; k < k1; ++k) {
-      a.fill[k] = ch[k - k0].fill;
-      a.nan[k] = ch[k - k0].nan;
-      a.thr[k] = ch[k - k0].thr;
-    }
-  }
-}
-
 void quantile_sketch_update_cpu(const SketchArgs& a) {
   for (int64_t k = 0; k < a.K; ++k)  // the fine window's top comes from the caller's state
-    check_arg(a.top[k] >= -1 && a.top[k] < kSketchCoarse - 1,
-              "quantile_sketch: top[" + std::to_string(k) + "] = " + std::to_string(a.top[k]) +
-                  " is outside [-1, " + std::to_string(kSketchCoarse - 2) + "]");
+    if (a.top[k] < -1 || a.top[k] >= kSketchCoarse - 1)  // (the message is only built for a failure)
+      check_arg(false, "quantile_sketch: top[" + std::to_string(k) + "] = " + std::to_string(a.top[k]) +
+                           " is outside [-1, " + std::to_string(kSketchCoarse - 2) + "]");
   const int threads = plan_threads(a.num_threads, a.K, 0, "quantile_sketch (cpp)");
   const int64_t nf = a.nb * kSketchSub;
 #pragma omp parallel num_threads(threads)

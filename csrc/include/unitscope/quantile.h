@@ -55,6 +55,14 @@ struct SketchArgs {
 };
 
 void exact_quantile_update_cpu(const ExactQuantileArgs& a);
+// The lo[k]-th and hi[k]-th largest of channel k's candidates moved to those positions of its buffer.
+void exact_quantile_select_cpu(float* buf, int64_t K, int64_t cap, const int64_t* fill, const int64_t* lo,
+                               const int64_t* hi, int num_threads);
+// Instruction sets of the CPU update's filter, picked at run time (never from compile flags).
+enum ExactIsa : int { kIsaPortable = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+// The one the update uses: the best the CPU has, at most the limit last set (limit >= 0 sets it:
+// tests run every path on one machine; limit < 0 only reads).
+int exact_quantile_isa(int limit);
 void exact_quantile_update_cuda(const ExactQuantileArgs& a, int device, void* stream);
 void quantile_sketch_update_cpu(const SketchArgs& a);
 void quantile_sketch_update_cuda(const SketchArgs& a, int device, void* stream);

@@ -121,9 +121,12 @@ class ExactQuantile(Locked):
 
     Memory: for q >= ~0.5 the m = total - floor(q (total-1)) + 1 largest values are candidates (the
     bottom m' = ceil(q (total-1)) + 2 for small q); each channel holds a float32 buffer of
-    cap = m + max(m, 4096) values (``memory_bytes``). A value at or below the m-th largest value
-    kept so far can never be read and is rejected with one comparison (the hot loop); a full buffer is
-    cut back to its m best values (nth_element), so the work per value is O(1) amortized.
+    cap = m + max(m, 4096) values (``memory_bytes``). A value at or below the running threshold (at most
+    the m-th largest value seen so far) can never be read and is rejected with one comparison (the hot
+    loop, vectorized: AVX-512 or AVX2 picked at run time on the cpp backend); a full buffer is cut back
+    to a little more than its m best values (cpp: one pass around a sampled pivot; numba: a partition),
+    so the work per value is O(1) amortized. ``result()`` selects the one or two order statistics it
+    reads (cpp: nth_element in each buffer; other backends: the sorted top m).
 
     ``merge(other)`` adds another ExactQuantile with the same (num_channels, q, total, interpolation)
     fed with other data: the result is that of one stream with both parts (counts add).
@@ -199,8 +202,24 @@ class ExactQuantile(Locked):
                 f"ExactQuantile was built for total={self.total} values per channel, but channel {k} "
                 f"received {got} ({'fewer' if got < self.total else 'more'}; {len(bad)} channel(s) differ). "
                 "Pass the exact count (NaN values included) as total.")
+        n = self._count - self._nan
+        if self.backend == "cpp" and not torch.compiler.is_compiling():  # traced: the torch path, same bits
+            return self._result_cpp(n)
         cand, fill = ref.canonical(self._buf, self._fill, self.m)
-        return ref.finish(cand, fill, self._count - self._nan, self.q, self.top, self.interpolation)
+        return ref.finish(cand, fill, n, self.q, self.top, self.interpolation)
+
+    def _result_cpp(self, n):
+        # the one or two order statistics read are selected in place in each buffer (nth_element)
+        # instead of sorting its m largest values: the same values at the positions finish reads
+        _, _, _, at_below, at_above = ref.read_positions(n, self.q, self.top, self.interpolation)
+        last = torch.clamp(torch.clamp(self._fill, max=self.m) - 1, min=0)[:, None]
+        pos = torch.clamp(torch.stack([at_below, at_above], 1), min=0)
+        pos = torch.minimum(pos, last).sort(dim=1).values.contiguous()  # (K, 2): lo <= hi < fill
+        lo, hi = pos[:, 0].contiguous(), pos[:, 1].contiguous()
+        _backend.compiled_module().exact_quantile_select_cpu(
+            T.ptr(self._buf), self.num_channels, self.cap, T.ptr(self._fill), T.ptr(lo), T.ptr(hi),
+            _backend.num_threads(self._num_threads))
+        return ref.finish(self._buf[:, : self.m], self._fill, n, self.q, self.top, self.interpolation)
 
     # ---- state -------------------------------------------------------------------------------
     def _config(self):

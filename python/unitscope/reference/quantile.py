@@ -71,16 +71,12 @@ def torch_update(buf, fill, nan_count, vals: torch.Tensor, m: int) -> None:
     fill.copy_(torch.clamp(f + valid, max=m))
 
 
-def finish(cand: torch.Tensor, fill: torch.Tensor, n: torch.Tensor, q: float, top: bool,
-           interpolation: str) -> torch.Tensor:
-    """The quantile from canonical candidates, exactly as torch.quantile computes it in float64.
-
-    cand (K, m) stored-sign values sorted descending; n (K,) int64 non-NaN counts. -> (K,) float32.
-    """
-    K = cand.shape[0]
-    dev = cand.device
-    qt = torch.tensor(q, dtype=torch.float64, device=dev)
-    ranks = qt * (n.to(dev) - 1)  # int64 * float64 -> float64, as in ATen's quantile
+def read_positions(n: torch.Tensor, q: float, top: bool, interpolation: str):
+    """(ranks, below, above, idx_below, idx_above): the float64 ranks torch.quantile computes for n (K,)
+    int64 non-NaN values, the ascending ranks read (above = below unless linear/midpoint) and their
+    positions in the descending stored candidates (unclamped; valid where n > 0)."""
+    qt = torch.tensor(q, dtype=torch.float64, device=n.device)
+    ranks = qt * (n - 1)  # int64 * float64 -> float64, as in ATen's quantile
     ranks = torch.where(ranks < 0, torch.zeros_like(ranks), ranks)
     if interpolation == "lower":
         ranks = ranks.floor()
@@ -89,20 +85,36 @@ def finish(cand: torch.Tensor, fill: torch.Tensor, n: torch.Tensor, q: float, to
     elif interpolation == "nearest":
         ranks = ranks.round()  # half to even, like torch
     below = ranks.to(torch.int64)
+    above = ranks.ceil().to(torch.int64) if interpolation in ("linear", "midpoint") else below
 
-    def value_at(r):
-        # ascending rank r -> index into the descending stored candidates
-        idx = (n.to(dev) - 1 - r) if top else r
+    def index(r):  # ascending rank r -> index into the descending stored candidates
+        return (n - 1 - r) if top else r
+
+    return ranks, below, above, index(below), index(above)
+
+
+def finish(cand: torch.Tensor, fill: torch.Tensor, n: torch.Tensor, q: float, top: bool,
+           interpolation: str) -> torch.Tensor:
+    """The quantile from canonical candidates, exactly as torch.quantile computes it in float64.
+
+    cand (K, m) stored-sign values sorted descending (or any (K, m) holding the canonical values at
+    the positions read_positions names); n (K,) int64 non-NaN counts. -> (K,) float32.
+    """
+    K = cand.shape[0]
+    dev = cand.device
+    n = n.to(dev)
+    ranks, below, _, idx_below, idx_above = read_positions(n, q, top, interpolation)
+
+    def value_at(idx):
         idx = torch.clamp(idx, 0, cand.shape[1] - 1)
         v = cand.gather(1, idx[:, None])[:, 0].to(torch.float64)
         return v if top else -v
 
-    out = value_at(below)
+    out = value_at(idx_below)
     if interpolation in ("linear", "midpoint"):
-        above = ranks.ceil().to(torch.int64)
         w = torch.full_like(ranks, 0.5) if interpolation == "midpoint" else ranks - below
-        out = torch.lerp(out, value_at(above), w)
-    out = torch.where(n.to(dev) > 0, out, torch.full((K,), math.nan, dtype=torch.float64, device=dev))
+        out = torch.lerp(out, value_at(idx_above), w)
+    out = torch.where(n > 0, out, torch.full((K,), math.nan, dtype=torch.float64, device=dev))
     return positive_zero(out.to(torch.float32))
 
 
