@@ -15,13 +15,15 @@ TallyArgs make_args(uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, 
                     uintptr_t label_category, uintptr_t inter, uintptr_t activation, uintptr_t label,
                     uintptr_t total, int act_dtype, int label_dtype, int image_label_dtype, int64_t B,
                     int64_t K, int64_t h, int64_t w, int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t C,
-                    int64_t NC, bool align_corners, bool ge, bool union_dataset) {
+                    int64_t NC, bool align_corners, bool ge, int union_mode) {
   check_dtype_code(act_dtype, "activations");
   check_arg(B >= 0 && K >= 1 && h >= 1 && w >= 1 && Sh >= 1 && Sw >= 1 && L >= 0 && L2 >= 0 && C >= 1 &&
                 NC >= 1,
             "tally: sizes out of range");
   check_arg(h < (1 << 30) && w < (1 << 30) && Sh < (1 << 30) && Sw < (1 << 30) && C < (1LL << 31),
             "tally: sizes too large");
+  check_arg(union_mode >= 0 && union_mode <= 2,
+            "tally: union_mode must be 0 (category), 1 (dataset) or 2 (mask), got " + std::to_string(union_mode));
   check_arg((pix != 0) == (L > 0), "tally: pixel_labels pointer and L disagree");
   check_arg((img != 0) == (L2 > 0), "tally: image_labels pointer and L2 disagree");
   check_arg(label_dtype >= kUInt8 && label_dtype <= kInt64, "pixel_labels: unsupported dtype code");
@@ -43,7 +45,7 @@ TallyArgs make_args(uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, 
   a.workspace = nullptr;
   a.act_dtype = act_dtype; a.label_dtype = label_dtype; a.image_label_dtype = image_label_dtype;
   a.B = B; a.K = K; a.h = h; a.w = w; a.Sh = Sh; a.Sw = Sw; a.L = L; a.L2 = L2; a.C = C; a.NC = NC;
-  a.align_corners = align_corners; a.ge = ge; a.union_dataset = union_dataset;
+  a.align_corners = align_corners; a.ge = ge; a.union_mode = union_mode;
   a.num_threads = 0;
   return a;
 }
@@ -55,10 +57,10 @@ void register_tally(py::module_& m) {
         [](uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, uintptr_t annotated, uintptr_t label_category,
            uintptr_t inter, uintptr_t activation, uintptr_t label, uintptr_t total, int act_dtype, int label_dtype,
            int image_label_dtype, int64_t B, int64_t K, int64_t h, int64_t w, int64_t Sh, int64_t Sw, int64_t L,
-           int64_t L2, int64_t C, int64_t NC, bool align_corners, bool ge, bool union_dataset, int num_threads) {
+           int64_t L2, int64_t C, int64_t NC, bool align_corners, bool ge, int union_mode, int num_threads) {
           TallyArgs a = make_args(act, thr, pix, img, annotated, label_category, inter, activation, label, total,
                                   act_dtype, label_dtype, image_label_dtype, B, K, h, w, Sh, Sw, L, L2, C, NC,
-                                  align_corners, ge, union_dataset);
+                                  align_corners, ge, union_mode);
           a.num_threads = num_threads;
           py::gil_scoped_release release;
           tally_cpu(a);
@@ -70,11 +72,11 @@ void register_tally(py::module_& m) {
            uintptr_t inter, uintptr_t activation, uintptr_t label, uintptr_t total, uintptr_t workspace,
            int act_dtype, int label_dtype, int image_label_dtype, int64_t B, int64_t K, int64_t h, int64_t w,
            int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t C, int64_t NC, bool align_corners, bool ge,
-           bool union_dataset, int device, uintptr_t stream) {
+           int union_mode, int device, uintptr_t stream) {
           check_arg(workspace != 0, "tally_cuda: workspace must be given");
           TallyArgs a = make_args(act, thr, pix, img, annotated, label_category, inter, activation, label, total,
                                   act_dtype, label_dtype, image_label_dtype, B, K, h, w, Sh, Sw, L, L2, C, NC,
-                                  align_corners, ge, union_dataset);
+                                  align_corners, ge, union_mode);
           a.workspace = reinterpret_cast<int32_t*>(workspace);
           py::gil_scoped_release release;
           tally_cuda(a, device, reinterpret_cast<void*>(stream));

@@ -118,7 +118,7 @@ __global__ void pairs_kernel(TallyArgs a, const int32_t* kept, const int32_t* im
             if (c) add64(a.intersection + k * a.C + c, (int64_t)total);
           }
           for (int64_t c = 0; c < a.NC; ++c) {
-            const bool counted = a.union_dataset ||
+            const bool counted = a.union_mode == 1 ||
                                  (a.annotated ? a.annotated[b * a.NC + c] != 0 : present[b * a.NC + c] != 0);
             if (counted) add64(a.activation + k * a.NC + c, (int64_t)total);
           }

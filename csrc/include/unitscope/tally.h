@@ -56,7 +56,8 @@ struct TallyArgs {
   int32_t* workspace;         // CUDA only, see tally.cu
   int act_dtype, label_dtype, image_label_dtype;
   int64_t B, K, h, w, Sh, Sw, L, L2, C, NC;
-  bool align_corners, ge, union_dataset;
+  bool align_corners, ge;
+  int union_mode;  // 0: category (annotated images), 1: dataset (every image), 2: mask (NetDissect-Lite: categories inside the mask)
   int num_threads;            // CPU only
 };
 

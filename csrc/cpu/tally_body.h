@@ -1,0 +1,437 @@
+// The CPU tally's two phases, included twice by csrc/cpu/tally.cpp: once for any CPU, once compiled
+// for AVX2 + POPCNT (chosen at run time). No #include here: tally.cpp includes everything first.
+// US_TALLY_AVX2 (0 or 1) says which copy this is.
+
+// One image's pixel labels as bit masks: each output row is cut into Wr = ceil(S_w / 64) words
+// (word q of row y, number y * Wr + q, holds pixels x in [64q, 64q + 64)). entries[start[i] :
+// start[i + 1]] list, for word i, each nonzero label that some map gives some pixel of the word,
+// with the bits of those pixels, except the image's own image labels (counted for the whole mask
+// elsewhere). A label carried by two maps at one pixel sets one bit: one label once per pixel.
+struct Entry {
+  uint64_t bits;
+  int32_t label, category;
+};
+
+struct ImageLabels {
+  std::vector<int32_t> start;  // [Sh * Wr + 1]
+  std::vector<Entry> entries;
+};
+
+// One thread's phase-1 buffers: counts [C] (labels' pixels over its images), slot [C] (-1, or a
+// label's entry in the word being built), is_img [C], start [Sh * Wr + 1], ent [L * P] (a word has
+// at most L entries per pixel).
+struct PrepScratch {
+  std::vector<int64_t> counts;
+  std::vector<int32_t> slot, start;
+  std::vector<uint8_t> is_img;
+  std::vector<Entry> ent;
+  static int64_t bytes(int64_t C, int64_t NW, int64_t L, int64_t P) {
+    return C * 13 + (NW + 1) * 4 + L * P * (int64_t)sizeof(Entry);
+  }
+};
+
+struct Prepared {
+  std::vector<ImageLabels> pixels;  // [B]
+  std::vector<int32_t> img;         // [B, L2]: an image's distinct nonzero image labels first, then zeros
+  std::vector<uint8_t> present;     // [B, NC]: the category has a label in the image
+  std::vector<PrepScratch> scratch;  // phase 1's, one per thread
+};
+
+// Bits lo .. hi - 1 of a word (0 <= lo < hi <= 64).
+inline uint64_t span_bits(int64_t lo, int64_t hi) {
+  return (hi == 64 ? ~uint64_t(0) : (uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
+}
+
+inline int64_t popcount(uint64_t v) { return __builtin_popcountll(v); }
+
+// Image b's label words into t.start and t.ent[0:n]. Returns false, with the label in `bad`, when
+// a label is outside [0, C): every pixel belongs to a run whose label is checked.
+template <typename LT>
+bool label_words(const TallyArgs& a, const LT* maps, PrepScratch& t, int32_t& n, int64_t& bad) {
+  const int64_t P = a.Sh * a.Sw, Sw = a.Sw, Wr = (Sw + 63) / 64, C = a.C;
+  int32_t* slot = t.slot.data();
+  Entry* ent = t.ent.data();
+  n = 0;
+  for (int64_t y = 0; y < a.Sh; ++y) {
+    for (int64_t q = 0; q < Wr; ++q) {
+      const int64_t x0 = 64 * q, x1 = std::min(Sw, x0 + 64);
+      const int32_t first = n;
+      t.start[y * Wr + q] = n;
+      bool ok = true;
+      // add the pixels `bits` of this word carrying label c
+      auto add = [&](LT raw, uint64_t bits) {
+        const int64_t c = (int64_t)raw;
+        if (c < 0 || c >= C) { bad = c; ok = false; return; }
+        if (c == 0 || t.is_img[c]) return;
+        if (slot[c] < 0) {
+          slot[c] = n;
+          ent[n++] = Entry{bits, (int32_t)c, (int32_t)a.label_category[c]};
+        } else {
+          ent[slot[c]].bits |= bits;
+        }
+      };
+      for (int64_t l = 0; l < a.L && ok; ++l) {
+        const LT* r = maps + l * P + y * Sw;
+        const LT c0 = r[x0];
+        int same = 1;  // the usual case: one label over the whole word (vectorizes)
+        for (int64_t x = x0 + 1; x < x1; ++x) same &= (int)(r[x] == c0);
+        if (same) {
+          add(c0, span_bits(0, x1 - x0));
+          continue;
+        }
+        for (int64_t x = x0; x < x1 && ok;) {  // runs of one label
+          int64_t e = x + 1;
+          while (e < x1 && r[e] == r[x]) ++e;
+          add(r[x], span_bits(x - x0, e - x0));
+          x = e;
+        }
+      }
+      for (int32_t i = first; i < n; ++i) slot[ent[i].label] = -1;
+      if (!ok) return false;
+    }
+  }
+  t.start[a.Sh * Wr] = n;
+  return true;
+}
+
+// Phase 1 for pixel labels of type LT. Throws std::invalid_argument (nothing counted) when a label
+// is out of [0, C).
+template <typename LT>
+void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
+  const int64_t P = a.Sh * a.Sw, Sh = a.Sh, Sw = a.Sw, NW = Sh * ((Sw + 63) / 64), B = a.B, L = a.L, L2 = a.L2,
+                C = a.C, NC = a.NC;
+  const LT* pix = static_cast<const LT*>(a.pixel_labels);
+  if (out.pixels.size() < (size_t)B) out.pixels.resize((size_t)B);  // keeps earlier calls' capacity
+  out.img.assign((size_t)(B * L2), 0);
+  out.present.assign((size_t)(B * NC), 0);
+  std::vector<int64_t> label_total(C, 0);
+  bool bad = false;
+  int64_t bad_value = 0;
+  const char* bad_arg = "";
+  const int nt = plan_threads(threads, B, PrepScratch::bytes(C, NW, L, P),
+                              "tally (cpp) with " + std::to_string(L) + " label maps of " + std::to_string(Sh) +
+                                  " x " + std::to_string(Sw));
+  std::vector<PrepScratch>& scratch = out.scratch;  // kept between calls (no fresh pages each call)
+  scratch.resize(nt);  // allocated here: a std::bad_alloc becomes a MemoryError
+  for (PrepScratch& t : scratch) {
+    t.counts.assign(C, 0); t.slot.assign(C, -1); t.is_img.assign(C, 0);
+    t.start.resize(NW + 1); t.ent.resize(L * P);
+  }
+  ErrorCarrier error;  // R's own arrays are sized per image, inside the region
+#pragma omp parallel num_threads(nt)
+  {
+    PrepScratch& t = scratch[thread_index()];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) error.run([&] {
+      int32_t* img = out.img.data() + b * L2;
+      const char* arg = nullptr;
+      int64_t value = 0;
+      int n_img = 0;
+      for (int64_t j = 0; j < L2; ++j) {
+        const int64_t c = load_label(a.image_labels, b * L2 + j, a.image_label_dtype);
+        if (c < 0 || c >= C) { arg = "image_labels"; value = c; break; }
+        if (c == 0 || t.is_img[c]) continue;
+        t.is_img[c] = 1;
+        img[n_img++] = (int32_t)c;
+      }
+      int32_t n = 0;
+      if (!arg && !label_words<LT>(a, pix + b * L * P, t, n, value)) arg = "pixel_labels";
+      for (int i = 0; i < n_img; ++i) t.is_img[img[i]] = 0;
+      if (arg) {
+#pragma omp critical(unitscope_tally_error)
+        if (!bad) { bad = true; bad_value = value; bad_arg = arg; }
+        return;
+      }
+      ImageLabels& R = out.pixels[b];
+      R.start.assign(t.start.begin(), t.start.end());
+      R.entries.assign(t.ent.begin(), t.ent.begin() + n);
+      uint8_t* present = out.present.data() + b * NC;
+      for (int32_t i = 0; i < n; ++i) {
+        t.counts[t.ent[i].label] += popcount(t.ent[i].bits);
+        present[t.ent[i].category] = 1;
+      }
+      for (int i = 0; i < n_img; ++i) {  // an image label covers every pixel, once
+        t.counts[img[i]] += P;
+        present[a.label_category[img[i]]] = 1;
+      }
+    });
+#pragma omp critical(unitscope_tally_labels)
+    for (int64_t c = 0; c < C; ++c) label_total[c] += t.counts[c];
+  }
+  error.rethrow();
+  check_arg(!bad, std::string(bad_arg) + " must hold labels in [0, num_labels) = [0, " + std::to_string(C) +
+                      "), got " + std::to_string(bad_value));
+  for (int64_t c = 1; c < C; ++c) a.label[c] += label_total[c];
+}
+
+// Output-column taps as separate arrays, and the output columns [xlo[j], xhi[j]] that read source
+// column j (an interval, since taps are monotone; empty, xhi < xlo, for an unread column).
+// weights_y, weights_x: the distinct weight pairs (l0, l1) of the row and column taps.
+struct ColumnTaps {
+  std::vector<int> i0, i1, xlo, xhi;
+  std::vector<float> l0, l1;
+  std::vector<std::pair<float, float>> weights_y, weights_x;
+  struct Run {
+    int x0, x1, i0, i1;
+  };
+  std::vector<Run> runs;  // maximal runs of output columns [x0, x1) reading the same source columns
+};
+
+// The largest value the resize can give from source values <= m (finite): the bilinear value is
+// nondecreasing in each source value (weights >= 0, rounding monotone), so no pixel exceeds
+// lerp_rn(ly0, ly1, X, X) with X the largest lerp_rn(lx0, lx1, m, m), maximized over the weights.
+// Exact, unlike value_bound: a unit whose maximum sits exactly on its threshold (a saturated
+// ReLU6 at 6) is skipped without evaluating a pixel wherever these weights never round above m.
+inline float tie_bound(float m, const ColumnTaps& tx) {
+  float X = -INFINITY, Y = -INFINITY;
+  for (const auto& l : tx.weights_x) X = std::max(X, lerp_rn(l.first, l.second, m, m));
+  for (const auto& l : tx.weights_y) Y = std::max(Y, lerp_rn(l.first, l.second, X, X));
+  return Y;
+}
+
+// One thread's phase-2 buffers. H holds two source rows interpolated to width Sw (each slot Wr * 64
+// floats, zero past Sw, so that a word is read whole): output rows read source rows in
+// non-decreasing order, so the two rows the current output row needs are usually the ones computed
+// for the previous row (h x Sw floats would be 40 GB for a 100000 x 1 map resized to 1 x 100000).
+// hit: the categories met inside the current mask (union mode 2); rowpass[i]: may source row i
+// pass (value_bound of its maximum).
+struct Scratch {
+  std::vector<float> map, rowmax, H, V;  // map [h*w], rowmax [h], H [2 * Wr * 64], V [w]
+  std::vector<uint8_t> hit, rowpass;  // hit [NC], rowpass [h]
+  int64_t H_row[2] = {-1, -1}, H_pair[2] = {-1, -1};  // the source row and pair each slot of H holds
+  int64_t pair = 0;
+  static int64_t bytes(int64_t h, int64_t w, int64_t Sw, int64_t NC) {
+    return (h * w + h + 2 * ((Sw + 63) / 64) * 64 + w) * 4 + NC + h;
+  }
+};
+
+// Source row i of the current pair interpolated to width Sw, in a slot of s.H that does not hold
+// row `keep`.
+inline const float* h_row(Scratch& s, int64_t i, int64_t keep, int64_t w, const ColumnTaps& tx) {
+  const int64_t stride = s.H.size() / 2;
+  for (int j = 0; j < 2; ++j)
+    if (s.H_row[j] == i && s.H_pair[j] == s.pair) return s.H.data() + j * stride;
+  const int j = (s.H_row[0] == keep && s.H_pair[0] == s.pair) ? 1 : 0;
+  s.H_row[j] = i;
+  s.H_pair[j] = s.pair;
+  const float* r = s.map.data() + i * w;
+  float* Hi = s.H.data() + j * stride;
+  const float *l0 = tx.l0.data(), *l1 = tx.l1.data();
+  for (const ColumnTaps::Run& u : tx.runs) {  // the inner loop vectorizes
+    const float a = r[u.i0], b = r[u.i1];
+    for (int64_t x = u.x0; x < u.x1; ++x) Hi[x] = lerp_rn(l0[x], l1[x], a, b);
+  }
+  return Hi;
+}
+
+// The mask bits of output pixels [xa, xb) of one row (inside the word starting at `base`):
+// lerp_rn(l0, l1, h0[x], h1[x]) > thr (or >=), a NaN never passing. The lanes compute the same two
+// products and one sum, each rounded to float32, as lerp_rn.
+template <bool GE>
+inline uint64_t row_bits(const float* h0, const float* h1, float l0, float l1, float thr, int64_t xa, int64_t xb,
+                         int64_t base) {
+  const int64_t lo = xa - base, hi = xb - base;
+  uint64_t bits = 0;
+#if US_TALLY_AVX2
+  const __m256 vl0 = _mm256_set1_ps(l0), vl1 = _mm256_set1_ps(l1), vt = _mm256_set1_ps(thr);
+  for (int64_t g = lo & ~int64_t(7); g < hi; g += 8) {
+    const __m256 v = _mm256_add_ps(_mm256_mul_ps(vl0, _mm256_loadu_ps(h0 + base + g)),
+                                   _mm256_mul_ps(vl1, _mm256_loadu_ps(h1 + base + g)));
+    const __m256 p = _mm256_cmp_ps(v, vt, GE ? _CMP_GE_OQ : _CMP_GT_OQ);
+    bits |= (uint64_t)(uint32_t)_mm256_movemask_ps(p) << g;
+  }
+#elif defined(__SSE2__)
+  const __m128 vl0 = _mm_set1_ps(l0), vl1 = _mm_set1_ps(l1), vt = _mm_set1_ps(thr);
+  for (int64_t g = lo & ~int64_t(3); g < hi; g += 4) {
+    const __m128 v = _mm_add_ps(_mm_mul_ps(vl0, _mm_loadu_ps(h0 + base + g)), _mm_mul_ps(vl1, _mm_loadu_ps(h1 + base + g)));
+    const __m128 p = GE ? _mm_cmpge_ps(v, vt) : _mm_cmpgt_ps(v, vt);
+    bits |= (uint64_t)(uint32_t)_mm_movemask_ps(p) << g;
+  }
+#else
+  for (int64_t g = lo; g < hi; ++g) {
+    const float v = lerp_rn(l0, l1, h0[base + g], h1[base + g]);
+    bits |= (uint64_t)(GE ? v >= thr : v > thr) << g;
+  }
+#endif
+  return bits & span_bits(lo, hi);
+}
+
+// Phase 2 for one (image, unit) pair; the calling thread owns row k of every counter meanwhile.
+template <bool GE>
+void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, const std::vector<LinearTap>& ty,
+                const ColumnTaps& tx, Scratch& s) {
+  const int64_t h = a.h, w = a.w, hw = h * w, Sh = a.Sh, Sw = a.Sw, Wr = (Sw + 63) / 64, L2 = a.L2;
+  const float thr = a.thresholds[k];
+  int64_t* inter = a.intersection + k * a.C;
+  const int64_t off = (b * a.K + k) * hw;
+  if (a.act_dtype == kFloat32) {  // most pairs stop here: the same first test, in 4 lanes
+    const float* src = static_cast<const float*>(a.activations) + off;
+    float hi[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, lo[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+    int64_t i = 0;
+    for (; i + 4 <= hw; i += 4) {
+      for (int j = 0; j < 4; ++j) {  // NaN ignored, as below
+        hi[j] = src[i + j] > hi[j] ? src[i + j] : hi[j];
+        lo[j] = src[i + j] < lo[j] ? src[i + j] : lo[j];
+      }
+    }
+    for (; i < hw; ++i) {
+      hi[0] = src[i] > hi[0] ? src[i] : hi[0];
+      lo[0] = src[i] < lo[0] ? src[i] : lo[0];
+    }
+    const float m = std::max(std::max(hi[0], hi[1]), std::max(hi[2], hi[3]));
+    const float mn = std::min(std::min(lo[0], lo[1]), std::min(lo[2], lo[3]));
+    const float maxabs = std::max(0.0f, std::max(m, -mn));  // = max |v| over non-NaN cells
+    if (!may_pass(value_bound(m, maxabs), thr, GE)) return;
+  }
+  // the map as float32, its maximum (NaN ignored), largest magnitude and per-row maxima
+  float m = -INFINITY, maxabs = 0.0f;
+  for (int64_t i = 0; i < h; ++i) {
+    float rm = -INFINITY;
+    for (int64_t j = 0; j < w; ++j) {
+      const float v = load_float(a.activations, off + i * w + j, a.act_dtype);
+      s.map[i * w + j] = v;
+      rm = v > rm ? v : rm;
+      const float av = std::fabs(v);
+      maxabs = av > maxabs ? av : maxabs;
+    }
+    s.rowmax[i] = rm;
+    m = rm > m ? rm : m;
+  }
+  for (int64_t i = 0; i < h; ++i) s.rowpass[i] = may_pass(value_bound(s.rowmax[i], maxabs), thr, GE);
+  if (!may_pass(value_bound(m, maxabs), thr, GE)) return;
+  if (m < 3.0e38f && !may_pass(tie_bound(m, tx), thr, GE)) return;  // ties at the maximum
+  const ImageLabels& R = prep.pixels[b];
+  const int32_t* start = R.start.data();
+  const Entry* ent = R.entries.data();
+  const bool mask_union = a.union_mode == 2;
+  uint8_t* hit = s.hit.data();
+  ++s.pair;
+  int64_t n = 0;
+  for (int64_t y = 0; y < Sh; ++y) {
+    const LinearTap& t = ty[y];
+    if (!s.rowpass[t.i0] && !s.rowpass[t.i1]) continue;  // = value_bound of the larger row maximum
+    // V[j]: source column j interpolated to row y. Output pixel (y, x) is within 16 * 2^-24 *
+    // maxabs of a combination of V[j0(x)] and V[j1(x)] (tally.h), so value_bound applies: only
+    // the output columns reading a column j that may pass are evaluated (their hull [xa, xb)).
+    const float* r0 = s.map.data() + t.i0 * w;
+    const float* r1 = s.map.data() + t.i1 * w;
+    int64_t xa = Sw, xb = 0;
+    for (int64_t j = 0; j < w; ++j) {
+      s.V[j] = lerp_rn(t.l0, t.l1, r0[j], r1[j]);
+      if (!may_pass(value_bound(s.V[j], maxabs), thr, GE)) continue;
+      xa = std::min<int64_t>(xa, tx.xlo[j]);
+      xb = std::max<int64_t>(xb, tx.xhi[j] + 1);
+    }
+    if (xa >= xb) continue;
+    // horizontal interpolation of source rows i0 and i1 (each once per pair, rows being monotone)
+    const float* h0 = h_row(s, t.i0, t.i1, w, tx);
+    const float* h1 = h_row(s, t.i1, t.i0, w, tx);
+    for (int64_t q = xa / 64; q <= (xb - 1) / 64; ++q) {
+      const uint64_t mask = row_bits<GE>(h0, h1, t.l0, t.l1, thr, std::max(xa, 64 * q), std::min(xb, 64 * q + 64), 64 * q);
+      if (mask == 0) continue;
+      n += popcount(mask);
+      const int64_t word = y * Wr + q;
+      for (int32_t i = start[word]; i < start[word + 1]; ++i) {
+        const int64_t c = popcount(mask & ent[i].bits);
+        inter[ent[i].label] += c;
+        if (mask_union && c) hit[ent[i].category] = 1;
+      }
+    }
+  }
+  if (n == 0) return;
+  a.activation_total[k] += n;
+  const int32_t* img = prep.img.data() + b * L2;
+  for (int64_t j = 0; j < L2 && img[j] != 0; ++j) {
+    inter[img[j]] += n;
+    if (mask_union) hit[a.label_category[img[j]]] = 1;
+  }
+  int64_t* act = a.activation + k * a.NC;
+  for (int64_t c = 0; c < a.NC; ++c) {
+    bool counted;
+    if (a.union_mode == 1) {
+      counted = true;
+    } else if (mask_union) {
+      counted = hit[c] != 0;
+      hit[c] = 0;
+    } else {
+      counted = a.annotated ? a.annotated[b * a.NC + c] != 0 : prep.present[b * a.NC + c] != 0;
+    }
+    if (counted) act[c] += n;
+  }
+}
+
+template <typename LT>
+void tally_typed(const TallyArgs& a, int threads) {
+  // reused, so that its buffers keep their capacity between calls; OpenMP workers must see the
+  // calling thread's instance, hence the plain reference used below
+  static thread_local Prepared reused;
+  Prepared& prep = reused;
+  prepare_labels<LT>(a, threads, prep);
+  if (a.B == 0) return;
+  std::vector<LinearTap> ty(a.Sh);
+  const float sy = bilinear_scale((int)a.h, (int)a.Sh, a.align_corners);
+  const float sx = bilinear_scale((int)a.w, (int)a.Sw, a.align_corners);
+  for (int64_t i = 0; i < a.Sh; ++i) ty[i] = bilinear_tap((int)i, (int)a.h, sy, a.align_corners);
+  ColumnTaps tx;
+  tx.xlo.assign(a.w, (int)a.Sw);
+  tx.xhi.assign(a.w, -1);
+  for (const LinearTap& t : ty) tx.weights_y.emplace_back(t.l0, t.l1);
+  for (int64_t x = 0; x < a.Sw; ++x) {
+    const LinearTap t = bilinear_tap((int)x, (int)a.w, sx, a.align_corners);
+    tx.weights_x.emplace_back(t.l0, t.l1);
+    if (tx.runs.empty() || tx.runs.back().i0 != t.i0 || tx.runs.back().i1 != t.i1)
+      tx.runs.push_back({(int)x, (int)x, t.i0, t.i1});
+    tx.runs.back().x1 = (int)x + 1;
+    tx.i0.push_back(t.i0); tx.i1.push_back(t.i1); tx.l0.push_back(t.l0); tx.l1.push_back(t.l1);
+    for (int j : {t.i0, t.i1}) {
+      tx.xlo[j] = std::min(tx.xlo[j], (int)x);
+      tx.xhi[j] = std::max(tx.xhi[j], (int)x);
+    }
+  }
+  for (auto* v : {&tx.weights_y, &tx.weights_x}) {
+    std::sort(v->begin(), v->end());
+    v->erase(std::unique(v->begin(), v->end()), v->end());
+  }
+  const int nt = plan_threads(threads, (a.K + 15) / 16, Scratch::bytes(a.h, a.w, a.Sw, a.NC),
+                              "tally (cpp) of " + std::to_string(a.h) + " x " + std::to_string(a.w) + " maps to " +
+                                  std::to_string(a.Sh) + " x " + std::to_string(a.Sw));
+  std::vector<Scratch> scratch(nt);  // allocated here: a std::bad_alloc becomes a MemoryError
+  for (Scratch& s : scratch) {
+    s.map.resize(a.h * a.w);
+    s.rowmax.resize(a.h);
+    s.H.assign(2 * ((a.Sw + 63) / 64) * 64, 0.0f);
+    s.V.resize(a.w);
+    s.hit.assign(a.NC, 0);
+    s.rowpass.resize(a.h);
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    Scratch& s = scratch[thread_index()];
+    // blocks of units: a thread owns its block's counter rows for all images (no barrier ever
+    // stalls one thread behind another); within a block, image by image, so that one image's label
+    // data and the block's counter rows both stay in cache
+    const int64_t block = 16, blocks = (a.K + block - 1) / block;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      const int64_t k1 = std::min(a.K, (kb + 1) * block);
+      for (int64_t b = 0; b < a.B; ++b) {
+        for (int64_t k = kb * block; k < k1; ++k) {
+          if (a.ge)
+            tally_pair<true>(a, prep, b, k, ty, tx, s);
+          else
+            tally_pair<false>(a, prep, b, k, ty, tx, s);
+        }
+      }
+    }
+  }
+}
+
+// The whole tally for one label type (the entry point's checks made).
+inline void tally_all(const TallyArgs& a, int threads) {
+  switch (a.L == 0 ? kInt32 : a.label_dtype) {  // no pixel labels: any type, never read
+    case kUInt8: tally_typed<uint8_t>(a, threads); break;
+    case kInt16: tally_typed<int16_t>(a, threads); break;
+    case kInt32: tally_typed<int32_t>(a, threads); break;
+    default: tally_typed<int64_t>(a, threads); break;
+  }
+}
