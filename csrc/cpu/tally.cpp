@@ -10,6 +10,8 @@
 // and the second runs where the CPU has both (no global -march flag: the module runs anywhere).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -66,9 +68,14 @@ void tally_cpu(const TallyArgs& a) {
     check_arg(a.label_category[c] >= 0 && a.label_category[c] < a.NC,
               "label_category must hold categories in [0, num_categories), got " +
                   std::to_string(a.label_category[c]) + " for label " + std::to_string(c));
+  // UNITSCOPE_TALLY_ISA=generic runs the copy for any CPU here too (tests compare the two copies)
+  const char* isa = std::getenv("UNITSCOPE_TALLY_ISA");
+  const std::string want = isa ? isa : "";
+  check_arg(want.empty() || want == "auto" || want == "generic",
+            "the environment variable UNITSCOPE_TALLY_ISA must be auto or generic (or unset), got '" + want + "'");
 #if US_TALLY_DISPATCH
   static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
-  if (has_avx2) return avx2::tally_all(a, threads);
+  if (has_avx2 && want != "generic") return avx2::tally_all(a, threads);
 #endif
   generic::tally_all(a, threads);
 }

@@ -53,6 +53,18 @@ bool label_words(const TallyArgs& a, const LT* maps, PrepScratch& t, int32_t& n,
   Entry* ent = t.ent.data();
   n = 0;
   for (int64_t y = 0; y < a.Sh; ++y) {
+    bool repeat = y > 0;  // every map's row y equals its row y - 1: the same entries (often so)
+    for (int64_t l = 0; l < a.L && repeat; ++l) {
+      const LT* r = maps + l * P + y * Sw;
+      repeat = std::memcmp(r, r - Sw, Sw * sizeof(LT)) == 0;
+    }
+    if (repeat) {
+      const int32_t from = t.start[(y - 1) * Wr], len = n - from;
+      for (int64_t q = 0; q < Wr; ++q) t.start[y * Wr + q] = t.start[(y - 1) * Wr + q] + len;
+      std::copy(ent + from, ent + n, ent + n);
+      n += len;
+      continue;
+    }
     for (int64_t q = 0; q < Wr; ++q) {
       const int64_t x0 = 64 * q, x1 = std::min(Sw, x0 + 64);
       const int32_t first = n;
@@ -71,19 +83,16 @@ bool label_words(const TallyArgs& a, const LT* maps, PrepScratch& t, int32_t& n,
         }
       };
       for (int64_t l = 0; l < a.L && ok; ++l) {
-        const LT* r = maps + l * P + y * Sw;
-        const LT c0 = r[x0];
-        int same = 1;  // the usual case: one label over the whole word (vectorizes)
-        for (int64_t x = x0 + 1; x < x1; ++x) same &= (int)(r[x] == c0);
-        if (same) {
-          add(c0, span_bits(0, x1 - x0));
-          continue;
-        }
-        for (int64_t x = x0; x < x1 && ok;) {  // runs of one label
-          int64_t e = x + 1;
-          while (e < x1 && r[e] == r[x]) ++e;
-          add(r[x], span_bits(x - x0, e - x0));
-          x = e;
+        const LT* r = maps + l * P + y * Sw + x0;
+        const int64_t len = x1 - x0;
+        uint64_t starts = 0;  // bit i: pixel x0 + i starts a run of one label (i > 0)
+        for (int64_t i = 1; i < len; ++i) starts |= (uint64_t)(r[i] != r[i - 1]) << i;
+        for (int64_t i = 0; ok;) {
+          const int64_t e = starts ? __builtin_ctzll(starts) : len;
+          add(r[i], span_bits(i, e));
+          if (!starts) break;
+          starts &= starts - 1;
+          i = e;
         }
       }
       for (int32_t i = first; i < n; ++i) slot[ent[i].label] = -1;
@@ -164,6 +173,19 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
   for (int64_t c = 1; c < C; ++c) a.label[c] += label_total[c];
 }
 
+// A float cut with  may_pass(value_bound(v, maxabs), thr, ge)  =>  !(v < cut)  for every float v
+// (NaN included), so that the row and column bounds below are one float comparison each:
+// value_bound(v) is v + slack (tally.h), so v can pass only if v >= thr - slack; cut is that value
+// less a margin far above the double rounding errors, rounded down to float.
+inline float pass_cutoff(float maxabs, float thr) {
+  if (!(maxabs < 3.0e38f)) return -INFINITY;
+  const double slack = (double)maxabs * 9.5367431640625e-07 + 7.52316384526264e-37;
+  const double c = (double)thr - slack - (std::fabs((double)thr) + slack) * 1e-12;
+  float f = (float)c;
+  if ((double)f > c) f = std::nextafter(f, -INFINITY);
+  return std::min(f, 3.0e38f);  // a value near the float32 limit may round up to inf: may pass
+}
+
 // Output-column taps as separate arrays, and the output columns [xlo[j], xhi[j]] that read source
 // column j (an interval, since taps are monotone; empty, xhi < xlo, for an unread column).
 // weights_y, weights_x: the distinct weight pairs (l0, l1) of the row and column taps.
@@ -194,14 +216,14 @@ inline float tie_bound(float m, const ColumnTaps& tx) {
 // non-decreasing order, so the two rows the current output row needs are usually the ones computed
 // for the previous row (h x Sw floats would be 40 GB for a 100000 x 1 map resized to 1 x 100000).
 // hit: the categories met inside the current mask (union mode 2); rowpass[i]: may source row i
-// pass (value_bound of its maximum).
+// pass (its maximum against pass_cutoff).
 struct Scratch {
-  std::vector<float> map, rowmax, H, V;  // map [h*w], rowmax [h], H [2 * Wr * 64], V [w]
+  std::vector<float> map, rowmax, H;  // map [h*w], rowmax [h], H [2 * Wr * 64]
   std::vector<uint8_t> hit, rowpass;  // hit [NC], rowpass [h]
   int64_t H_row[2] = {-1, -1}, H_pair[2] = {-1, -1};  // the source row and pair each slot of H holds
   int64_t pair = 0;
   static int64_t bytes(int64_t h, int64_t w, int64_t Sw, int64_t NC) {
-    return (h * w + h + 2 * ((Sw + 63) / 64) * 64 + w) * 4 + NC + h;
+    return (h * w + h + 2 * ((Sw + 63) / 64) * 64) * 4 + NC + h;
   }
 };
 
@@ -256,6 +278,44 @@ inline uint64_t row_bits(const float* h0, const float* h1, float l0, float l1, f
   return bits & span_bits(lo, hi);
 }
 
+// The largest and smallest of src[0:n], NaN ignored (-inf and inf when there is nothing else).
+inline void max_min(const float* src, int64_t n, float& hi, float& lo) {
+  float h[8], l[8];
+  int64_t i = 0;
+#if US_TALLY_AVX2
+  __m256 vh = _mm256_set1_ps(-INFINITY), vl = _mm256_set1_ps(INFINITY);
+  for (; i + 8 <= n; i += 8) {  // max_ps(v, acc) is acc where v is NaN
+    const __m256 v = _mm256_loadu_ps(src + i);
+    vh = _mm256_max_ps(v, vh);
+    vl = _mm256_min_ps(v, vl);
+  }
+  _mm256_storeu_ps(h, vh);
+  _mm256_storeu_ps(l, vl);
+#elif defined(__SSE2__)
+  __m128 vh = _mm_set1_ps(-INFINITY), vl = _mm_set1_ps(INFINITY);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(src + i);
+    vh = _mm_max_ps(v, vh);
+    vl = _mm_min_ps(v, vl);
+  }
+  _mm_storeu_ps(h, vh);
+  _mm_storeu_ps(l, vl);
+  for (int j = 4; j < 8; ++j) h[j] = -INFINITY, l[j] = INFINITY;
+#else
+  for (int j = 0; j < 8; ++j) h[j] = -INFINITY, l[j] = INFINITY;
+#endif
+  for (; i < n; ++i) {
+    h[0] = src[i] > h[0] ? src[i] : h[0];
+    l[0] = src[i] < l[0] ? src[i] : l[0];
+  }
+  hi = h[0];
+  lo = l[0];
+  for (int j = 1; j < 8; ++j) {
+    hi = h[j] > hi ? h[j] : hi;
+    lo = l[j] < lo ? l[j] : lo;
+  }
+}
+
 // Phase 2 for one (image, unit) pair; the calling thread owns row k of every counter meanwhile.
 template <bool GE>
 void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, const std::vector<LinearTap>& ty,
@@ -264,24 +324,11 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
   const float thr = a.thresholds[k];
   int64_t* inter = a.intersection + k * a.C;
   const int64_t off = (b * a.K + k) * hw;
-  if (a.act_dtype == kFloat32) {  // most pairs stop here: the same first test, in 4 lanes
-    const float* src = static_cast<const float*>(a.activations) + off;
-    float hi[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, lo[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
-    int64_t i = 0;
-    for (; i + 4 <= hw; i += 4) {
-      for (int j = 0; j < 4; ++j) {  // NaN ignored, as below
-        hi[j] = src[i + j] > hi[j] ? src[i + j] : hi[j];
-        lo[j] = src[i + j] < lo[j] ? src[i + j] : lo[j];
-      }
-    }
-    for (; i < hw; ++i) {
-      hi[0] = src[i] > hi[0] ? src[i] : hi[0];
-      lo[0] = src[i] < lo[0] ? src[i] : lo[0];
-    }
-    const float m = std::max(std::max(hi[0], hi[1]), std::max(hi[2], hi[3]));
-    const float mn = std::min(std::min(lo[0], lo[1]), std::min(lo[2], lo[3]));
-    const float maxabs = std::max(0.0f, std::max(m, -mn));  // = max |v| over non-NaN cells
-    if (!may_pass(value_bound(m, maxabs), thr, GE)) return;
+  if (a.act_dtype == kFloat32) {  // most pairs stop here: the same first test, in SIMD lanes
+    float hi, lo;
+    max_min(static_cast<const float*>(a.activations) + off, hw, hi, lo);
+    const float maxabs = std::max(0.0f, std::max(hi, -lo));  // = max |v| over non-NaN cells
+    if (!may_pass(value_bound(hi, maxabs), thr, GE)) return;
   }
   // the map as float32, its maximum (NaN ignored), largest magnitude and per-row maxima
   float m = -INFINITY, maxabs = 0.0f;
@@ -297,7 +344,8 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
     s.rowmax[i] = rm;
     m = rm > m ? rm : m;
   }
-  for (int64_t i = 0; i < h; ++i) s.rowpass[i] = may_pass(value_bound(s.rowmax[i], maxabs), thr, GE);
+  const float cut = pass_cutoff(maxabs, thr);
+  for (int64_t i = 0; i < h; ++i) s.rowpass[i] = !(s.rowmax[i] < cut);
   if (!may_pass(value_bound(m, maxabs), thr, GE)) return;
   if (m < 3.0e38f && !may_pass(tie_bound(m, tx), thr, GE)) return;  // ties at the maximum
   const ImageLabels& R = prep.pixels[b];
@@ -309,16 +357,15 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
   int64_t n = 0;
   for (int64_t y = 0; y < Sh; ++y) {
     const LinearTap& t = ty[y];
-    if (!s.rowpass[t.i0] && !s.rowpass[t.i1]) continue;  // = value_bound of the larger row maximum
+    if (!s.rowpass[t.i0] && !s.rowpass[t.i1]) continue;
     // V[j]: source column j interpolated to row y. Output pixel (y, x) is within 16 * 2^-24 *
-    // maxabs of a combination of V[j0(x)] and V[j1(x)] (tally.h), so value_bound applies: only
+    // maxabs of a combination of V[j0(x)] and V[j1(x)] (tally.h), so pass_cutoff applies: only
     // the output columns reading a column j that may pass are evaluated (their hull [xa, xb)).
     const float* r0 = s.map.data() + t.i0 * w;
     const float* r1 = s.map.data() + t.i1 * w;
     int64_t xa = Sw, xb = 0;
     for (int64_t j = 0; j < w; ++j) {
-      s.V[j] = lerp_rn(t.l0, t.l1, r0[j], r1[j]);
-      if (!may_pass(value_bound(s.V[j], maxabs), thr, GE)) continue;
+      if (lerp_rn(t.l0, t.l1, r0[j], r1[j]) < cut) continue;
       xa = std::min<int64_t>(xa, tx.xlo[j]);
       xb = std::max<int64_t>(xb, tx.xhi[j] + 1);
     }
@@ -400,7 +447,6 @@ void tally_typed(const TallyArgs& a, int threads) {
     s.map.resize(a.h * a.w);
     s.rowmax.resize(a.h);
     s.H.assign(2 * ((a.Sw + 63) / 64) * 64, 0.0f);
-    s.V.resize(a.w);
     s.hit.assign(a.NC, 0);
     s.rowpass.resize(a.h);
   }
