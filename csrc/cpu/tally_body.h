@@ -7,26 +7,30 @@
 // start[i + 1]] list, for word i, each nonzero label that some map gives some pixel of the word,
 // with the bits of those pixels, except the image's own image labels (counted for the whole mask
 // elsewhere). A label carried by two maps at one pixel sets one bit: one label once per pixel.
+// Entries name labels by their place in `labels`, the image's labels in order of appearance, so
+// that phase 2 sums a pair's counts in a short array.
 struct Entry {
   uint64_t bits;
-  int32_t label, category;
+  int32_t local;  // labels[local] is the label
 };
 
 struct ImageLabels {
   std::vector<int32_t> start;  // [Sh * Wr + 1]
   std::vector<Entry> entries;
+  std::vector<int32_t> labels;
 };
 
 // One thread's phase-1 buffers: counts [C] (labels' pixels over its images), slot [C] (-1, or a
-// label's entry in the word being built), is_img [C], start [Sh * Wr + 1], ent [L * P] (a word has
-// at most L entries per pixel).
+// label's entry in the word being built), local [C] (-1, or a label's place in labels), is_img [C],
+// start [Sh * Wr + 1], ent [L * P] (a word has at most L entries per pixel), labels [min(C, L * P)].
 struct PrepScratch {
   std::vector<int64_t> counts;
-  std::vector<int32_t> slot, start;
+  std::vector<int32_t> slot, local, start, labels;
   std::vector<uint8_t> is_img;
   std::vector<Entry> ent;
+  static int64_t max_labels(int64_t C, int64_t L, int64_t P) { return std::min(C, L * P); }
   static int64_t bytes(int64_t C, int64_t NW, int64_t L, int64_t P) {
-    return C * 13 + (NW + 1) * 4 + L * P * (int64_t)sizeof(Entry);
+    return C * 17 + (NW + 1) * 4 + L * P * (int64_t)sizeof(Entry) + max_labels(C, L, P) * 4;
   }
 };
 
@@ -44,14 +48,17 @@ inline uint64_t span_bits(int64_t lo, int64_t hi) {
 
 inline int64_t popcount(uint64_t v) { return __builtin_popcountll(v); }
 
-// Image b's label words into t.start and t.ent[0:n]. Returns false, with the label in `bad`, when
-// a label is outside [0, C): every pixel belongs to a run whose label is checked.
+// Image b's label words into t.start, t.ent[0:n] and t.labels[0:n_lab]. Returns false, with the
+// label in `bad`, when a label is outside [0, C): every pixel belongs to a run whose label is
+// checked. Leaves t.slot and t.local all -1.
 template <typename LT>
-bool label_words(const TallyArgs& a, const LT* maps, PrepScratch& t, int32_t& n, int64_t& bad) {
+bool label_words(const TallyArgs& a, const LT* maps, PrepScratch& t, int32_t& n, int32_t& n_lab, int64_t& bad) {
   const int64_t P = a.Sh * a.Sw, Sw = a.Sw, Wr = (Sw + 63) / 64, C = a.C;
-  int32_t* slot = t.slot.data();
+  int32_t *slot = t.slot.data(), *local = t.local.data(), *labels = t.labels.data();
   Entry* ent = t.ent.data();
   n = 0;
+  n_lab = 0;
+  bool ok = true;
   for (int64_t y = 0; y < a.Sh; ++y) {
     bool repeat = y > 0;  // every map's row y equals its row y - 1: the same entries (often so)
     for (int64_t l = 0; l < a.L && repeat; ++l) {
@@ -69,15 +76,18 @@ bool label_words(const TallyArgs& a, const LT* maps, PrepScratch& t, int32_t& n,
       const int64_t x0 = 64 * q, x1 = std::min(Sw, x0 + 64);
       const int32_t first = n;
       t.start[y * Wr + q] = n;
-      bool ok = true;
       // add the pixels `bits` of this word carrying label c
       auto add = [&](LT raw, uint64_t bits) {
         const int64_t c = (int64_t)raw;
         if (c < 0 || c >= C) { bad = c; ok = false; return; }
         if (c == 0 || t.is_img[c]) return;
         if (slot[c] < 0) {
+          if (local[c] < 0) {
+            local[c] = n_lab;
+            labels[n_lab++] = (int32_t)c;
+          }
           slot[c] = n;
-          ent[n++] = Entry{bits, (int32_t)c, (int32_t)a.label_category[c]};
+          ent[n++] = Entry{bits, local[c]};
         } else {
           ent[slot[c]].bits |= bits;
         }
@@ -95,12 +105,14 @@ bool label_words(const TallyArgs& a, const LT* maps, PrepScratch& t, int32_t& n,
           i = e;
         }
       }
-      for (int32_t i = first; i < n; ++i) slot[ent[i].label] = -1;
-      if (!ok) return false;
+      for (int32_t i = first; i < n; ++i) slot[labels[ent[i].local]] = -1;
+      if (!ok) break;
     }
+    if (!ok) break;
   }
+  for (int32_t i = 0; i < n_lab; ++i) local[labels[i]] = -1;
   t.start[a.Sh * Wr] = n;
-  return true;
+  return ok;
 }
 
 // Phase 1 for pixel labels of type LT. Throws std::invalid_argument (nothing counted) when a label
@@ -123,8 +135,8 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
   std::vector<PrepScratch>& scratch = out.scratch;  // kept between calls (no fresh pages each call)
   scratch.resize(nt);  // allocated here: a std::bad_alloc becomes a MemoryError
   for (PrepScratch& t : scratch) {
-    t.counts.assign(C, 0); t.slot.assign(C, -1); t.is_img.assign(C, 0);
-    t.start.resize(NW + 1); t.ent.resize(L * P);
+    t.counts.assign(C, 0); t.slot.assign(C, -1); t.local.assign(C, -1); t.is_img.assign(C, 0);
+    t.start.resize(NW + 1); t.ent.resize(L * P); t.labels.resize(PrepScratch::max_labels(C, L, P));
   }
   ErrorCarrier error;  // R's own arrays are sized per image, inside the region
 #pragma omp parallel num_threads(nt)
@@ -143,8 +155,8 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
         t.is_img[c] = 1;
         img[n_img++] = (int32_t)c;
       }
-      int32_t n = 0;
-      if (!arg && !label_words<LT>(a, pix + b * L * P, t, n, value)) arg = "pixel_labels";
+      int32_t n = 0, n_lab = 0;
+      if (!arg && !label_words<LT>(a, pix + b * L * P, t, n, n_lab, value)) arg = "pixel_labels";
       for (int i = 0; i < n_img; ++i) t.is_img[img[i]] = 0;
       if (arg) {
 #pragma omp critical(unitscope_tally_error)
@@ -154,11 +166,10 @@ void prepare_labels(const TallyArgs& a, int threads, Prepared& out) {
       ImageLabels& R = out.pixels[b];
       R.start.assign(t.start.begin(), t.start.end());
       R.entries.assign(t.ent.begin(), t.ent.begin() + n);
+      R.labels.assign(t.labels.begin(), t.labels.begin() + n_lab);
+      for (int32_t i = 0; i < n; ++i) t.counts[t.labels[t.ent[i].local]] += popcount(t.ent[i].bits);
       uint8_t* present = out.present.data() + b * NC;
-      for (int32_t i = 0; i < n; ++i) {
-        t.counts[t.ent[i].label] += popcount(t.ent[i].bits);
-        present[t.ent[i].category] = 1;
-      }
+      for (int32_t i = 0; i < n_lab; ++i) present[a.label_category[t.labels[i]]] = 1;
       for (int i = 0; i < n_img; ++i) {  // an image label covers every pixel, once
         t.counts[img[i]] += P;
         present[a.label_category[img[i]]] = 1;
@@ -220,10 +231,11 @@ inline float tie_bound(float m, const ColumnTaps& tx) {
 struct Scratch {
   std::vector<float> map, rowmax, H;  // map [h*w], rowmax [h], H [2 * Wr * 64]
   std::vector<uint8_t> hit, rowpass;  // hit [NC], rowpass [h]
+  std::vector<int64_t> acc;           // [max_labels]
   int64_t H_row[2] = {-1, -1}, H_pair[2] = {-1, -1};  // the source row and pair each slot of H holds
   int64_t pair = 0;
-  static int64_t bytes(int64_t h, int64_t w, int64_t Sw, int64_t NC) {
-    return (h * w + h + 2 * ((Sw + 63) / 64) * 64) * 4 + NC + h;
+  static int64_t bytes(int64_t h, int64_t w, int64_t Sw, int64_t NC, int64_t max_labels) {
+    return (h * w + h + 2 * ((Sw + 63) / 64) * 64) * 4 + NC + h + 8 * max_labels;
   }
 };
 
@@ -351,8 +363,9 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
   const ImageLabels& R = prep.pixels[b];
   const int32_t* start = R.start.data();
   const Entry* ent = R.entries.data();
-  const bool mask_union = a.union_mode == 2;
-  uint8_t* hit = s.hit.data();
+  const int64_t n_lab = (int64_t)R.labels.size();
+  int64_t* acc = s.acc.data();  // acc[i]: the pair's intersection with R.labels[i]
+  std::fill(acc, acc + n_lab, 0);
   ++s.pair;
   int64_t n = 0;
   for (int64_t y = 0; y < Sh; ++y) {
@@ -378,14 +391,17 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
       if (mask == 0) continue;
       n += popcount(mask);
       const int64_t word = y * Wr + q;
-      for (int32_t i = start[word]; i < start[word + 1]; ++i) {
-        const int64_t c = popcount(mask & ent[i].bits);
-        inter[ent[i].label] += c;
-        if (mask_union && c) hit[ent[i].category] = 1;
-      }
+      for (int32_t i = start[word]; i < start[word + 1]; ++i) acc[ent[i].local] += popcount(mask & ent[i].bits);
     }
   }
   if (n == 0) return;
+  const bool mask_union = a.union_mode == 2;
+  uint8_t* hit = s.hit.data();
+  for (int64_t i = 0; i < n_lab; ++i) {
+    if (acc[i] == 0) continue;
+    inter[R.labels[i]] += acc[i];
+    if (mask_union) hit[a.label_category[R.labels[i]]] = 1;
+  }
   a.activation_total[k] += n;
   const int32_t* img = prep.img.data() + b * L2;
   for (int64_t j = 0; j < L2 && img[j] != 0; ++j) {
@@ -439,7 +455,9 @@ void tally_typed(const TallyArgs& a, int threads) {
     std::sort(v->begin(), v->end());
     v->erase(std::unique(v->begin(), v->end()), v->end());
   }
-  const int nt = plan_threads(threads, (a.K + 15) / 16, Scratch::bytes(a.h, a.w, a.Sw, a.NC),
+  int64_t max_labels = 0;
+  for (int64_t b = 0; b < a.B; ++b) max_labels = std::max<int64_t>(max_labels, prep.pixels[b].labels.size());
+  const int nt = plan_threads(threads, (a.K + 15) / 16, Scratch::bytes(a.h, a.w, a.Sw, a.NC, max_labels),
                               "tally (cpp) of " + std::to_string(a.h) + " x " + std::to_string(a.w) + " maps to " +
                                   std::to_string(a.Sh) + " x " + std::to_string(a.Sw));
   std::vector<Scratch> scratch(nt);  // allocated here: a std::bad_alloc becomes a MemoryError
@@ -449,6 +467,7 @@ void tally_typed(const TallyArgs& a, int threads) {
     s.H.assign(2 * ((a.Sw + 63) / 64) * 64, 0.0f);
     s.hit.assign(a.NC, 0);
     s.rowpass.resize(a.h);
+    s.acc.resize(max_labels);
   }
 #pragma omp parallel num_threads(nt)
   {
@@ -456,7 +475,9 @@ void tally_typed(const TallyArgs& a, int threads) {
     // blocks of units: a thread owns its block's counter rows for all images (no barrier ever
     // stalls one thread behind another); within a block, image by image, so that one image's label
     // data and the block's counter rows both stay in cache
-    const int64_t block = 16, blocks = (a.K + block - 1) / block;
+    // (at most 16 units, fewer when K is small, so that every thread gets about 8 blocks)
+    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, a.K / (8 * nt)));
+    const int64_t blocks = (a.K + block - 1) / block;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t kb = 0; kb < blocks; ++kb) {
       const int64_t k1 = std::min(a.K, (kb + 1) * block);
