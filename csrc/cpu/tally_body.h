@@ -197,8 +197,9 @@ inline float pass_cutoff(float maxabs, float thr) {
   return std::min(f, 3.0e38f);  // a value near the float32 limit may round up to inf: may pass
 }
 
-// Output-column taps as separate arrays, and the output columns [xlo[j], xhi[j]] that read source
-// column j (an interval, since taps are monotone; empty, xhi < xlo, for an unread column).
+// Output-column taps as separate arrays, and output columns [xlo[j], xhi[j]] containing those that
+// read source column j or, for an unread column, none: xlo[j] is the first output column reading a
+// column >= j, xhi[j] the last reading a column <= j, so both are nondecreasing in j.
 // weights_y, weights_x: the distinct weight pairs (l0, l1) of the row and column taps.
 struct ColumnTaps {
   std::vector<int> i0, i1, xlo, xhi;
@@ -235,7 +236,7 @@ struct Scratch {
   int64_t H_row[2] = {-1, -1}, H_pair[2] = {-1, -1};  // the source row and pair each slot of H holds
   int64_t pair = 0;
   static int64_t bytes(int64_t h, int64_t w, int64_t Sw, int64_t NC, int64_t max_labels) {
-    return (h * w + h + 2 * ((Sw + 63) / 64) * 64) * 4 + NC + h + 8 * max_labels;
+    return (h * w + 8 + h + 2 * ((Sw + 63) / 64) * 64) * 4 + NC + h + 8 * max_labels;
   }
 };
 
@@ -256,6 +257,43 @@ inline const float* h_row(Scratch& s, int64_t i, int64_t keep, int64_t w, const 
     for (int64_t x = u.x0; x < u.x1; ++x) Hi[x] = lerp_rn(l0[x], l1[x], a, b);
   }
   return Hi;
+}
+
+// The first and last source columns j whose V = lerp_rn(l0, l1, r0[j], r1[j]) is not below cut
+// (NaN included); false when there is none. r0 and r1 are readable 8 floats past w.
+inline bool candidate_columns(const float* r0, const float* r1, float l0, float l1, float cut, int64_t w,
+                              int64_t& first, int64_t& last) {
+  first = -1;
+  last = -1;
+#if US_TALLY_AVX2 || defined(__SSE2__)
+#if US_TALLY_AVX2
+  constexpr int64_t lanes = 8;
+  const __m256 vl0 = _mm256_set1_ps(l0), vl1 = _mm256_set1_ps(l1), vc = _mm256_set1_ps(cut);
+#else
+  constexpr int64_t lanes = 4;
+  const __m128 vl0 = _mm_set1_ps(l0), vl1 = _mm_set1_ps(l1), vc = _mm_set1_ps(cut);
+#endif
+  for (int64_t j = 0; j < w; j += lanes) {
+#if US_TALLY_AVX2
+    const __m256 v = _mm256_add_ps(_mm256_mul_ps(vl0, _mm256_loadu_ps(r0 + j)), _mm256_mul_ps(vl1, _mm256_loadu_ps(r1 + j)));
+    uint32_t m = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, vc, _CMP_NLT_UQ));
+#else
+    const __m128 v = _mm_add_ps(_mm_mul_ps(vl0, _mm_loadu_ps(r0 + j)), _mm_mul_ps(vl1, _mm_loadu_ps(r1 + j)));
+    uint32_t m = (uint32_t)_mm_movemask_ps(_mm_cmpnlt_ps(v, vc));
+#endif
+    if (w - j < lanes) m &= (1u << (w - j)) - 1;
+    if (!m) continue;
+    if (first < 0) first = j + __builtin_ctz(m);
+    last = j + 31 - __builtin_clz(m);
+  }
+#else
+  for (int64_t j = 0; j < w; ++j) {
+    if (lerp_rn(l0, l1, r0[j], r1[j]) < cut) continue;
+    if (first < 0) first = j;
+    last = j;
+  }
+#endif
+  return first >= 0;
 }
 
 // The mask bits of output pixels [xa, xb) of one row (inside the word starting at `base`):
@@ -359,7 +397,7 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
   const float cut = pass_cutoff(maxabs, thr);
   for (int64_t i = 0; i < h; ++i) s.rowpass[i] = !(s.rowmax[i] < cut);
   if (!may_pass(value_bound(m, maxabs), thr, GE)) return;
-  if (m < 3.0e38f && !may_pass(tie_bound(m, tx), thr, GE)) return;  // ties at the maximum
+  if (!(GE ? m >= thr : m > thr) && m < 3.0e38f && !may_pass(tie_bound(m, tx), thr, GE)) return;  // a tie at the max
   const ImageLabels& R = prep.pixels[b];
   const int32_t* start = R.start.data();
   const Entry* ent = R.entries.data();
@@ -376,12 +414,9 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
     // the output columns reading a column j that may pass are evaluated (their hull [xa, xb)).
     const float* r0 = s.map.data() + t.i0 * w;
     const float* r1 = s.map.data() + t.i1 * w;
-    int64_t xa = Sw, xb = 0;
-    for (int64_t j = 0; j < w; ++j) {
-      if (lerp_rn(t.l0, t.l1, r0[j], r1[j]) < cut) continue;
-      xa = std::min<int64_t>(xa, tx.xlo[j]);
-      xb = std::max<int64_t>(xb, tx.xhi[j] + 1);
-    }
+    int64_t first, last;
+    if (!candidate_columns(r0, r1, t.l0, t.l1, cut, w, first, last)) continue;
+    const int64_t xa = tx.xlo[first], xb = tx.xhi[last] + 1;
     if (xa >= xb) continue;
     // horizontal interpolation of source rows i0 and i1 (each once per pair, rows being monotone)
     const float* h0 = h_row(s, t.i0, t.i1, w, tx);
@@ -451,6 +486,8 @@ void tally_typed(const TallyArgs& a, int threads) {
       tx.xhi[j] = std::max(tx.xhi[j], (int)x);
     }
   }
+  for (int64_t j = a.w - 2; j >= 0; --j) tx.xlo[j] = std::min(tx.xlo[j], tx.xlo[j + 1]);
+  for (int64_t j = 1; j < a.w; ++j) tx.xhi[j] = std::max(tx.xhi[j], tx.xhi[j - 1]);
   for (auto* v : {&tx.weights_y, &tx.weights_x}) {
     std::sort(v->begin(), v->end());
     v->erase(std::unique(v->begin(), v->end()), v->end());
@@ -462,7 +499,7 @@ void tally_typed(const TallyArgs& a, int threads) {
                                   std::to_string(a.Sh) + " x " + std::to_string(a.Sw));
   std::vector<Scratch> scratch(nt);  // allocated here: a std::bad_alloc becomes a MemoryError
   for (Scratch& s : scratch) {
-    s.map.resize(a.h * a.w);
+    s.map.assign(a.h * a.w + 8, 0.0f);  // 8 readable floats past the map (candidate_columns)
     s.rowmax.resize(a.h);
     s.H.assign(2 * ((a.Sw + 63) / 64) * 64, 0.0f);
     s.hit.assign(a.NC, 0);
