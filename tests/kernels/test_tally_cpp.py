@@ -69,7 +69,7 @@ def ndl_mask_union(A, thr, pix, img, cat, NC, S, *, ge=False, align=False):
 def problems(draw):
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     B, K = draw(st.integers(1, 3)), draw(st.integers(1, 4))
-    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    h, w = draw(st.integers(1, 20)), draw(st.integers(1, 20))  # maps wider than 8 lanes, down- and upsampled
     S = (draw(st.integers(1, 70)), draw(st.integers(1, 140)))  # rows of one, two and three 64-pixel words
     C, NC = draw(st.integers(1, 12)), draw(st.integers(1, 4))
     L, L2 = draw(st.integers(0, 3)), draw(st.integers(0, 2))
