@@ -199,10 +199,11 @@ inline float pass_cutoff(float maxabs, float thr) {
 
 // Output-column taps as separate arrays, and output columns [xlo[j], xhi[j]] containing those that
 // read source column j or, for an unread column, none: xlo[j] is the first output column reading a
-// column >= j, xhi[j] the last reading a column <= j, so both are nondecreasing in j.
-// weights_y, weights_x: the distinct weight pairs (l0, l1) of the row and column taps.
-struct ColumnTaps {
-  std::vector<int> i0, i1, xlo, xhi;
+// column >= j, xhi[j] the last reading a column <= j, so both are nondecreasing in j. ylo, yhi: the
+// same for output rows and source rows. weights_y, weights_x: the distinct weight pairs (l0, l1) of
+// the row and column taps.
+struct Taps {
+  std::vector<int> i0, i1, xlo, xhi, ylo, yhi;
   std::vector<float> l0, l1;
   std::vector<std::pair<float, float>> weights_y, weights_x;
   struct Run {
@@ -216,7 +217,7 @@ struct ColumnTaps {
 // lerp_rn(ly0, ly1, X, X) with X the largest lerp_rn(lx0, lx1, m, m), maximized over the weights.
 // Exact, unlike value_bound: a unit whose maximum sits exactly on its threshold (a saturated
 // ReLU6 at 6) is skipped without evaluating a pixel wherever these weights never round above m.
-inline float tie_bound(float m, const ColumnTaps& tx) {
+inline float tie_bound(float m, const Taps& tx) {
   float X = -INFINITY, Y = -INFINITY;
   for (const auto& l : tx.weights_x) X = std::max(X, lerp_rn(l.first, l.second, m, m));
   for (const auto& l : tx.weights_y) Y = std::max(Y, lerp_rn(l.first, l.second, X, X));
@@ -242,7 +243,7 @@ struct Scratch {
 
 // Source row i of the current pair interpolated to width Sw, in a slot of s.H that does not hold
 // row `keep`.
-inline const float* h_row(Scratch& s, int64_t i, int64_t keep, int64_t w, const ColumnTaps& tx) {
+inline const float* h_row(Scratch& s, int64_t i, int64_t keep, int64_t w, const Taps& tx) {
   const int64_t stride = s.H.size() / 2;
   for (int j = 0; j < 2; ++j)
     if (s.H_row[j] == i && s.H_pair[j] == s.pair) return s.H.data() + j * stride;
@@ -252,7 +253,7 @@ inline const float* h_row(Scratch& s, int64_t i, int64_t keep, int64_t w, const 
   const float* r = s.map.data() + i * w;
   float* Hi = s.H.data() + j * stride;
   const float *l0 = tx.l0.data(), *l1 = tx.l1.data();
-  for (const ColumnTaps::Run& u : tx.runs) {  // the inner loop vectorizes
+  for (const Taps::Run& u : tx.runs) {  // the inner loop vectorizes
     const float a = r[u.i0], b = r[u.i1];
     for (int64_t x = u.x0; x < u.x1; ++x) Hi[x] = lerp_rn(l0[x], l1[x], a, b);
   }
@@ -329,47 +330,43 @@ inline uint64_t row_bits(const float* h0, const float* h1, float l0, float l1, f
 }
 
 // The largest and smallest of src[0:n], NaN ignored (-inf and inf when there is nothing else).
+// max_ps(v, acc) is acc where v is NaN, so the lanes never hold NaN.
 inline void max_min(const float* src, int64_t n, float& hi, float& lo) {
-  float h[8], l[8];
   int64_t i = 0;
+  hi = -INFINITY;
+  lo = INFINITY;
+#if defined(__SSE2__)
+  __m128 h4 = _mm_set1_ps(-INFINITY), l4 = _mm_set1_ps(INFINITY);
 #if US_TALLY_AVX2
-  __m256 vh = _mm256_set1_ps(-INFINITY), vl = _mm256_set1_ps(INFINITY);
-  for (; i + 8 <= n; i += 8) {  // max_ps(v, acc) is acc where v is NaN
+  __m256 h8 = _mm256_set1_ps(-INFINITY), l8 = _mm256_set1_ps(INFINITY);
+  for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(src + i);
-    vh = _mm256_max_ps(v, vh);
-    vl = _mm256_min_ps(v, vl);
+    h8 = _mm256_max_ps(v, h8);
+    l8 = _mm256_min_ps(v, l8);
   }
-  _mm256_storeu_ps(h, vh);
-  _mm256_storeu_ps(l, vl);
-#elif defined(__SSE2__)
-  __m128 vh = _mm_set1_ps(-INFINITY), vl = _mm_set1_ps(INFINITY);
+  h4 = _mm_max_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+  l4 = _mm_min_ps(_mm256_castps256_ps128(l8), _mm256_extractf128_ps(l8, 1));
+#endif
   for (; i + 4 <= n; i += 4) {
     const __m128 v = _mm_loadu_ps(src + i);
-    vh = _mm_max_ps(v, vh);
-    vl = _mm_min_ps(v, vl);
+    h4 = _mm_max_ps(v, h4);
+    l4 = _mm_min_ps(v, l4);
   }
-  _mm_storeu_ps(h, vh);
-  _mm_storeu_ps(l, vl);
-  for (int j = 4; j < 8; ++j) h[j] = -INFINITY, l[j] = INFINITY;
-#else
-  for (int j = 0; j < 8; ++j) h[j] = -INFINITY, l[j] = INFINITY;
+  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+  hi = _mm_cvtss_f32(_mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1)));
+  lo = _mm_cvtss_f32(_mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)));
 #endif
   for (; i < n; ++i) {
-    h[0] = src[i] > h[0] ? src[i] : h[0];
-    l[0] = src[i] < l[0] ? src[i] : l[0];
-  }
-  hi = h[0];
-  lo = l[0];
-  for (int j = 1; j < 8; ++j) {
-    hi = h[j] > hi ? h[j] : hi;
-    lo = l[j] < lo ? l[j] : lo;
+    hi = src[i] > hi ? src[i] : hi;
+    lo = src[i] < lo ? src[i] : lo;
   }
 }
 
 // Phase 2 for one (image, unit) pair; the calling thread owns row k of every counter meanwhile.
 template <bool GE>
 void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, const std::vector<LinearTap>& ty,
-                const ColumnTaps& tx, Scratch& s) {
+                const Taps& tx, Scratch& s) {
   const int64_t h = a.h, w = a.w, hw = h * w, Sh = a.Sh, Sw = a.Sw, Wr = (Sw + 63) / 64, L2 = a.L2;
   const float thr = a.thresholds[k];
   int64_t* inter = a.intersection + k * a.C;
@@ -395,7 +392,12 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
     m = rm > m ? rm : m;
   }
   const float cut = pass_cutoff(maxabs, thr);
-  for (int64_t i = 0; i < h; ++i) s.rowpass[i] = !(s.rowmax[i] < cut);
+  int64_t first_row = -1, last_row = -1;  // source rows that may pass
+  for (int64_t i = 0; i < h; ++i) {
+    s.rowpass[i] = !(s.rowmax[i] < cut);
+    if (s.rowpass[i]) last_row = i, first_row = first_row < 0 ? i : first_row;
+  }
+  if (first_row < 0) return;
   if (!may_pass(value_bound(m, maxabs), thr, GE)) return;
   if (!(GE ? m >= thr : m > thr) && m < 3.0e38f && !may_pass(tie_bound(m, tx), thr, GE)) return;  // a tie at the max
   const ImageLabels& R = prep.pixels[b];
@@ -406,7 +408,7 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
   std::fill(acc, acc + n_lab, 0);
   ++s.pair;
   int64_t n = 0;
-  for (int64_t y = 0; y < Sh; ++y) {
+  for (int64_t y = tx.ylo[first_row], y_end = std::min<int64_t>(Sh, tx.yhi[last_row] + 1); y < y_end; ++y) {
     const LinearTap& t = ty[y];
     if (!s.rowpass[t.i0] && !s.rowpass[t.i1]) continue;
     // V[j]: source column j interpolated to row y. Output pixel (y, x) is within 16 * 2^-24 *
@@ -432,11 +434,10 @@ void tally_pair(const TallyArgs& a, const Prepared& prep, int64_t b, int64_t k, 
   if (n == 0) return;
   const bool mask_union = a.union_mode == 2;
   uint8_t* hit = s.hit.data();
-  for (int64_t i = 0; i < n_lab; ++i) {
-    if (acc[i] == 0) continue;
-    inter[R.labels[i]] += acc[i];
-    if (mask_union) hit[a.label_category[R.labels[i]]] = 1;
-  }
+  const int32_t* labels = R.labels.data();
+  for (int64_t i = 0; i < n_lab; ++i) inter[labels[i]] += acc[i];  // no branch: a zero adds nothing
+  if (mask_union)
+    for (int64_t i = 0; i < n_lab; ++i) hit[a.label_category[labels[i]]] |= (uint8_t)(acc[i] != 0);
   a.activation_total[k] += n;
   const int32_t* img = prep.img.data() + b * L2;
   for (int64_t j = 0; j < L2 && img[j] != 0; ++j) {
@@ -470,10 +471,19 @@ void tally_typed(const TallyArgs& a, int threads) {
   const float sy = bilinear_scale((int)a.h, (int)a.Sh, a.align_corners);
   const float sx = bilinear_scale((int)a.w, (int)a.Sw, a.align_corners);
   for (int64_t i = 0; i < a.Sh; ++i) ty[i] = bilinear_tap((int)i, (int)a.h, sy, a.align_corners);
-  ColumnTaps tx;
+  Taps tx;
   tx.xlo.assign(a.w, (int)a.Sw);
   tx.xhi.assign(a.w, -1);
-  for (const LinearTap& t : ty) tx.weights_y.emplace_back(t.l0, t.l1);
+  tx.ylo.assign(a.h, (int)a.Sh);
+  tx.yhi.assign(a.h, -1);
+  for (int64_t y = 0; y < a.Sh; ++y) {
+    const LinearTap& t = ty[y];
+    tx.weights_y.emplace_back(t.l0, t.l1);
+    for (int i : {t.i0, t.i1}) {
+      tx.ylo[i] = std::min(tx.ylo[i], (int)y);
+      tx.yhi[i] = std::max(tx.yhi[i], (int)y);
+    }
+  }
   for (int64_t x = 0; x < a.Sw; ++x) {
     const LinearTap t = bilinear_tap((int)x, (int)a.w, sx, a.align_corners);
     tx.weights_x.emplace_back(t.l0, t.l1);
@@ -488,6 +498,8 @@ void tally_typed(const TallyArgs& a, int threads) {
   }
   for (int64_t j = a.w - 2; j >= 0; --j) tx.xlo[j] = std::min(tx.xlo[j], tx.xlo[j + 1]);
   for (int64_t j = 1; j < a.w; ++j) tx.xhi[j] = std::max(tx.xhi[j], tx.xhi[j - 1]);
+  for (int64_t i = a.h - 2; i >= 0; --i) tx.ylo[i] = std::min(tx.ylo[i], tx.ylo[i + 1]);
+  for (int64_t i = 1; i < a.h; ++i) tx.yhi[i] = std::max(tx.yhi[i], tx.yhi[i - 1]);
   for (auto* v : {&tx.weights_y, &tx.weights_x}) {
     std::sort(v->begin(), v->end());
     v->erase(std::unique(v->begin(), v->end()), v->end());
