@@ -50,12 +50,14 @@ def test_equals_reference(ds, union, op):
 
 
 def test_mask_union_equals_reference_and_is_saved(ds, tmp_path):
-    # NetDissect-Lite's union (issue 20), on numba: the cpp tally gains it with its rewrite (the kernel
-    # tests compare every backend that has it with the reference)
+    # NetDissect-Lite's union (issue 20), on the default backend and on numba (the kernel tests compare
+    # every backend with the reference)
     model = tiny_cnn(2)
-    d = unitscope.dissect(model, ["3"], ds, batch_size=5, union="mask", progress=False, backend="numba")
+    d = unitscope.dissect(model, ["3"], ds, batch_size=5, union="mask", progress=False)
     _equal_to_reference(d, model, ds, ["3"], union="mask")
-    full = unitscope.dissect(model, ["3"], ds, batch_size=5, progress=False, backend="numba")
+    numba = unitscope.dissect(model, ["3"], ds, batch_size=5, union="mask", progress=False, backend="numba")
+    assert np.array_equal(numba["3"].activation, d["3"].activation)
+    full = unitscope.dissect(model, ["3"], ds, batch_size=5, progress=False)
     assert (d["3"].activation <= full["3"].activation).all() and (d["3"].activation < full["3"].activation).any()
     assert np.array_equal(d["3"].intersection, full["3"].intersection)
     d.to_json(tmp_path / "dissection.json")

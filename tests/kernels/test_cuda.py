@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_quantile import layouts, make_values, sketch_state, split
-from test_tally import UNIONS, assert_counts_equal, counts_of, problems, reference, run, serves
+from test_tally import UNIONS, assert_counts_equal, counts_of, problems, reference, run
 
 import unitscope
 from unitscope import _tensors as T
@@ -79,7 +79,6 @@ def test_tally_cuda_equals_cpp(p, specials, transposed, seed):
     p = {**p, "A": A}
     got = counts_of(run("cuda", p))
     assert_counts_equal(got, reference(p))
-    assume(serves("cpp", p))  # union='mask' arrives in cpp with its rewrite
     assert_counts_equal(got, counts_of(run("cpp", p)))
 
 
@@ -100,10 +99,7 @@ def test_tally_dissection_shape_every_dtype(act_dtype, label_dtype):
         p = dict(A=A, thr=thr, pix=pix, img=img, annotated=annotated, cat=cat, C=C, NC=NC, S=(112, 112),
                  align=False, op=">", union=union)
         got = counts_of(run("cuda", p))
-        if serves("cpp", p):
-            assert_counts_equal(got, counts_of(run("cpp", p)))
-        else:  # union='mask' before the cpp rewrite: the reference (slower) instead
-            assert_counts_equal(got, reference(p))
+        assert_counts_equal(got, counts_of(run("cpp", p)))
 
 
 # the data of benchmarks/bench_tally.py --data, small: Broden-like labels (4 maps of constant regions
@@ -149,8 +145,7 @@ def test_tally_cuda_bit_for_bit_on_the_benchmark_data(kind, union, op):
     got = counts_of(run("cuda", p))
     assert int(got["activation_total"].sum()) > 0  # masks are not all empty
     assert_counts_equal(got, reference(p))
-    if serves("cpp", p):  # union='mask' arrives in cpp with its rewrite
-        assert_counts_equal(got, counts_of(run("cpp", p)))
+    assert_counts_equal(got, counts_of(run("cpp", p)))
     assert_counts_equal(counts_of(run("cuda", p, splits=[1, 4])), got)  # batches add up
 
 

@@ -88,29 +88,6 @@ def problems(draw):
                 align=align, op=draw(st.sampled_from([">", ">="])), union=draw(st.sampled_from(UNIONS)))
 
 
-def cpp_has_mask_union() -> bool:
-    """Whether the cpp tally implements union='mask' (it arrives with the cpp tally's rewrite; until
-    then it refuses it with a clear error, checked in test_tally_union.py)."""
-    if "cpp" not in unitscope.backends():
-        return False
-    t = unitscope.IoUTally(1, 2, label_category=torch.zeros(2, dtype=torch.int64), num_categories=1, out_size=1, union="mask", backend="cpp")
-    try:
-        t.update(torch.ones(1, 1, 1, 1), torch.zeros(1), torch.ones(1, 1, 1, 1, dtype=torch.int16))
-    except ValueError as e:
-        if "not yet implemented in cpp" in str(e):
-            return False
-        raise
-    return True
-
-
-CPP_HAS_MASK = cpp_has_mask_union()
-
-
-def serves(backend, p) -> bool:
-    """Whether the backend implements the problem's union (hypothesis assume()s it)."""
-    return not (backend == "cpp" and p["union"] == "mask" and not CPP_HAS_MASK)
-
-
 def reference(p):
     return tally_counts(p["A"], p["thr"], p["pix"], p["img"], p["annotated"], num_labels=p["C"],
                         label_category=p["cat"], num_categories=p["NC"], out_size=p["S"],
@@ -132,7 +109,6 @@ def run(backend, p, splits=None):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(p=problems())
 def test_every_backend_matches_reference(backend, p):
-    assume(serves(backend, p))
     want = reference(p)
     assert_counts_equal(counts_of(run(backend, p)), want)
 
@@ -146,7 +122,6 @@ def test_torch_backend_is_the_reference(p):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(p=problems(), data=st.data())
 def test_batch_split_and_merge_equal_one_pass(backend, p, data):
-    assume(serves(backend, p))
     B = p["A"].shape[0]
     splits = sorted(data.draw(st.lists(st.integers(0, B), max_size=3)))
     whole = run(backend, p)

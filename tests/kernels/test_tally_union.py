@@ -143,15 +143,6 @@ def test_bad_union_mode_is_refused_by_the_operator_and_the_binding():
     assert int(t.activation_total.sum()) == 0
 
 
-@pytest.mark.skipif(HAVE_CPP and __import__("test_tally").CPP_HAS_MASK, reason="cpp implements union='mask'")
-@pytest.mark.skipif(not HAVE_CPP, reason="the compiled module is not built")
-def test_cpp_refuses_mask_union_until_implemented_and_counts_nothing():
-    t = unitscope.IoUTally(1, 2, label_category=torch.zeros(2, dtype=torch.int64), num_categories=1, out_size=1, union="mask", backend="cpp")
-    with pytest.raises(ValueError, match="union='mask'.*not yet implemented in cpp"):
-        t.update(torch.ones(1, 1, 1, 1), torch.zeros(1), torch.ones(1, 1, 1, 1, dtype=torch.int16))
-    assert t.images == 0 and int(t.label.sum()) == 0
-
-
 def test_mask_state_dict_round_trip_and_invariant():
     p = planted()
     t = unitscope.IoUTally(1, 5, label_category=p["cat"], num_categories=3, out_size=(1, 4), align_corners=True,
