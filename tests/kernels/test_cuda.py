@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_quantile import layouts, make_values, sketch_state, split
 from test_tally import UNIONS, assert_counts_equal, counts_of, problems, reference, run

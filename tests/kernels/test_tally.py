@@ -3,7 +3,7 @@ example, merge/split/state_dict laws, and bad input that must leave every count 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unitscope
