@@ -24,7 +24,10 @@ import unitscope
 from unitscope.kernels import gradcam
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
+def median_time(fn, repeats: int, warmup: int = 10) -> float:
+    # 10 warm-up calls: glibc's malloc returns the first freed outputs (12.8 MB at B=64) to the OS and only
+    # then raises its mmap threshold, so a process's first ~10 allocating calls page-fault a fresh output
+    # (measured: 5.2 ms a call, then 1.5); outputs over 32 MB (B=256) are mmap'd, and faulted, every call
     for _ in range(warmup):
         fn()
     times = []
