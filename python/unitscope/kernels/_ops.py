@@ -31,6 +31,7 @@ def _define(schema: str, impl, fake) -> torch._ops.OpOverload:
     _LIB.impl(name, impl, "CompositeExplicitAutograd")
     torch.library.register_fake(f"unitscope::{name}", fake, lib=_LIB)
     if "!)" in schema:
+        assert _LIB.m is not None  # the C++ library object, set while _LIB is alive
         _LIB.m.register_ad_inplace_or_view_fallback(name)
     return getattr(torch.ops.unitscope, name).default
 
