@@ -10,18 +10,18 @@ import torch
 
 from unitscope import _backend
 from unitscope import _tensors as T
+from unitscope._checks import UNIONS
 
 LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 LABEL_CODE = {torch.uint8: 0, torch.int16: 1, torch.int32: 2, torch.int64: 3}
 # union -> TallyArgs::union_mode (tally.h): which images' mask pixels count toward a category's union
-UNION_MODES = {"category": 0, "dataset": 1, "mask": 2}
+UNION_MODES = {name: mode for mode, name in enumerate(UNIONS)}
 
 
 def union_of_mode(union_mode) -> str:
     """The union name of a union_mode int (0, 1 or 2), or ValueError naming what was received."""
-    for name, mode in UNION_MODES.items():
-        if union_mode == mode and isinstance(union_mode, int) and not isinstance(union_mode, bool):
-            return name
+    if isinstance(union_mode, int) and not isinstance(union_mode, bool) and 0 <= union_mode < len(UNIONS):
+        return UNIONS[union_mode]
     raise ValueError(f"union_mode must be 0 (category), 1 (dataset) or 2 (mask), got {union_mode!r}")
 
 
