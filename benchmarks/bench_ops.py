@@ -1,9 +1,11 @@
 """The operator path against the direct call, in one process: torch.ops.unitscope.* (the dispatcher, the
-custom_op wrapper, the backend choice at run time) against calling the same backend body directly
-(kernels/gradcam.run, tally.count_batch, exact_quantile.feed, quantile_sketch.feed), on a small shape
-(where a fixed cost per call shows) and a typical one. Calls alternate, so load drifts hit both. The
-`empty op` column is torch's own fixed cost: an operator of the same schema whose Python kernel does
-nothing, registered as kernels/_ops.py registers ours (torch.library.Library, one Python entry a call).
+backend choice at run time, on the CPU the C++ kernels of unitscope._torch_ops where the build has
+them) against calling the same backend body directly (kernels/gradcam.run, tally.count_batch,
+exact_quantile.feed, quantile_sketch.feed), on a small shape (where a fixed cost per call shows) and a
+typical one. Beside them: the operator's Python kernel (torch.ops.unitscope._python_<name>, what a
+build without unitscope._torch_ops runs) and an empty operator of the same schema whose Python kernel
+does nothing (torch's fixed cost of entering Python from the dispatcher). Calls alternate, so load
+drifts hit all of them.
 Usage: python benchmarks/bench_ops.py [--quick] [--threads N] [--backend cpp] [--json PATH]
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import unitscope
 from unitscope.kernels import (
     ExactQuantile,
     QuantileSketch,
+    _ops,
     exact_quantile,
     quantile_sketch,
     tally,
@@ -104,23 +107,27 @@ def main():
     for small in (True, False):
         for name, direct, op_args in cases(args.backend, small):
             op = getattr(torch.ops.unitscope, name).default
+            py_op = getattr(torch.ops.unitscope, "_python_" + name).default
             empty[name] = empty.get(name) or empty_op(name)
-            t_direct, t_op, t_empty = paired_times(
-                [direct, lambda: op(*op_args), lambda: empty[name](*op_args)], repeats)  # noqa: B023
+            t_direct, t_op, t_py, t_empty = paired_times(
+                [direct, lambda: op(*op_args), lambda: py_op(*op_args), lambda: empty[name](*op_args)],  # noqa: B023
+                repeats)
             rows.append({"op": name, "shape": "small" if small else "typical", "direct_us": t_direct * 1e6,
-                         "operator_us": t_op * 1e6, "empty_op_us": t_empty * 1e6, "ratio": t_op / t_direct,
-                         "ratio_less_empty_op": (t_op - t_empty) / t_direct})
+                         "operator_us": t_op * 1e6, "python_kernel_us": t_py * 1e6, "empty_op_us": t_empty * 1e6,
+                         "ratio": t_op / t_direct, "python_kernel_ratio": t_py / t_direct})
     print(f"backend={args.backend} threads={args.threads} torch {torch.__version__} "
-          f"({platform.processor() or platform.machine()}); ratio = operator / direct (same process); "
-          "less empty op = (operator - empty op) / direct")
-    print(f"{'operator':26s} {'shape':8s} {'direct us':>10s} {'operator us':>12s} {'empty op us':>12s} {'ratio':>6s} "
-          f"{'less empty op':>14s}")
+          f"({platform.processor() or platform.machine()}); operator CPU kernels: "
+          f"{'C++' if not _ops.COMPILED_KERNELS_MISSING else 'Python (' + _ops.COMPILED_KERNELS_MISSING + ')'}; "
+          "ratio = operator / direct, python ratio = Python kernel / direct (same process)")
+    print(f"{'operator':26s} {'shape':8s} {'direct us':>10s} {'operator us':>12s} {'python kernel us':>17s} "
+          f"{'empty op us':>12s} {'ratio':>6s} {'python ratio':>13s}")
     for r in rows:
-        print(f"{r['op']:26s} {r['shape']:8s} {r['direct_us']:10.1f} {r['operator_us']:12.1f} {r['empty_op_us']:12.1f} "
-              f"{r['ratio']:6.2f} {r['ratio_less_empty_op']:14.2f}")
+        print(f"{r['op']:26s} {r['shape']:8s} {r['direct_us']:10.1f} {r['operator_us']:12.1f} "
+              f"{r['python_kernel_us']:17.1f} {r['empty_op_us']:12.1f} {r['ratio']:6.2f} {r['python_kernel_ratio']:13.2f}")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"backend": args.backend, "threads": args.threads, "torch": torch.__version__,
+                   "operator_cpu_kernels": "C++" if not _ops.COMPILED_KERNELS_MISSING else "Python",
                    "machine": platform.machine(), "rows": rows}, f, indent=2)
 
 

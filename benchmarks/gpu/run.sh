@@ -132,7 +132,7 @@ build() {
   if [[ -n ${CUDACXX:-} ]]; then nvcc=(-DCMAKE_CUDA_COMPILER="$CUDACXX"); fi
   local pyb
   pyb=$("$PY" -c "import pybind11; print(pybind11.get_cmake_dir())") || return 1
-  cmake -S "$ROOT" -B "$ROOT/build/gpu" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DUNITSCOPE_CUDA=ON \
+  cmake -S "$ROOT" -B "$ROOT/build/gpu" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DUNITSCOPE_CUDA=ON -DUNITSCOPE_TORCH_OPS=OFF \
     "${nvcc[@]}" -DCMAKE_CUDA_ARCHITECTURES="$archs" -Dpybind11_DIR="$pyb" \
     -DPython_EXECUTABLE="$(command -v "$PY")" >/dev/null &&
     cmake --build "$ROOT/build/gpu" -j "$(nproc)" &&

@@ -15,4 +15,8 @@ def run(args) -> int:
     print(f"compiled with CUDA: {_backend.cuda_compiled()}")
     for name, status in _backend.backends(verbose=True).items():
         print(f"  {name:6s} {status}")
+    from unitscope.kernels import _ops
+
+    why = _ops.COMPILED_KERNELS_MISSING
+    print("torch.ops.unitscope CPU kernels: " + ("C++ (unitscope._torch_ops)" if not why else f"Python ({why})"))
     return 0

@@ -241,3 +241,61 @@ def test_gradcam_operator_checks_what_the_kernel_reads(bad):
         G = None
     with pytest.raises(ValueError, match="gradients|weights"):
         torch.ops.unitscope.gradcam(A, G, W, True, 8, 8, False, False, "cpp", None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", ["short_intersection", "activation_nc", "label_dtype", "thresholds_k", "pixels_size",
+                                 "annotated_shape", "counts_not_contiguous"])
+def test_tally_operator_checks_the_counts_it_writes(backend, bad):
+    # called directly, a short count tensor would be written past its end by the compiled kernels
+    args = list(_tally_args(backend))
+    if bad == "short_intersection":
+        args[6] = torch.zeros(3, 4, dtype=torch.int64)
+    elif bad == "activation_nc":
+        args[7] = torch.zeros(2, 2, dtype=torch.int64)
+    elif bad == "label_dtype":
+        args[8] = torch.zeros(5, dtype=torch.int32)
+    elif bad == "thresholds_k":
+        args[1] = torch.zeros(2)
+    elif bad == "pixels_size":
+        args[2] = args[2][:, :, :7]
+    elif bad == "annotated_shape":
+        args[4] = torch.ones(2, 3, dtype=torch.bool)
+    else:
+        args[6] = torch.zeros(5, 3, dtype=torch.int64).t()
+    before = [t.clone() for t in args[6:10]]
+    for op in (torch.ops.unitscope.tally_, torch.ops.unitscope._python_tally_):
+        with pytest.raises(ValueError, match="tally_: .*must be"):
+            op(*args)
+    for x, y in zip(args[6:10], before):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", ["short_buf", "m_too_large", "fill_dtype", "x_2d"])
+def test_exact_quantile_operator_checks_its_state(backend, bad):
+    args = list(_exact_args(backend))
+    if bad == "short_buf":
+        args[1] = args[1][:2]
+    elif bad == "m_too_large":
+        args[5] = args[1].shape[1]
+    elif bad == "fill_dtype":
+        args[2] = args[2].to(torch.int32)
+    else:
+        args[0] = args[0][0]
+    with pytest.raises(ValueError, match="exact_quantile_update_: "):
+        torch.ops.unitscope.exact_quantile_update_(*args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", ["short_fine", "nb", "kmax_k"])
+def test_quantile_sketch_operator_checks_its_state(backend, bad):
+    args = list(_sketch_args(backend))
+    if bad == "short_fine":
+        args[2] = args[2][:, :-1]
+    elif bad == "nb":
+        args[8] = 512
+    else:
+        args[7] = args[7][:2]
+    with pytest.raises(ValueError, match="quantile_sketch_update_: "):
+        torch.ops.unitscope.quantile_sketch_update_(*args)

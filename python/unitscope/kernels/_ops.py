@@ -8,9 +8,15 @@ argument's metadata and call these. What needs the values (NaN thresholds, label
 choice, thread counts) happens here, at run time, so a compiled graph holds each call as one node.
 
 Each operator is a schema string, one implementation and one fake kernel, registered by _define (no
-torch.library.custom_op: its Python wrappers cost 20-70 us a call, docs/embedding.md).
+torch.library.custom_op: its Python wrappers cost 20-70 us a call, docs/embedding.md). Where
+unitscope._torch_ops was built (torch importable at build time) and matches the running torch, it
+registers C++ CPU kernels over the Python ones: they run the compiled CPU kernels without entering
+Python and hand every other call to the Python kernel, kept as the operator unitscope::_python_<name>.
 """
 from __future__ import annotations
+
+import importlib
+import os
 
 import torch
 
@@ -18,6 +24,7 @@ from unitscope import _backend
 from unitscope.kernels import _gradcam_grad, exact_quantile, quantile_sketch, tally
 from unitscope.kernels.gradcam import _check_out
 from unitscope.kernels.gradcam import run as _run
+from unitscope.reference import quantile_sketch as _sketch_ref
 
 _LIB = torch.library.Library("unitscope", "DEF")  # kept alive: the registrations live as long as it
 
@@ -29,11 +36,37 @@ def _define(schema: str, impl, fake) -> torch._ops.OpOverload:
     name = schema.split("(", 1)[0]
     _LIB.define(schema, tags=(torch.Tag.pt2_compliant_tag,))
     _LIB.impl(name, impl, "CompositeExplicitAutograd")
+    _LIB.define("_python_" + schema)  # what the C++ CPU kernels hand the calls they do not serve
+    _LIB.impl("_python_" + name, impl, "CompositeExplicitAutograd")
     torch.library.register_fake(f"unitscope::{name}", fake, lib=_LIB)
     if "!)" in schema:
         assert _LIB.m is not None  # the C++ library object, set while _LIB is alive
         _LIB.m.register_ad_inplace_or_view_fallback(name)
     return getattr(torch.ops.unitscope, name).default
+
+
+def _load_compiled_kernels() -> str:
+    """Import unitscope._torch_ops, whose import registers the C++ CPU kernels of the operators; ''
+    when it did, else why not. It links the libtorch it was built with, so it is imported only
+    beside that torch version (named in the file _torch_ops.torch the build writes beside it)."""
+    if os.environ.get("UNITSCOPE_NO_TORCH_OPS", "") not in ("", "0"):
+        return "disabled by UNITSCOPE_NO_TORCH_OPS"
+    if _backend._compiled()[0] is None:  # also makes torch's OpenMP runtime global (unitscope/_openmp.py)
+        return _backend._compiled()[1]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_torch_ops.torch")
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            built = f.read(100).strip()
+    except OSError:
+        return ("unitscope._torch_ops was not built: torch was not importable when unitscope was built "
+                "(pip install --no-build-isolation . builds it)")
+    if built != torch.__version__:
+        return f"unitscope._torch_ops was built for torch {built!r}, this is torch {torch.__version__}: rebuild unitscope"
+    try:
+        importlib.import_module("unitscope._torch_ops")
+    except ImportError as e:
+        return f"unitscope._torch_ops not importable ({e})"
+    return ""
 
 
 def _pick(backend: str | None, device: torch.device, op: str) -> str:
@@ -42,6 +75,32 @@ def _pick(backend: str | None, device: torch.device, op: str) -> str:
 
 def _nothing(*args):
     return None
+
+
+def _check_tensor(op: str, name: str, t, shape, dtypes, device) -> None:
+    """A tensor the kernels read or write through its pointer: shape, dtype, device, contiguity.
+    The operators can be called without the front ends' checks; a short count tensor would be
+    written past its end."""
+    dtypes = dtypes if isinstance(dtypes, tuple) else (dtypes,)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if (tuple(t.shape) != tuple(shape) or t.dtype not in dtypes or t.device != device or not t.is_contiguous()):
+        want = "/".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{op}: {name} must be a contiguous {want} tensor of shape {tuple(shape)} on {device}, "
+                         f"got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)} on {t.device}"
+                         f"{'' if t.is_contiguous() else ' (not contiguous)'}")
+
+
+def _check_values_tensor(op: str, x):
+    """x: (outer, K, inner) floating, K >= 1; returned contiguous."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.dtype not in _FLOATS or x.shape[1] < 1:
+        raise ValueError(f"{op}: x must be a float16/bfloat16/float32/float64 (outer, K, inner) tensor with K >= 1, "
+                         f"got {getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    return x.contiguous()
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_LABELS = (torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 # ---- Grad-CAM (functional, differentiable) ----------------------------------------------------------
@@ -92,6 +151,8 @@ def _tally(activations, thresholds, pixel_labels, image_labels, annotated, label
     2 mask (tally.UNION_MODES)."""
     K = tally
     union = K.union_of_mode(union_mode)
+    activations = _check_tally_raw(activations, thresholds, pixel_labels, image_labels, annotated, label_category,
+                                   intersection, activation, label, activation_total, out_h, out_w)
     name = _pick(backend, activations.device, "IoUTally")
     K.check_values(thresholds, (pixel_labels, "pixel_labels"), (image_labels, "image_labels"),
                    num_labels=label.shape[0], check_label_range=name not in ("cpp", "numba"))
@@ -103,6 +164,34 @@ def _tally(activations, thresholds, pixel_labels, image_labels, annotated, label
     K.count_batch(name, cfg, batch, counts, num_threads)
 
 
+def _check_tally_raw(A, thr, pix, img, ann, category, inter, act, label, total, out_h, out_w):
+    """The shapes the tally kernels index with, from activations (B, K, h, w) and the count tensors
+    (K, C), (K, NC), (C,), (K,); activations returned contiguous."""
+    op = "tally_"
+    if not isinstance(A, torch.Tensor) or A.dim() != 4 or A.dtype not in _FLOATS or min(A.shape[1:]) < 1:
+        raise ValueError(f"{op}: activations must be a floating (B, K, h, w) tensor with K, h, w >= 1, got "
+                         f"{getattr(A, 'dtype', type(A).__name__)} {tuple(getattr(A, 'shape', ()))}")
+    B, K = A.shape[:2]
+    dev = A.device
+    if not isinstance(label, torch.Tensor) or label.dim() != 1 or not isinstance(act, torch.Tensor) or act.dim() != 2:
+        raise ValueError(f"{op}: label must be a (C,) and activation a (K, NC) tensor")
+    C, NC = label.shape[0], act.shape[1]
+    if C < 1 or NC < 1 or out_h < 1 or out_w < 1:
+        raise ValueError(f"{op}: need C, NC, out_h, out_w >= 1, got {C}, {NC}, {out_h}, {out_w}")
+    i64 = torch.int64
+    for name, t, shape, dtypes in (("thresholds", thr, (K,), torch.float32), ("label_category", category, (C,), i64),
+                                   ("intersection", inter, (K, C), i64), ("activation", act, (K, NC), i64),
+                                   ("label", label, (C,), i64), ("activation_total", total, (K,), i64)):
+        _check_tensor(op, name, t, shape, dtypes, dev)
+    if pix is not None:
+        _check_tensor(op, "pixel_labels", pix, (B, pix.shape[1] if pix.dim() == 4 else -1, out_h, out_w), _LABELS, dev)
+    if img is not None:
+        _check_tensor(op, "image_labels", img, (B, img.shape[1] if img.dim() == 2 else -1), _LABELS, dev)
+    if ann is not None:
+        _check_tensor(op, "annotated", ann, (B, NC), torch.bool, dev)
+    return A.contiguous()
+
+
 tally_ = _define("tally_(Tensor activations, Tensor thresholds, Tensor? pixel_labels, Tensor? image_labels, "
                  "Tensor? annotated, Tensor label_category, Tensor(a!) intersection, Tensor(b!) activation, "
                  "Tensor(c!) label, Tensor(d!) activation_total, SymInt out_h, SymInt out_w, bool align_corners, "
@@ -111,7 +200,16 @@ tally_ = _define("tally_(Tensor activations, Tensor thresholds, Tensor? pixel_la
 
 # ---- ExactQuantile (updates its candidate buffers in place) -----------------------------------------
 def _exact_quantile_update(x, buf, fill, thr, nan, m, negate, backend, num_threads):
-    """x: (outer, K, inner) contiguous; buf (K, cap) float32, fill/nan (K,) int64, thr (K,) float32."""
+    """x: (outer, K, inner); buf (K, cap) float32, fill/nan (K,) int64, thr (K,) float32."""
+    op = "exact_quantile_update_"
+    x = _check_values_tensor(op, x)
+    K = x.shape[1]
+    cap = buf.shape[1] if isinstance(buf, torch.Tensor) and buf.dim() == 2 else -1
+    if not 1 <= m < cap:
+        raise ValueError(f"{op}: need 1 <= m < cap (buf's second size), got m={m}, cap={cap}")
+    for name, t, dtype in (("buf", buf, torch.float32), ("fill", fill, torch.int64), ("thr", thr, torch.float32),
+                           ("nan", nan, torch.int64)):
+        _check_tensor(op, name, t, (K, cap) if name == "buf" else (K,), dtype, x.device)
     exact_quantile.feed(_pick(backend, x.device, "ExactQuantile"), x, buf, fill, thr, nan, m, negate, num_threads)
 
 
@@ -122,7 +220,16 @@ exact_quantile_update_ = _define(
 
 # ---- QuantileSketch (updates its counts in place) ---------------------------------------------------
 def _quantile_sketch_update(x, coarse, fine, top, zeros, nan, kmin, kmax, nb, backend, num_threads):
-    """x: (outer, K, inner) contiguous; the seven int64 count tensors of kernels/quantile_sketch.py."""
+    """x: (outer, K, inner); the seven int64 count tensors of kernels/quantile_sketch.py."""
+    op = "quantile_sketch_update_"
+    x = _check_values_tensor(op, x)
+    K = x.shape[1]
+    if not 1 <= nb < _sketch_ref.COARSE:
+        raise ValueError(f"{op}: nb must be in [1, {_sketch_ref.COARSE}), got {nb}")
+    for name, t in (("coarse", coarse), ("fine", fine), ("top", top), ("zeros", zeros), ("nan", nan), ("kmin", kmin),
+                    ("kmax", kmax)):
+        shape = {"coarse": (K, _sketch_ref.COARSE), "fine": (K, nb * _sketch_ref.SUB)}.get(name, (K,))
+        _check_tensor(op, name, t, shape, torch.int64, x.device)
     state = {"coarse": coarse, "fine": fine, "top": top, "zeros": zeros, "nan": nan, "kmin": kmin, "kmax": kmax}
     quantile_sketch.feed(_pick(backend, x.device, "QuantileSketch"), x, state, nb, num_threads)
 
@@ -152,14 +259,15 @@ class _GradcamFunction(torch.autograd.Function):
 
 _BELOW_AUTOGRAD = torch._C._after_autograd_keyset
 _DK = torch._C.DispatchKey
+_PYTHON_KERNEL_KEYS: tuple[torch._C.DispatchKey, ...] = (_DK.CPU, _DK.CUDA)  # where the implementation below autograd is _gradcam itself
 
 
 def _next_is_ours(keyset) -> bool:
-    """True when the kernel below autograd would be our implementation on plain CPU/CUDA tensors (no
-    FakeTensor, functionalization or other mode or subclass in between): then it is called directly,
-    saving the dispatcher's second Python entry (~5 us)."""
+    """True when the kernel below autograd would be our Python implementation on plain CPU/CUDA
+    tensors (no FakeTensor, functionalization or other mode or subclass in between, and on the CPU no
+    C++ kernel): then it is called directly, saving the dispatcher's second Python entry (~5 us)."""
     below = (keyset & _BELOW_AUTOGRAD).remove(_DK.ADInplaceOrView)
-    return below.highestPriorityTypeId() in (_DK.CPU, _DK.CUDA)
+    return below.highestPriorityTypeId() in _PYTHON_KERNEL_KEYS
 
 
 def _gradcam_autograd(keyset, activations, gradients, weights, *flags):
@@ -183,7 +291,16 @@ def _gradcam_out_autograd(keyset, activations, gradients, weights, *rest):
         return gradcam_out.redispatch(keyset & _BELOW_AUTOGRAD, activations, gradients, weights, *rest)
 
 
-_LIB.impl("gradcam", _gradcam_autograd, "Autograd", with_keyset=True)
-_LIB.impl("gradcam_out", _gradcam_out_autograd, "Autograd", with_keyset=True)
-
 OPERATORS = ("gradcam", "gradcam_out", "tally_", "exact_quantile_update_", "quantile_sketch_update_")
+
+COMPILED_KERNELS_MISSING = _load_compiled_kernels()
+"""'' when the operators' CPU kernels are the C++ ones of unitscope._torch_ops, else why not."""
+
+# The Python Autograd kernels. With unitscope._torch_ops loaded, the public operators have C++ ones
+# (csrc/torch/op_gradcam.cpp) that hand the calls needing autograd to these, on the _python_ operators.
+for _name, _kernel in (("gradcam", _gradcam_autograd), ("gradcam_out", _gradcam_out_autograd)):
+    _LIB.impl("_python_" + _name, _kernel, "Autograd", with_keyset=True)
+    if COMPILED_KERNELS_MISSING:
+        _LIB.impl(_name, _kernel, "Autograd", with_keyset=True)
+if not COMPILED_KERNELS_MISSING:
+    _PYTHON_KERNEL_KEYS = (_DK.CUDA,)
