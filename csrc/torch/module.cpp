@@ -22,8 +22,8 @@ bool serves(const c10::IValue& backend) {
 }
 
 int threads(const c10::IValue& num_threads) {
-  const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
-  const int64_t most = std::max<int64_t>(64, 4 * cores);
+  // as python/unitscope/_backend.py's max_threads(), read once: sysconf reads /sys on every call
+  static const int64_t most = std::max<int64_t>(64, 4 * std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   if (num_threads.isNone()) return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), most)));
   if (!num_threads.isInt()) return -1;
   const int64_t n = num_threads.toInt();

@@ -81,14 +81,15 @@ def _check_tensor(op: str, name: str, t, shape, dtypes, device) -> None:
     """A tensor the kernels read or write through its pointer: shape, dtype, device, contiguity.
     The operators can be called without the front ends' checks; a short count tensor would be
     written past its end."""
-    dtypes = dtypes if isinstance(dtypes, tuple) else (dtypes,)
+    if (isinstance(t, torch.Tensor) and t.shape == shape and t.dtype in dtypes and t.device == device
+            and t.is_contiguous()):
+        return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    if (tuple(t.shape) != tuple(shape) or t.dtype not in dtypes or t.device != device or not t.is_contiguous()):
-        want = "/".join(str(d).replace("torch.", "") for d in dtypes)
-        raise ValueError(f"{op}: {name} must be a contiguous {want} tensor of shape {tuple(shape)} on {device}, "
-                         f"got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)} on {t.device}"
-                         f"{'' if t.is_contiguous() else ' (not contiguous)'}")
+    want = "/".join(str(d).replace("torch.", "") for d in dtypes)
+    raise ValueError(f"{op}: {name} must be a contiguous {want} tensor of shape {tuple(shape)} on {device}, "
+                     f"got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)} on {t.device}"
+                     f"{'' if t.is_contiguous() else ' (not contiguous)'}")
 
 
 def _check_values_tensor(op: str, x):
@@ -101,6 +102,7 @@ def _check_values_tensor(op: str, x):
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _LABELS = (torch.uint8, torch.int16, torch.int32, torch.int64)
+_F32, _I64 = (torch.float32,), (torch.int64,)
 
 
 # ---- Grad-CAM (functional, differentiable) ----------------------------------------------------------
@@ -178,17 +180,16 @@ def _check_tally_raw(A, thr, pix, img, ann, category, inter, act, label, total, 
     C, NC = label.shape[0], act.shape[1]
     if C < 1 or NC < 1 or out_h < 1 or out_w < 1:
         raise ValueError(f"{op}: need C, NC, out_h, out_w >= 1, got {C}, {NC}, {out_h}, {out_w}")
-    i64 = torch.int64
-    for name, t, shape, dtypes in (("thresholds", thr, (K,), torch.float32), ("label_category", category, (C,), i64),
-                                   ("intersection", inter, (K, C), i64), ("activation", act, (K, NC), i64),
-                                   ("label", label, (C,), i64), ("activation_total", total, (K,), i64)):
+    for name, t, shape, dtypes in (("thresholds", thr, (K,), _F32), ("label_category", category, (C,), _I64),
+                                   ("intersection", inter, (K, C), _I64), ("activation", act, (K, NC), _I64),
+                                   ("label", label, (C,), _I64), ("activation_total", total, (K,), _I64)):
         _check_tensor(op, name, t, shape, dtypes, dev)
     if pix is not None:
         _check_tensor(op, "pixel_labels", pix, (B, pix.shape[1] if pix.dim() == 4 else -1, out_h, out_w), _LABELS, dev)
     if img is not None:
         _check_tensor(op, "image_labels", img, (B, img.shape[1] if img.dim() == 2 else -1), _LABELS, dev)
     if ann is not None:
-        _check_tensor(op, "annotated", ann, (B, NC), torch.bool, dev)
+        _check_tensor(op, "annotated", ann, (B, NC), (torch.bool,), dev)
     return A.contiguous()
 
 
@@ -207,8 +208,7 @@ def _exact_quantile_update(x, buf, fill, thr, nan, m, negate, backend, num_threa
     cap = buf.shape[1] if isinstance(buf, torch.Tensor) and buf.dim() == 2 else -1
     if not 1 <= m < cap:
         raise ValueError(f"{op}: need 1 <= m < cap (buf's second size), got m={m}, cap={cap}")
-    for name, t, dtype in (("buf", buf, torch.float32), ("fill", fill, torch.int64), ("thr", thr, torch.float32),
-                           ("nan", nan, torch.int64)):
+    for name, t, dtype in (("buf", buf, _F32), ("fill", fill, _I64), ("thr", thr, _F32), ("nan", nan, _I64)):
         _check_tensor(op, name, t, (K, cap) if name == "buf" else (K,), dtype, x.device)
     exact_quantile.feed(_pick(backend, x.device, "ExactQuantile"), x, buf, fill, thr, nan, m, negate, num_threads)
 
@@ -229,7 +229,7 @@ def _quantile_sketch_update(x, coarse, fine, top, zeros, nan, kmin, kmax, nb, ba
     for name, t in (("coarse", coarse), ("fine", fine), ("top", top), ("zeros", zeros), ("nan", nan), ("kmin", kmin),
                     ("kmax", kmax)):
         shape = {"coarse": (K, _sketch_ref.COARSE), "fine": (K, nb * _sketch_ref.SUB)}.get(name, (K,))
-        _check_tensor(op, name, t, shape, torch.int64, x.device)
+        _check_tensor(op, name, t, shape, _I64, x.device)
     state = {"coarse": coarse, "fine": fine, "top": top, "zeros": zeros, "nan": nan, "kmin": kmin, "kmax": kmax}
     quantile_sketch.feed(_pick(backend, x.device, "QuantileSketch"), x, state, nb, num_threads)
 
