@@ -245,7 +245,8 @@ def test_gradcam_operator_checks_what_the_kernel_reads(bad):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad", ["short_intersection", "activation_nc", "label_dtype", "thresholds_k", "pixels_size",
-                                 "annotated_shape", "counts_not_contiguous"])
+                                 "annotated_shape", "counts_not_contiguous", "category_too_large",
+                                 "negative_category"])
 def test_tally_operator_checks_the_counts_it_writes(backend, bad):
     # called directly, a short count tensor would be written past its end by the compiled kernels
     args = list(_tally_args(backend))
@@ -261,11 +262,15 @@ def test_tally_operator_checks_the_counts_it_writes(backend, bad):
         args[2] = args[2][:, :, :7]
     elif bad == "annotated_shape":
         args[4] = torch.ones(2, 3, dtype=torch.bool)
+    elif bad == "category_too_large":  # a category indexes the (K, NC) activation counts
+        args[5] = torch.tensor([0, 0, 1, 2, 0])
+    elif bad == "negative_category":
+        args[5] = torch.tensor([0, 0, -1, 1, 0])
     else:
         args[6] = torch.zeros(5, 3, dtype=torch.int64).t()
     before = [t.clone() for t in args[6:10]]
     for op in (torch.ops.unitscope.tally_, torch.ops.unitscope._python_tally_):
-        with pytest.raises(ValueError, match="tally_: .*must be"):
+        with pytest.raises(ValueError, match="tally_: .*must be|label_category must hold categories"):
             op(*args)
     for x, y in zip(args[6:10], before):
         assert torch.equal(x, y)

@@ -158,6 +158,8 @@ def _tally(activations, thresholds, pixel_labels, image_labels, annotated, label
     name = _pick(backend, activations.device, "IoUTally")
     K.check_values(thresholds, (pixel_labels, "pixel_labels"), (image_labels, "image_labels"),
                    num_labels=label.shape[0], check_label_range=name not in ("cpp", "numba"))
+    if name in ("numba", "torch"):  # the cpp and CUDA paths check it themselves (tally.count_batch)
+        K.check_label_category(label_category, activation.shape[1])
     cfg = K.TallyConfig(intersection.shape[0], label.shape[0], activation.shape[1], (out_h, out_w), align_corners,
                         ">=" if ge else ">", union, label_category)
     batch = K.Batch(activations.detach(), thresholds, thresholds, pixel_labels, image_labels, annotated)
