@@ -1,6 +1,8 @@
 // torch.ops.unitscope.exact_quantile_update_ and quantile_sketch_update_ on the CPU: the compiled
 // updates (csrc/cpu/exact_quantile.cpp, quantile.cpp) for the calls the cpp backend serves, the
 // Python kernels for the rest.
+#include <exception>
+
 #include "torch_ops.h"
 #include "unitscope/quantile.h"
 
@@ -15,6 +17,21 @@ std::optional<at::Tensor> values(const c10::IValue& v) {
   auto x = cpu_tensor(v, 3, std::nullopt);
   if (!x || float_code(x->scalar_type()) < 0 || x->size(1) < 1) return std::nullopt;
   return x;
+}
+
+// Runs an update over `values` values without the GIL; false when the kernel refused the state (a
+// fill level or window top out of range: checked before anything is written), so that the Python
+// kernel runs the call again and raises the error with its type and message.
+template <class Update>
+bool run(Update update, int64_t values) {
+  if (values == 0) return true;
+  try {
+    ReleaseGIL no_gil;
+    update();
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
 }
 
 // exact_quantile_update_(Tensor x, Tensor(a!) buf, Tensor(b!) fill, Tensor(c!) thr, Tensor(d!) nan,
@@ -45,12 +62,10 @@ void exact_quantile_kernel(const c10::OperatorHandle&, Stack* stack) {
       a.nan = nan->data_ptr<int64_t>();
       a.negate = arg(s, n, 6).toBool();
       a.num_threads = nt;
-      if (a.outer * a.inner > 0) {
-        ReleaseGIL no_gil;
-        exact_quantile_update_cpu(a);
+      if (run([&a] { exact_quantile_update_cpu(a); }, a.outer * a.inner)) {
+        torch::jit::drop(*stack, n);
+        return;
       }
-      torch::jit::drop(*stack, n);
-      return;
     }
   }
   run_python_kernel("exact_quantile_update_", stack);
@@ -88,12 +103,10 @@ void quantile_sketch_kernel(const c10::OperatorHandle&, Stack* stack) {
       a.nb = nb.toInt();
       a.num_threads = nt;
       a.new_top = nullptr;
-      if (a.outer * a.inner > 0) {
-        ReleaseGIL no_gil;
-        quantile_sketch_update_cpu(a);
+      if (run([&a] { quantile_sketch_update_cpu(a); }, a.outer * a.inner)) {
+        torch::jit::drop(*stack, n);
+        return;
       }
-      torch::jit::drop(*stack, n);
-      return;
     }
   }
   run_python_kernel("quantile_sketch_update_", stack);

@@ -213,6 +213,28 @@ def test_wrong_arguments_reach_the_python_checks():
                                                                 None, 1))
 
 
+@pytest.mark.parametrize("which", ["exact fill", "sketch top"])
+def test_a_tampered_state_gets_the_python_kernels_error_and_stays(which):
+    x = torch.randn(2, 3, 10)
+    if which == "exact fill":
+        eq = ExactQuantile(3, 0.9, 40)
+        args = [x, eq._buf, eq._fill.clone(), eq._thr, eq._nan, eq.m, False, None, 1]
+        args[2][1] = eq._buf.shape[1] + 5  # a fill level past the buffer's end
+        name = "exact_quantile_update_"
+    else:
+        qs = QuantileSketch(3, size=8192)
+        args = [x, *(v.clone() for v in qs._s.values()), qs.nb, None, 1]
+        args[3][2] = 600  # a window top past the coarse buckets
+        name = "quantile_sketch_update_"
+    before = [a.clone() for a in args[1:] if isinstance(a, torch.Tensor)]
+    err = _message(lambda: getattr(OPS, name)(*args))
+    assert err == _message(lambda: getattr(OPS, "_python_" + name)(*args))
+    assert err[0] is ValueError
+    for a, b in zip([a for a in args[1:] if isinstance(a, torch.Tensor)], before):
+        assert torch.equal(a.view(torch.uint8) if a.is_floating_point() else a,
+                           b.view(torch.uint8) if b.is_floating_point() else b)
+
+
 def test_the_kernels_run_without_the_gil():
     """A long tally in one thread leaves the interpreter to the others."""
     g = torch.Generator().manual_seed(0)
