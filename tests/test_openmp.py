@@ -43,6 +43,16 @@ def test_compiled_module_links_no_openmp_runtime():
     assert unitscope._backend.compiled_module().openmp  # the kernels still run on OpenMP
 
 
+def test_operator_module_links_no_openmp_runtime_of_its_own():
+    from unitscope.kernels import _ops
+
+    if _ops.COMPILED_KERNELS_MISSING:
+        pytest.skip(f"unitscope._torch_ops is not loaded here: {_ops.COMPILED_KERNELS_MISSING}")
+    libs = needed(Path(sys.modules["unitscope._torch_ops"].__file__))
+    assert "libtorch_cpu.so" in libs  # its kernels' OpenMP calls bind to the runtime libtorch_cpu loads
+    assert not [n for n in libs if "omp" in n], libs
+
+
 @pytest.mark.skipif("cpp" not in unitscope.backends(), reason="unitscope._C is not built here")
 def test_one_openmp_runtime_after_import_and_a_kernel_call():
     code = ("import json, torch, unitscope\n"
