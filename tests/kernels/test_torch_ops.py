@@ -152,6 +152,21 @@ def test_other_backends_and_the_environment_go_to_the_python_kernel(monkeypatch)
     assert seen == []
 
 
+def test_gradcam_calls_go_to_the_kernel_of_their_operator(monkeypatch):
+    seen = _calls(monkeypatch, _ops, "_run")
+    A, G = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    OPS.gradcam(A, G, None, True, 6, 6, False, False, None, None)
+    OPS.gradcam_out(A, G, None, True, False, False, None, None, torch.empty(2, 1, 6, 6))
+    assert seen == []  # C++ throughout, Autograd kernel included
+    OPS._python_gradcam(A, G, None, True, 6, 6, False, False, None, None)
+    OPS._python_gradcam_out(A, G, None, True, False, False, None, None, torch.empty(2, 1, 6, 6))
+    assert seen == ["cpp", "cpp"]  # the Python kernels, what a build without the C++ ones runs
+    seen.clear()
+    OPS.gradcam(A, G, None, True, 6, 6, False, False, "numba" if "numba" in unitscope.backends() else "torch",
+                None)
+    assert len(seen) == 1
+
+
 def test_gradcam_backward_goes_through_the_python_autograd_kernel():
     g = torch.Generator().manual_seed(5)
     A = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)

@@ -15,6 +15,7 @@ Python and hand every other call to the Python kernel, kept as the operator unit
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -261,36 +262,38 @@ class _GradcamFunction(torch.autograd.Function):
 
 _BELOW_AUTOGRAD = torch._C._after_autograd_keyset
 _DK = torch._C.DispatchKey
-_PYTHON_KERNEL_KEYS: tuple[torch._C.DispatchKey, ...] = (_DK.CPU, _DK.CUDA)  # where the implementation below autograd is _gradcam itself
+_ANY_DEVICE = (_DK.CPU, _DK.CUDA)
 
 
-def _next_is_ours(keyset) -> bool:
-    """True when the kernel below autograd would be our Python implementation on plain CPU/CUDA
-    tensors (no FakeTensor, functionalization or other mode or subclass in between, and on the CPU no
-    C++ kernel): then it is called directly, saving the dispatcher's second Python entry (~5 us)."""
+def _next_is_ours(keyset, devices) -> bool:
+    """True when the kernel below autograd would be our Python implementation: plain tensors (no
+    FakeTensor, functionalization or other mode or subclass in between) on one of `devices` (the
+    keys where the operator has no C++ kernel). Then it is called directly, saving the dispatcher's
+    second Python entry (~5 us)."""
     below = (keyset & _BELOW_AUTOGRAD).remove(_DK.ADInplaceOrView)
-    return below.highestPriorityTypeId() in _PYTHON_KERNEL_KEYS
+    return below.highestPriorityTypeId() in devices
 
 
-def _gradcam_autograd(keyset, activations, gradients, weights, *flags):
-    """The Autograd kernel: record the backward only when an input needs it."""
+def _gradcam_autograd(keyset, activations, gradients, weights, *flags, op, devices):
+    """The Autograd kernel of `op` (gradcam or _python_gradcam): record the backward only when an
+    input needs it."""
     if torch.is_grad_enabled() and torch._C._any_requires_grad(activations, gradients, weights):
         return _GradcamFunction.apply(keyset, activations, gradients, weights, *flags)
-    if _next_is_ours(keyset):
+    if _next_is_ours(keyset, devices):
         return _gradcam(activations, gradients, weights, *flags)
     with torch._C._AutoDispatchBelowAutograd():
-        return gradcam.redispatch(keyset & _BELOW_AUTOGRAD, activations, gradients, weights, *flags)
+        return op.redispatch(keyset & _BELOW_AUTOGRAD, activations, gradients, weights, *flags)
 
 
-def _gradcam_out_autograd(keyset, activations, gradients, weights, *rest):
+def _gradcam_out_autograd(keyset, activations, gradients, weights, *rest, op, devices):
     """As torch's own out= operators: no autograd through a caller's buffer."""
     if torch.is_grad_enabled() and torch._C._any_requires_grad(activations, gradients, weights, rest[-1]):
         raise RuntimeError("gradcam_out(): functions with out=... arguments don't support automatic "
                            "differentiation, but one of the arguments requires grad; call gradcam without out=")
-    if _next_is_ours(keyset):
+    if _next_is_ours(keyset, devices):
         return _gradcam_out(activations, gradients, weights, *rest)
     with torch._C._AutoDispatchBelowAutograd():
-        return gradcam_out.redispatch(keyset & _BELOW_AUTOGRAD, activations, gradients, weights, *rest)
+        return op.redispatch(keyset & _BELOW_AUTOGRAD, activations, gradients, weights, *rest)
 
 
 OPERATORS = ("gradcam", "gradcam_out", "tally_", "exact_quantile_update_", "quantile_sketch_update_")
@@ -298,11 +301,13 @@ OPERATORS = ("gradcam", "gradcam_out", "tally_", "exact_quantile_update_", "quan
 COMPILED_KERNELS_MISSING = _load_compiled_kernels()
 """'' when the operators' CPU kernels are the C++ ones of unitscope._torch_ops, else why not."""
 
-# The Python Autograd kernels. With unitscope._torch_ops loaded, the public operators have C++ ones
-# (csrc/torch/op_gradcam.cpp) that hand the calls needing autograd to these, on the _python_ operators.
+# The Python Autograd kernels: always on the _python_ operators (whose kernel below autograd is the
+# Python one on every device); on the public operators only without unitscope._torch_ops, whose C++
+# Autograd kernels (csrc/torch/op_gradcam.cpp) hand the calls that need autograd to the _python_ ones.
 for _name, _kernel in (("gradcam", _gradcam_autograd), ("gradcam_out", _gradcam_out_autograd)):
-    _LIB.impl("_python_" + _name, _kernel, "Autograd", with_keyset=True)
+    _py_op = getattr(torch.ops.unitscope, "_python_" + _name).default
+    _LIB.impl("_python_" + _name, functools.partial(_kernel, op=_py_op, devices=_ANY_DEVICE), "Autograd",
+              with_keyset=True)
     if COMPILED_KERNELS_MISSING:
-        _LIB.impl(_name, _kernel, "Autograd", with_keyset=True)
-if not COMPILED_KERNELS_MISSING:
-    _PYTHON_KERNEL_KEYS = (_DK.CUDA,)
+        _op = getattr(torch.ops.unitscope, _name).default
+        _LIB.impl(_name, functools.partial(_kernel, op=_op, devices=_ANY_DEVICE), "Autograd", with_keyset=True)
