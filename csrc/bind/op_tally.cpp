@@ -20,11 +20,6 @@ TallyArgs make_args(uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, 
   check_dtype_code(act_dtype, "activations");
   check_arg(union_mode >= 0 && union_mode <= 2,
             "tally: union_mode must be 0 (category), 1 (dataset) or 2 (mask), got " + std::to_string(union_mode));
-  check_arg(B >= 0 && K >= 1 && h >= 1 && w >= 1 && Sh >= 1 && Sw >= 1 && L >= 0 && L2 >= 0 && C >= 1 &&
-                NC >= 1,
-            "tally: sizes out of range");
-  check_arg(h < (1 << 30) && w < (1 << 30) && Sh < (1 << 30) && Sw < (1 << 30) && C < (1LL << 31),
-            "tally: sizes too large");
   check_arg((pix != 0) == (L > 0), "tally: pixel_labels pointer and L disagree");
   check_arg((img != 0) == (L2 > 0), "tally: image_labels pointer and L2 disagree");
   check_arg(label_dtype >= kUInt8 && label_dtype <= kInt64, "pixel_labels: unsupported dtype code");
@@ -48,6 +43,7 @@ TallyArgs make_args(uintptr_t act, uintptr_t thr, uintptr_t pix, uintptr_t img, 
   a.B = B; a.K = K; a.h = h; a.w = w; a.Sh = Sh; a.Sw = Sw; a.L = L; a.L2 = L2; a.C = C; a.NC = NC;
   a.align_corners = align_corners; a.ge = ge; a.union_mode = union_mode;
   a.num_threads = 0;
+  check_tally_sizes(a);
   return a;
 }
 

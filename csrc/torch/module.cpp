@@ -10,6 +10,7 @@
 #include <string>
 
 #include "torch_ops.h"
+#include "unitscope/common.h"
 
 namespace unitscope::torch_ops {
 
@@ -42,10 +43,10 @@ std::optional<at::Tensor> cpu_tensor(const c10::IValue& v, int64_t dim, std::opt
 
 int float_code(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
-    case at::kDouble: return 3;
+    case at::kFloat: return kFloat32;
+    case at::kHalf: return kFloat16;
+    case at::kBFloat16: return kBFloat16;
+    case at::kDouble: return kFloat64;
     default: return -1;
   }
 }

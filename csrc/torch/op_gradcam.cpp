@@ -4,7 +4,6 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/GradMode.h>
 
-#include <exception>
 #include <initializer_list>
 
 #include "torch_ops.h"
@@ -59,15 +58,8 @@ std::optional<Cam> inputs(const Stack& s, size_t n, bool relu, bool align_corner
 
 // Runs the kernel into out; false when it refused the arguments (nothing written then).
 bool run(GradcamArgs& a, const at::Tensor& out) {
-  if (a.B == 0) return true;
   a.out = out.data_ptr<float>();
-  try {
-    ReleaseGIL no_gil;
-    gradcam_cpu(a);
-  } catch (const std::exception&) {
-    return false;  // a size it cannot index: the Python kernel raises the error
-  }
-  return true;
+  return a.B == 0 || run_or_refuse([&a] { gradcam_cpu(a); });
 }
 
 // gradcam(Tensor activations, Tensor? gradients, Tensor? weights, bool relu, SymInt out_h,

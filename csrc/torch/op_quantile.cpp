@@ -1,8 +1,6 @@
 // torch.ops.unitscope.exact_quantile_update_ and quantile_sketch_update_ on the CPU: the compiled
 // updates (csrc/cpu/exact_quantile.cpp, quantile.cpp) for the calls the cpp backend serves, the
 // Python kernels for the rest.
-#include <exception>
-
 #include "torch_ops.h"
 #include "unitscope/quantile.h"
 
@@ -10,28 +8,11 @@ namespace unitscope::torch_ops {
 
 namespace {
 
-constexpr int64_t kCoarse = 512, kSub = 128;  // python/unitscope/reference/quantile_sketch.py
-
 // x: a contiguous (outer, K, inner) CPU tensor of a floating dtype with K >= 1, or nullopt.
 std::optional<at::Tensor> values(const c10::IValue& v) {
   auto x = cpu_tensor(v, 3, std::nullopt);
   if (!x || float_code(x->scalar_type()) < 0 || x->size(1) < 1) return std::nullopt;
   return x;
-}
-
-// Runs an update over `values` values without the GIL; false when the kernel refused the state (a
-// fill level or window top out of range: checked before anything is written), so that the Python
-// kernel runs the call again and raises the error with its type and message.
-template <class Update>
-bool run(Update update, int64_t values) {
-  if (values == 0) return true;
-  try {
-    ReleaseGIL no_gil;
-    update();
-  } catch (const std::exception&) {
-    return false;
-  }
-  return true;
 }
 
 // exact_quantile_update_(Tensor x, Tensor(a!) buf, Tensor(b!) fill, Tensor(c!) thr, Tensor(d!) nan,
@@ -62,7 +43,7 @@ void exact_quantile_kernel(const c10::OperatorHandle&, Stack* stack) {
       a.nan = nan->data_ptr<int64_t>();
       a.negate = arg(s, n, 6).toBool();
       a.num_threads = nt;
-      if (run([&a] { exact_quantile_update_cpu(a); }, a.outer * a.inner)) {
+      if (a.outer * a.inner == 0 || run_or_refuse([&a] { exact_quantile_update_cpu(a); })) {
         torch::jit::drop(*stack, n);
         return;
       }
@@ -80,13 +61,13 @@ void quantile_sketch_kernel(const c10::OperatorHandle&, Stack* stack) {
   const int nt = threads(arg(s, n, 10));
   auto x = values(arg(s, n, 0));
   const c10::IValue& nb = arg(s, n, 8);
-  if (serves(arg(s, n, 9)) && nt >= 0 && x && nb.isInt() && nb.toInt() >= 1 && nb.toInt() < kCoarse) {
+  if (serves(arg(s, n, 9)) && nt >= 0 && x && nb.isInt() && nb.toInt() >= 1 && nb.toInt() < kSketchCoarse) {
     const int64_t K = x->size(1);
     auto coarse = cpu_tensor(arg(s, n, 1), 2, at::kLong);
     auto fine = cpu_tensor(arg(s, n, 2), 2, at::kLong);
     int64_t* vec[5] = {};  // top, zeros, nan, kmin, kmax: (K,) int64
-    bool ok = coarse && fine && coarse->size(0) == K && coarse->size(1) == kCoarse && fine->size(0) == K &&
-              fine->size(1) == nb.toInt() * kSub;
+    bool ok = coarse && fine && coarse->size(0) == K && coarse->size(1) == kSketchCoarse && fine->size(0) == K &&
+              fine->size(1) == nb.toInt() * kSketchSub;
     for (size_t i = 0; ok && i < 5; ++i) {
       auto t = cpu_tensor(arg(s, n, 3 + i), 1, at::kLong);
       ok = t && t->size(0) == K;
@@ -103,7 +84,7 @@ void quantile_sketch_kernel(const c10::OperatorHandle&, Stack* stack) {
       a.nb = nb.toInt();
       a.num_threads = nt;
       a.new_top = nullptr;
-      if (run([&a] { quantile_sketch_update_cpu(a); }, a.outer * a.inner)) {
+      if (a.outer * a.inner == 0 || run_or_refuse([&a] { quantile_sketch_update_cpu(a); })) {
         torch::jit::drop(*stack, n);
         return;
       }

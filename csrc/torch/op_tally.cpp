@@ -1,7 +1,6 @@
 // torch.ops.unitscope.tally_ on the CPU: the compiled IoU tally (csrc/cpu/tally.cpp) for the calls
 // the cpp backend serves, the Python kernel for the rest.
 #include <cmath>
-#include <exception>
 
 #include "torch_ops.h"
 #include "unitscope/tally.h"
@@ -13,10 +12,10 @@ namespace {
 // unitscope's code of a label dtype (python/unitscope/kernels/tally.py LABEL_CODE), -1 for others.
 int label_code(at::ScalarType t) {
   switch (t) {
-    case at::kByte: return 0;
-    case at::kShort: return 1;
-    case at::kInt: return 2;
-    case at::kLong: return 3;
+    case at::kByte: return kUInt8;
+    case at::kShort: return kInt16;
+    case at::kInt: return kInt32;
+    case at::kLong: return kInt64;
     default: return -1;
   }
 }
@@ -39,7 +38,7 @@ std::optional<TallyArgs> tally_args(const Stack& s) {
   const c10::IValue &oh = arg(s, n, 10), &ow = arg(s, n, 11), &um = arg(s, n, 14);
   if (!oh.isInt() || !ow.isInt() || !um.isInt()) return std::nullopt;
   const int64_t Sh = oh.toInt(), Sw = ow.toInt(), union_mode = um.toInt();
-  if (Sh < 1 || Sw < 1 || Sh >= (1 << 30) || Sw >= (1 << 30) || union_mode < 0 || union_mode > 2) return std::nullopt;
+  if (union_mode < 0 || union_mode > 2) return std::nullopt;
   auto A = cpu_tensor(arg(s, n, 0), 4, std::nullopt);
   auto inter = cpu_tensor(arg(s, n, 6), 2, at::kLong);
   auto act = cpu_tensor(arg(s, n, 7), 2, at::kLong);
@@ -52,9 +51,6 @@ std::optional<TallyArgs> tally_args(const Stack& s) {
   }
   const int64_t B = A->size(0), K = A->size(1), h = A->size(2), w = A->size(3);
   const int64_t C = label->size(0), NC = act->size(1);
-  if (K < 1 || h < 1 || w < 1 || h >= (1 << 30) || w >= (1 << 30) || C < 1 || NC < 1 || C >= (1LL << 31)) {
-    return std::nullopt;
-  }
   if (inter->size(0) != K || inter->size(1) != C || act->size(0) != K || total->size(0) != K ||
       thr->size(0) != K || category->size(0) != C) {
     return std::nullopt;
@@ -103,22 +99,15 @@ std::optional<TallyArgs> tally_args(const Stack& s) {
 //        Tensor(c!) label, Tensor(d!) activation_total, SymInt out_h, SymInt out_w, bool align_corners,
 //        bool ge, int union_mode, str? backend, int? num_threads) -> ()
 void tally_kernel(const c10::OperatorHandle&, Stack* stack) {
-  if (auto a = tally_args(*stack)) {
-    bool done = true;
-    if (a->B > 0) {
-      try {
-        ReleaseGIL no_gil;
-        tally_cpu(*a);
-      } catch (const std::exception&) {
-        // a label out of range (or a category): the kernel raises in its first pass, before any count
-        // changes, so the Python kernel runs the same call again and raises the error with its message
-        done = false;
-      }
-    }
-    if (done) {
-      torch::jit::drop(*stack, 17);
-      return;
-    }
+  // a label or category out of range makes the kernel raise in its first pass, before any count
+  // changes; check_tally_sizes (unitscope/tally.h) refuses what it cannot index
+  auto a = tally_args(*stack);
+  if (a && run_or_refuse([&a] {
+        check_tally_sizes(*a);
+        if (a->B > 0) tally_cpu(*a);
+      })) {
+    torch::jit::drop(*stack, 17);
+    return;
   }
   run_python_kernel("tally_", stack);
 }

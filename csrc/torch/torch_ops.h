@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <exception>
 #include <optional>
 
 namespace unitscope::torch_ops {
@@ -55,5 +56,20 @@ class ReleaseGIL {
  private:
   PyThreadState* state_;
 };
+
+// Runs `kernel` without the GIL; false when it threw. The compiled kernels refuse their arguments
+// (a size they cannot index, a label or category out of range, a tampered quantile state) before
+// writing anything, so the caller then hands the call to the Python kernel, which runs it again and
+// raises the error with its Python type and message.
+template <class Kernel>
+bool run_or_refuse(Kernel kernel) {
+  try {
+    ReleaseGIL no_gil;
+    kernel();
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
 
 }  // namespace unitscope::torch_ops

@@ -61,6 +61,16 @@ struct TallyArgs {
   int num_threads;            // CPU only
 };
 
+// The sizes both kernels index with (int for sides, int32 for labels), checked by every entry point
+// before any work.
+inline void check_tally_sizes(const TallyArgs& a) {
+  check_arg(a.B >= 0 && a.K >= 1 && a.h >= 1 && a.w >= 1 && a.Sh >= 1 && a.Sw >= 1 && a.L >= 0 && a.L2 >= 0 &&
+                a.C >= 1 && a.NC >= 1,
+            "tally: sizes out of range");
+  check_arg(a.h < (1 << 30) && a.w < (1 << 30) && a.Sh < (1 << 30) && a.Sw < (1 << 30) && a.C < (1LL << 31),
+            "tally: sizes too large");
+}
+
 void tally_cpu(const TallyArgs& a);
 void tally_cuda(const TallyArgs& a, int device, void* stream);  // stream: a cudaStream_t of `device`
 int64_t tally_cuda_workspace_ints(int64_t B, int64_t Sh, int64_t Sw, int64_t L, int64_t L2, int64_t C, int64_t NC);
